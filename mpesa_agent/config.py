@@ -1,0 +1,175 @@
+"""Settings, read once from `.env`, `.env.local` and the process environment (which wins)."""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+BASE_URLS = {
+    "simulator": "http://127.0.0.1:8002",
+    "sandbox": "https://sandbox.safaricom.co.ke",
+    "production": "https://api.safaricom.co.ke",
+}
+SANDBOX_SHORTCODE = "174379"
+SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c919"
+# Safaricom asks integrators to keep these out of callback URLs, in any case.
+FORBIDDEN_URL_WORDS = ("m-pesa", "mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
+MIN_CALLBACK_TOKEN_LENGTH = 24
+
+
+class ConfigError(ValueError):
+    """A setting is missing or wrong; the message says which and how to fix it."""
+
+
+def read_environment(root: Path = PROJECT_ROOT, environ: Mapping[str, str] | None = None) -> dict:
+    """Merge `.env` < `.env.local` < the process environment into one dict."""
+    merged: dict[str, str] = {}
+    for name in (".env", ".env.local"):
+        path = root / name
+        if path.is_file():
+            merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    merged.update(os.environ if environ is None else environ)
+    return merged
+
+
+def _int(values: Mapping[str, str], name: str, default: int) -> int:
+    raw = str(values.get(name, "") or "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _float(values: Mapping[str, str], name: str, default: float) -> float:
+    raw = str(values.get(name, "") or "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the three processes; see `.env` for what each one means."""
+
+    mpesa_env: str = "simulator"
+    consumer_key: str = ""
+    consumer_secret: str = field(default="", repr=False)
+    shortcode: str = SANDBOX_SHORTCODE
+    passkey: str = field(default=SANDBOX_PASSKEY, repr=False)
+    transaction_type: str = "CustomerPayBillOnline"
+    party_b: str = ""
+    base_url: str = BASE_URLS["simulator"]
+    callback_url: str = field(default="", repr=False)
+    callback_server_url: str = "http://127.0.0.1:8001"
+    callback_api_key: str = field(default="", repr=False)
+    payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
+    max_amount: int = 150_000
+    rate_limit_count: int = 5
+    rate_limit_window: int = 600
+    wait_seconds: int = 120
+    reconcile_after: int = 300
+    verify_success_by_query: bool = False
+    trusted_callback_ips: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    agent_model: str = "gemini-2.5-flash"
+    use_gemini: bool = False
+    simulator_callback_delay: float = 2.0
+    root: Path = field(default=PROJECT_ROOT, compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, root: Path = PROJECT_ROOT,
+                 load_files: bool = True) -> "Settings":
+        """Build settings from the environment (and the `.env` files when `load_files`)."""
+        values = read_environment(root, environ) if load_files else dict(environ or {})
+        env = (values.get("MPESA_ENV") or "simulator").strip().lower()
+        if env not in BASE_URLS:
+            raise ConfigError(f"MPESA_ENV must be one of {', '.join(BASE_URLS)}, got {env!r}")
+        shortcode = (values.get("MPESA_SHORTCODE") or SANDBOX_SHORTCODE).strip()
+        db = Path(values.get("PAYMENTS_DB") or "data/payments.db")
+        return cls(
+            mpesa_env=env,
+            consumer_key=(values.get("MPESA_CONSUMER_KEY") or "").strip(),
+            consumer_secret=(values.get("MPESA_CONSUMER_SECRET") or "").strip(),
+            shortcode=shortcode,
+            passkey=(values.get("MPESA_PASSKEY") or SANDBOX_PASSKEY).strip(),
+            transaction_type=(values.get("MPESA_TRANSACTION_TYPE") or "CustomerPayBillOnline").strip(),
+            party_b=(values.get("MPESA_PARTY_B") or shortcode).strip(),
+            base_url=(values.get("MPESA_BASE_URL") or BASE_URLS[env]).strip().rstrip("/"),
+            callback_url=(values.get("MPESA_CALLBACK_URL") or "").strip(),
+            callback_server_url=(values.get("CALLBACK_SERVER_URL") or "http://127.0.0.1:8001").strip().rstrip("/"),
+            callback_api_key=(values.get("CALLBACK_API_KEY") or "").strip(),
+            payments_db=db if db.is_absolute() else root / db,
+            max_amount=_int(values, "PAYMENT_MAX_AMOUNT", 150_000),
+            rate_limit_count=_int(values, "PAYMENT_RATE_LIMIT_COUNT", 5),
+            rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
+            wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
+            reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
+            verify_success_by_query=(values.get("VERIFY_SUCCESS_BY_QUERY") or "").strip().lower()
+            in ("1", "true", "yes", "on"),
+            trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),
+            trusted_proxies=_list(values.get("TRUSTED_PROXIES")),
+            agent_model=(values.get("MPESA_AGENT_MODEL") or "gemini-2.5-flash").strip(),
+            use_gemini=bool((values.get("GOOGLE_API_KEY") or values.get("GEMINI_API_KEY") or "").strip()
+                            or (values.get("GOOGLE_GENAI_USE_VERTEXAI") or values.get("GOOGLE_GENAI_USE_ENTERPRISE") or "").strip().lower() in ("1", "true")),
+            simulator_callback_delay=_float(values, "SIMULATOR_CALLBACK_DELAY", 2.0),
+            root=root,
+        )
+
+    def replace(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+    @property
+    def callback_path(self) -> str:
+        """The path part of MPESA_CALLBACK_URL: where the callback server listens for Daraja."""
+        return urlsplit(self.callback_url).path or "/"
+
+    @property
+    def callback_token(self) -> str:
+        """The secret last segment of the callback path."""
+        return self.callback_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _list(raw: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (raw or "").split(",") if part.strip())
+
+
+def callback_url_problems(settings: Settings) -> list[str]:
+    """Everything wrong with MPESA_CALLBACK_URL for the chosen environment, in plain words."""
+    url = settings.callback_url
+    if not url:
+        return ["MPESA_CALLBACK_URL is not set"]
+    if url != url.strip() or " " in url:
+        return ["MPESA_CALLBACK_URL contains spaces"]
+    parts = urlsplit(url)
+    problems = []
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return [f"MPESA_CALLBACK_URL must be an absolute http(s) URL, got {url!r}"]
+    if settings.mpesa_env == "production" and parts.scheme != "https":
+        problems.append("MPESA_CALLBACK_URL must use https in production")
+    if parts.netloc != parts.netloc.lower():
+        problems.append("MPESA_CALLBACK_URL's host must be lowercase")
+    lowered = url.lower()
+    bad = [w for w in FORBIDDEN_URL_WORDS if w in lowered]
+    if bad:
+        problems.append("MPESA_CALLBACK_URL contains words Safaricom blocks: " + ", ".join(bad))
+    if settings.mpesa_env != "simulator":
+        if parts.hostname in ("127.0.0.1", "localhost", "0.0.0.0") or parts.hostname.startswith("192.168."):
+            problems.append("MPESA_CALLBACK_URL must be publicly reachable, not " + parts.hostname)
+    if len(settings.callback_token) < MIN_CALLBACK_TOKEN_LENGTH:
+        problems.append(
+            f"MPESA_CALLBACK_URL must end in a secret token of at least {MIN_CALLBACK_TOKEN_LENGTH} "
+            "characters, e.g. /callback/" + secrets.token_hex(16)
+        )
+    return problems
