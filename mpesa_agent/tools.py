@@ -1,0 +1,291 @@
+"""The agent's two tools: send an STK Push and track it, and check a payment's status.
+
+Both are `async` (a waiting sync tool freezes `adk web`); blocking HTTP runs in a thread.
+They never raise at the model: every problem comes back as a dict with a message for a person.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+from . import notifications as notes
+from .config import Settings
+from .daraja import DarajaClient
+from .errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
+                     RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError)
+from .outcomes import COMPLETED, FAILED, PENDING
+from .phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
+from .tracking import TrackingClient, TrackingRejected, TrackingUnavailable
+
+log = logging.getLogger(__name__)
+
+REPEAT_WINDOW = 120  # Daraja's rule 17: same amount to the same phone within 2 minutes
+RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback server
+_CHECKOUT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class QuerySchedule:
+    """STK Query fallback timing: Daraja asks for the first query after ~15-20 s, then 5-10 s apart."""
+
+    first: float = 17.0
+    every: float = 7.0
+
+
+def error(message: str, **extra) -> dict:
+    return {"status": "error", "message": message, **extra}
+
+
+class Payments:
+    """Sends and tracks payments for the tools; one per process, holding the guardrail state."""
+
+    def __init__(self, settings: Settings, daraja: DarajaClient | None = None,
+                 tracking: TrackingClient | None = None, schedule: QuerySchedule = QuerySchedule(),
+                 clock=time.monotonic):
+        self.settings = settings
+        self.daraja = daraja or DarajaClient.from_settings(settings)
+        self.tracking = tracking or TrackingClient.from_settings(settings)
+        self.schedule = schedule
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pushes: dict[str, deque] = defaultdict(deque)  # msisdn -> (time, amount)
+        self._sent: dict[str, tuple[str, int, str]] = {}  # checkout id -> (msisdn, amount, context)
+
+    async def send(self, phone_number, amount, context: str = "", wait_for_completion: bool = True,
+                   confirm_repeat: bool = False) -> dict:
+        try:
+            msisdn = normalize_phone(phone_number)
+            amount = parse_amount(amount, maximum=self.settings.max_amount)
+        except (InvalidPhoneNumber, InvalidAmount) as exc:
+            return error(f"Not sent: {exc}.")
+        context = " ".join(str(context or "").split())[:100]
+        refusal = self._guard(msisdn, amount, confirm_repeat)
+        if refusal:
+            return refusal
+        try:
+            ack = await asyncio.to_thread(
+                self.daraja.stk_push, msisdn, amount, _account_reference(context),
+                context or "Payment", self.settings.callback_url)
+        except DarajaError as exc:
+            return self._push_failed(msisdn, amount, exc)
+        checkout_id = ack.checkout_request_id
+        self._sent[checkout_id] = (msisdn, amount, context)
+        log.info("push %s accepted for %s KES %d", checkout_id, display_phone(msisdn), amount)
+        registered = await self._register(ack, msisdn, amount, context)
+        if not wait_for_completion:
+            return notes.pending_notification(
+                checkout_id, f"📱 Payment request sent to {display_phone(msisdn)}: they should see an "
+                             f"M-Pesa prompt for {amount} KSh. Ask me later whether it went through.")
+        started = self.clock()
+        if registered:
+            return await self._wait(checkout_id, started + self.settings.wait_seconds)
+        return await self._poll_daraja(checkout_id, started, started + self.settings.wait_seconds)
+
+    async def status(self, checkout_request_id) -> dict:
+        checkout_id = str(checkout_request_id or "").strip()
+        if not _CHECKOUT_ID.match(checkout_id):
+            return error(f"{checkout_id!r} is not a payment ID; it looks like ws_CO_2611202612..."
+                         if checkout_id else "Which payment? Give its checkout request ID (ws_CO_...).")
+        try:
+            return await asyncio.to_thread(self.tracking.status, checkout_id)
+        except TrackingRejected as exc:
+            if exc.status_code != 404:
+                return error(f"The callback server refused the status check: {exc}",
+                             checkout_request_id=checkout_id)
+            log.warning("status %s: not known to the callback server; asking Daraja", checkout_id)
+        except TrackingUnavailable as exc:
+            log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
+        return await self._query_once(checkout_id)
+
+    def _guard(self, msisdn: str, amount: int, confirm_repeat: bool) -> dict | None:
+        """Per-phone rate limit, and no identical push within 2 minutes unless confirmed."""
+        now = self.clock()
+        with self._lock:
+            pushes = self._pushes[msisdn]
+            while pushes and now - pushes[0][0] > max(self.settings.rate_limit_window, REPEAT_WINDOW):
+                pushes.popleft()
+            in_window = [p for p in pushes if now - p[0] <= self.settings.rate_limit_window]
+            if len(in_window) >= self.settings.rate_limit_count:
+                wait = int(self.settings.rate_limit_window - (now - in_window[0][0])) + 1
+                return error(f"Not sent: {display_phone(msisdn)} already got {len(in_window)} payment "
+                             f"requests recently. To protect the customer, try again in {wait} s.")
+            repeat = next((t for t, a in reversed(pushes) if a == amount and now - t <= REPEAT_WINDOW), None)
+            if repeat is not None and not confirm_repeat:
+                ago = int(now - repeat)
+                return {"status": "needs_confirmation",
+                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {ago} s ago. "
+                                   "Send the same request again?",
+                        "phone_number": msisdn, "amount": amount}
+            pushes.append((now, amount))
+        return None
+
+    def _push_failed(self, msisdn: str, amount: int, exc: DarajaError) -> dict:
+        phone = display_phone(msisdn)
+        if isinstance(exc, OutcomeUnknownError):
+            log.warning("push to %s: outcome unknown (%s); not re-sending", phone, exc)
+            return notes.unknown_notification(
+                None, f"M-Pesa did not confirm the request to {phone} ({exc.error_message or 'no answer'}). "
+                      "It may still reach the phone, so I will not re-send it by myself; ask the customer "
+                      "whether they got a prompt before trying again")
+        self._forget_push(msisdn, amount)  # nothing was sent: it must not count against the phone
+        if isinstance(exc, (InvalidRequestError, RequestRejectedError)):
+            return error(f"Not sent: M-Pesa rejected the request: {exc}.")
+        if isinstance(exc, ThrottledError):
+            return error("Not sent: M-Pesa is throttling requests right now. Try again in a minute.")
+        if isinstance(exc, SubscriberLockedError):
+            return error(f"Not sent: {phone} has another M-Pesa transaction in progress. "
+                         "Try again in 1-3 minutes.")
+        if isinstance(exc, AuthenticationError):
+            return error("Not sent: M-Pesa refused our credentials. Check MPESA_CONSUMER_KEY and "
+                         "MPESA_CONSUMER_SECRET in .env.local.")
+        if isinstance(exc, TransportError):
+            return error("Not sent: M-Pesa could not be reached. Nothing was sent; try again shortly.")
+        return error(f"Not sent: M-Pesa answered with an error: {exc}.")
+
+    def _forget_push(self, msisdn: str, amount: int) -> None:
+        with self._lock:
+            pushes = self._pushes[msisdn]
+            if pushes and pushes[-1][1] == amount:
+                pushes.pop()
+
+    async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
+        try:
+            await asyncio.to_thread(self.tracking.register, ack.checkout_request_id, msisdn, amount,
+                                    context, ack.merchant_request_id)
+            return True
+        except TrackingUnavailable as exc:
+            log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
+        except TrackingRejected as exc:
+            log.warning("register %s refused (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
+        return False
+
+    async def _wait(self, checkout_id: str, deadline: float) -> dict:
+        """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down."""
+        down_since = None
+        while True:
+            remaining = max(0.0, deadline - self.clock())
+            try:
+                result = await asyncio.to_thread(self.tracking.wait, checkout_id, remaining)
+            except TrackingRejected as exc:
+                log.warning("wait %s refused (%s); falling back to STK Query", checkout_id, exc)
+                return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
+            except TrackingUnavailable as exc:
+                down_since = down_since or self.clock()
+                if self.clock() - down_since > RECONNECT_GRACE or remaining <= 0:
+                    log.warning("wait %s: callback server lost (%s); falling back to STK Query", checkout_id, exc)
+                    return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
+                await asyncio.sleep(0.25)
+                continue
+            down_since = None
+            if result.get("payment_status") != PENDING or self.clock() >= deadline:
+                return result
+
+    async def _poll_daraja(self, checkout_id: str, started: float, deadline: float) -> dict:
+        """STK Query on Daraja's schedule until a final answer or the deadline."""
+        next_query = started + self.schedule.first
+        while True:
+            now = self.clock()
+            if next_query > deadline:
+                return notes.timeout_notification(checkout_id)
+            if next_query > now:
+                await asyncio.sleep(next_query - now)
+            result = await self._query_once(checkout_id, quiet=True)
+            if result.get("payment_status") != PENDING:
+                return result
+            next_query = max(self.clock(), next_query) + self.schedule.every
+
+    async def _query_once(self, checkout_id: str, quiet: bool = False) -> dict:
+        try:
+            result = await asyncio.to_thread(self.daraja.stk_query, checkout_id)
+        except ThrottledError:
+            return notes.pending_notification(checkout_id)
+        except DarajaError as exc:
+            if quiet:
+                log.warning("query %s failed: %s", checkout_id, exc)
+                return notes.pending_notification(checkout_id)
+            return error(f"Could not check {checkout_id}: {exc}", checkout_request_id=checkout_id)
+        msisdn, amount, context = self._sent.get(checkout_id, ("", None, ""))
+        if result.state == COMPLETED:
+            details = {"Amount": amount, "MpesaReceiptNumber": None, "TransactionDate": None,
+                       "PhoneNumber": int(msisdn) if msisdn else None, "VerifiedBy": "STK Query"}
+            return notes.success_notification(checkout_id, amount, msisdn, context, details)
+        if result.state == FAILED:
+            return notes.failure_notification(checkout_id, result.reason or result.result_desc)
+        if result.state == PENDING:
+            return notes.pending_notification(checkout_id)
+        return notes.unknown_notification(checkout_id, result.reason or result.result_desc)
+
+
+def _account_reference(context: str) -> str:
+    """Daraja's AccountReference: alphanumeric, at most 12 characters, shown to the customer."""
+    return "".join(ch for ch in context if ch.isalnum())[:12] or "Payment"
+
+
+_payments: Payments | None = None
+_payments_lock = threading.Lock()
+
+
+def configure(settings: Settings | None = None, **kwargs) -> Payments:
+    """Set up the process's Payments (tests point it at their own servers)."""
+    global _payments
+    with _payments_lock:
+        _payments = Payments(settings or Settings.from_env(), **kwargs)
+        return _payments
+
+
+def _current() -> Payments:
+    with _payments_lock:
+        current = _payments
+    return current or configure()
+
+
+async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
+                                             wait_for_completion: bool = True,
+                                             confirm_repeat: bool = False) -> dict:
+    """Ask a customer to pay by M-Pesa STK Push, then report the outcome as soon as it is known.
+
+    The phone's owner gets an M-Pesa prompt to pay the merchant's shortcode and approves it with
+    their PIN; no money leaves the merchant's account.
+
+    Args:
+        phone_number: The customer's Kenyan mobile number, in any usual form (0712345678, +254712345678).
+        amount: Whole Kenya shillings to request, at least 1.
+        context: What the payment is for, e.g. "lunch" (shown in the messages).
+        wait_for_completion: Wait for the customer's answer (up to about 2 minutes) before replying.
+        confirm_repeat: True only after the person confirmed re-sending the same amount to the
+            same phone within 2 minutes (a previous call answered "needs_confirmation").
+
+    Returns:
+        A dict with `status` ("success", "failed", "timeout", "pending", "unknown",
+        "needs_confirmation" or "error"), a `message` to show the person, `payment_status`, and
+        `checkout_request_id` to check the payment later; `payment_details` on success,
+        `error_message` on failure.
+    """
+    try:
+        return await _current().send(phone_number, amount, context, wait_for_completion, confirm_repeat)
+    except Exception as exc:  # the model must get an answer, never a traceback
+        log.exception("send_instant_payment_with_tracking failed")
+        return error(f"Something went wrong while sending the payment request ({type(exc).__name__}). "
+                     "Check the server logs before trying again.")
+
+
+async def check_payment_status_realtime(checkout_request_id: str) -> dict:
+    """Get a payment's current status from the real-time callback system (no M-Pesa API call).
+
+    Args:
+        checkout_request_id: The payment's ID from the send result, e.g. "ws_CO_26112026125423123712345678".
+
+    Returns:
+        A dict with `status` ("success", "failed", "pending", "unknown" or "error"), a `message`
+        to show the person, `payment_status` and `checkout_request_id`.
+    """
+    try:
+        return await _current().status(checkout_request_id)
+    except Exception as exc:
+        log.exception("check_payment_status_realtime failed")
+        return error(f"Something went wrong while checking the payment ({type(exc).__name__}).")

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the whole product: the Daraja simulator (MPESA_ENV=simulator), the callback server and
+# the adk web chat. Installs what it needs on first run. Ctrl-C stops everything.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/venv.sh
+PY=.venv/bin/python
+mkdir -p logs data
+
+config=$($PY -m mpesa_agent.preflight) || { echo "Fix the settings above (.env / .env.local) and run ./start.sh again."; exit 1; }
+eval "$config"
+ADK_PORT=${ADK_PORT:-8000}
+SIM_PORT=$($PY -c "from urllib.parse import urlsplit;print(urlsplit('$DARAJA_URL').port or 8002)")
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo; echo "Stopping..."
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  echo "Stopped."
+}
+trap stop INT TERM EXIT
+
+# start NAME URL COMMAND...: run in the background, log to logs/NAME.log, wait until URL answers.
+start() {
+  local name=$1 url=$2; shift 2
+  echo "Starting $name (log: logs/$name.log)..."
+  "$@" >"logs/$name.log" 2>&1 &
+  pids+=($!)
+  if ! $PY scripts/wait_ready.py "$url" 60 "$!"; then
+    echo "$name did not come up; last lines of logs/$name.log:"; tail -n 20 "logs/$name.log"; exit 1
+  fi
+}
+
+if [ "$MPESA_ENV" = simulator ]; then
+  start simulator "http://127.0.0.1:$SIM_PORT/simulator/health" $PY -m mpesa_agent.simulator --port "$SIM_PORT"
+else
+  echo "MPESA_ENV=$MPESA_ENV: using Daraja at $DARAJA_URL (no simulator)."
+  if [ -n "${START_NGROK:-}" ]; then
+    command -v ngrok >/dev/null || { echo "START_NGROK is set but ngrok is not installed."; exit 1; }
+    start ngrok "http://127.0.0.1:4040/api/tunnels" ngrok http "$CALLBACK_PORT" --log stdout
+    echo "ngrok is up: set MPESA_CALLBACK_URL to its https address (see http://127.0.0.1:4040) + /callback/<token>."
+  fi
+fi
+start callback_server "http://127.0.0.1:$CALLBACK_PORT/health" $PY callback_server.py --port "$CALLBACK_PORT"
+grep -m1 -i "callbacks" logs/callback_server.log || true
+
+.venv/bin/adk telemetry disable >/dev/null 2>&1 || true
+start adk_web "http://127.0.0.1:$ADK_PORT/list-apps" \
+  .venv/bin/adk web --host 127.0.0.1 --port "$ADK_PORT" --session_service_uri memory:// --no-reload .
+
+cat <<MSG
+
+Ready. Chat: http://127.0.0.1:$ADK_PORT/dev-ui/?app=mpesa_agent
+Try: "Send 500 to 0712345678 for lunch" (an STK Push asks that phone's owner to pay your shortcode).
+Logs: logs/simulator.log, logs/callback_server.log, logs/adk_web.log. Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}" || true
+echo "A process stopped; see logs/."
