@@ -34,7 +34,7 @@ start() {
 }
 
 if [ "$MPESA_ENV" = simulator ]; then
-  start simulator "http://127.0.0.1:$SIM_PORT/simulator/health" $PY -m mpesa_agent.simulator --port "$SIM_PORT"
+  start simulator "http://127.0.0.1:$SIM_PORT/oauth/v1/generate" $PY -m mpesa_agent.simulator --port "$SIM_PORT"
 else
   echo "MPESA_ENV=$MPESA_ENV: using Daraja at $DARAJA_URL (no simulator)."
   if [ -n "${START_NGROK:-}" ]; then
