@@ -18,6 +18,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError
 
 from . import outcomes
+from .config import Settings
 from .errors import (
     AuthenticationError, DarajaError, DarajaServerError, InvalidRequestError, OutcomeUnknownError,
     RequestRejectedError, ThrottledError, TransportError, error_class,
@@ -106,7 +107,7 @@ class DarajaClient:
         self._token_refresh_at = 0.0
 
     @classmethod
-    def from_settings(cls, settings) -> "DarajaClient":
+    def from_settings(cls, settings: Settings) -> "DarajaClient":
         """A client for the environment `settings` describe."""
         return cls(settings.consumer_key, settings.consumer_secret, settings.shortcode, settings.passkey,
                    settings.base_url, transaction_type=settings.transaction_type,
@@ -119,7 +120,8 @@ class DarajaClient:
         The phone takes any usual Kenyan form; the amount must be whole KES. The account reference
         is shown to the customer, so it is never cut: letters and digits are kept and more than
         12 of them is an InvalidRequestError. The description is only a note, so it is cut to 13.
-        Never re-sent by this method: a timeout or 5xx raises OutcomeUnknownError.
+        Never re-sent on its own: if the push may have reached Daraja (read timeout, 5xx, broken
+        answer) it raises OutcomeUnknownError; if it never left (connect failure), TransportError.
         """
         msisdn = _checked(normalize_phone, phone_number, "phone_number", InvalidPhoneNumber)
         whole_kes = _checked(parse_amount, amount, "amount", InvalidAmount)
@@ -288,10 +290,11 @@ class DarajaClient:
                    request_id=_text(data.get("requestId")), http_status=response.status_code)
 
     def _scrub(self, text: str, *extra: str) -> str:
+        """`text` with every secret of this client masked; whole tokens only, so words survive."""
         basic = base64.b64encode(f"{self.consumer_key}:{self._consumer_secret}".encode()).decode()
         for secret in (self._consumer_secret, self._passkey, self._token, basic, *extra):
             if secret:
-                text = text.replace(secret, "***")
+                text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
         return text
 
 

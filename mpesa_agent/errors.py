@@ -70,7 +70,8 @@ class RequestRejectedError(DarajaError):
 class AuthenticationError(DarajaError):
     """Daraja refused the consumer key/secret, or the access token even after a refresh."""
 
-    summary = "Daraja refused the credentials (check MPESA_CONSUMER_KEY and MPESA_CONSUMER_SECRET)"
+    summary = ("Daraja refused the credentials (check MPESA_CONSUMER_KEY, MPESA_CONSUMER_SECRET, "
+               "and MPESA_PASSKEY for the shortcode)")
 
 
 class ThrottledError(DarajaError):

@@ -238,7 +238,7 @@ def test_clean_description_cuts_to_13_and_never_empties(raw, cleaned):
 
 # --- The token ---
 
-@pytest.mark.parametrize("expires_in", [3599, "3599"])
+@pytest.mark.parametrize("expires_in", [3599, "3599"], ids=["number", "string"])
 def test_token_is_cached_then_refreshed_a_few_minutes_before_expiry(mock, expires_in):
     clock = Clock()
     client = make_client(clock=clock)
@@ -435,6 +435,13 @@ def test_errors_never_show_secrets(mock):
     assert "debug" in text
     for secret in (SECRET, SANDBOX_PASSKEY, DOCS_PASSWORD[:40], token, BASIC.split()[1]):
         assert secret not in text
+
+
+def test_a_short_secret_does_not_mangle_messages(mock):
+    mock.get(BASE + TOKEN_PATH, status=400, json=envelope("400.008.01", "Invalid Authentication passed"))
+    with pytest.raises(AuthenticationError) as caught:
+        make_client(consumer_secret="s").stk_query(CHECKOUT)
+    assert "Invalid Authentication passed" in str(caught.value)
 
 
 def test_every_request_has_connect_and_read_timeouts(mock):
