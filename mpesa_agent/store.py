@@ -1,0 +1,296 @@
+"""Durable SQLite store of payments and of every raw callback, safe under many server threads.
+
+Durability: WAL journal with `synchronous=FULL`, so a commit is on disk before it returns, and a
+200 answered to Daraja after a commit survives a process crash *and* a power cut (`NORMAL` would
+survive a crash but may lose the last commits on power loss). Each commit costs one fsync of
+the WAL; callbacks are rare, so that price is paid gladly.
+
+Threads: a connection per operation, not per thread. Waitress runs hundreds of threads for
+long-poll waiters and most never touch the database; a connection each would hold ~3 file
+descriptors per thread. One extra "anchor" connection stays open so the WAL is not checkpointed
+and deleted every time the last operation closes. State changes run in `BEGIN IMMEDIATE`
+transactions, which take the write lock up front, so read-then-write decisions cannot race.
+Money is INTEGER (registered amounts) or exact Decimal text (amounts read from callbacks).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterator, Mapping
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 15.0
+
+# Outcomes of a raw callback. "received" means stored but not yet applied (a crash in between):
+# such callbacks are processed again when the server starts.
+RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = (
+    "received", "applied", "duplicate", "parked", "conflict", "rejected", "invalid")
+CALLBACK_OUTCOMES = (RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID)
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS callbacks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at TEXT NOT NULL,
+    source_addr TEXT,
+    headers TEXT NOT NULL,                -- JSON object, secrets redacted
+    body BLOB NOT NULL,                   -- exactly the bytes received
+    checkout_request_id TEXT,             -- when the body could be parsed that far
+    outcome TEXT NOT NULL CHECK (outcome IN ({", ".join(f"'{o}'" for o in CALLBACK_OUTCOMES)})),
+    note TEXT,
+    processed_at TEXT
+);
+CREATE INDEX IF NOT EXISTS callbacks_by_checkout ON callbacks (checkout_request_id, outcome);
+CREATE INDEX IF NOT EXISTS callbacks_by_outcome ON callbacks (outcome);
+
+CREATE TABLE IF NOT EXISTS payments (
+    checkout_request_id TEXT PRIMARY KEY,
+    merchant_request_id TEXT,
+    phone_number TEXT NOT NULL,           -- MSISDN 2547XXXXXXXX
+    amount INTEGER NOT NULL CHECK (amount >= 1),  -- whole KES
+    description TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT 'pending'
+        CHECK (status IN ('pending', 'completed', 'failed', 'unknown')),
+    result_code TEXT,
+    result_desc TEXT,
+    reason TEXT,
+    receipt TEXT,
+    transaction_date TEXT,
+    paid_phone TEXT,
+    paid_amount TEXT,                     -- exact Decimal text from the callback, e.g. '1.00'
+    settled_by TEXT,                      -- 'callback' or 'query'
+    review TEXT,                          -- why a person should look at this payment
+    callback_id INTEGER REFERENCES callbacks (id),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    settled_at TEXT
+);
+CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, created_at);
+"""
+
+_PAYMENT_UPDATABLE = frozenset({
+    "merchant_request_id", "status", "result_code", "result_desc", "reason", "receipt",
+    "transaction_date", "paid_phone", "paid_amount", "settled_by", "review", "callback_id",
+    "settled_at"})
+_REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def utcnow() -> str:
+    """UTC ISO-8601 with milliseconds: sorts as text, so SQL can compare it."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Payment:
+    checkout_request_id: str
+    merchant_request_id: str | None
+    phone_number: str
+    amount: int
+    description: str
+    status: str
+    result_code: str | None
+    result_desc: str | None
+    reason: str | None
+    receipt: str | None
+    transaction_date: str | None
+    paid_phone: str | None
+    paid_amount: str | None
+    settled_by: str | None
+    review: str | None
+    callback_id: int | None
+    created_at: str
+    updated_at: str
+    settled_at: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RawCallback:
+    id: int
+    received_at: str
+    source_addr: str | None
+    headers: dict = field(repr=False)
+    body: bytes = field(repr=False)
+    checkout_request_id: str | None = None
+    outcome: str = RECEIVED
+    note: str | None = None
+    processed_at: str | None = None
+
+
+def _payment(row: sqlite3.Row | None) -> Payment | None:
+    return Payment(**dict(row)) if row is not None else None
+
+
+def _callback(row: sqlite3.Row | None) -> RawCallback | None:
+    if row is None:
+        return None
+    values = dict(row)
+    values["headers"] = json.loads(values["headers"])
+    values["body"] = bytes(values["body"])
+    return RawCallback(**values)
+
+
+def redact_headers(headers: Mapping[str, str] | None) -> dict:
+    """Headers as a plain dict, with credentials replaced: they are stored for review."""
+    return {name: ("<redacted>" if name.lower() in _REDACTED_HEADERS else str(value))
+            for name, value in (headers or {}).items()}
+
+
+class Transaction:
+    """Reads and writes inside one `BEGIN IMMEDIATE` transaction (see `Store.transaction`)."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def payment(self, checkout_request_id: str) -> Payment | None:
+        return _payment(self.conn.execute(
+            "SELECT * FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
+
+    def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
+                       description: str, merchant_request_id: str | None) -> Payment:
+        now = utcnow()
+        self.conn.execute(
+            "INSERT INTO payments (checkout_request_id, merchant_request_id, phone_number, amount,"
+            " description, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (checkout_request_id, merchant_request_id, phone_number, int(amount), description, now, now))
+        return self.payment(checkout_request_id)
+
+    def update_payment(self, checkout_request_id: str, **changes) -> Payment:
+        unknown = set(changes) - _PAYMENT_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
+        changes["updated_at"] = utcnow()
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?",
+                          (*changes.values(), checkout_request_id))
+        return self.payment(checkout_request_id)
+
+    def insert_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
+                        outcome: str = RECEIVED, note: str | None = None,
+                        checkout_request_id: str | None = None) -> int:
+        processed_at = None if outcome == RECEIVED else utcnow()
+        cursor = self.conn.execute(
+            "INSERT INTO callbacks (received_at, source_addr, headers, body, checkout_request_id, outcome,"
+            " note, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (utcnow(), source_addr, json.dumps(redact_headers(headers)), sqlite3.Binary(bytes(body)),
+             checkout_request_id, outcome, note, processed_at))
+        return cursor.lastrowid
+
+    def callback(self, callback_id: int) -> RawCallback | None:
+        return _callback(self.conn.execute("SELECT * FROM callbacks WHERE id = ?", (callback_id,)).fetchone())
+
+    def set_callback_outcome(self, callback_id: int, outcome: str, note: str | None = None,
+                             checkout_request_id: str | None = None) -> None:
+        self.conn.execute(
+            "UPDATE callbacks SET outcome = ?, note = ?, processed_at = ?,"
+            " checkout_request_id = COALESCE(?, checkout_request_id) WHERE id = ?",
+            (outcome, note, utcnow(), checkout_request_id, callback_id))
+
+    def parked_callbacks(self, checkout_request_id: str) -> list[RawCallback]:
+        rows = self.conn.execute(
+            "SELECT * FROM callbacks WHERE checkout_request_id = ? AND outcome = ? ORDER BY id",
+            (checkout_request_id, PARKED)).fetchall()
+        return [_callback(row) for row in rows]
+
+
+class Store:
+    """The payments database at `path` (parent folders are created; the schema on first use)."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._anchor = self._open()
+        self._anchor.execute("PRAGMA journal_mode=WAL")
+        self._anchor.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        conn = self._open()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction: committed (and on disk) when the block ends, rolled back on error."""
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield Transaction(conn)
+            except BaseException:
+                if conn.in_transaction:  # SQLite may already have rolled back (disk full, ...)
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self._anchor.close()
+
+    def record_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
+                        outcome: str = RECEIVED, note: str | None = None) -> int:
+        """Commit a raw callback exactly as received and return its id."""
+        with self.transaction() as tx:
+            return tx.insert_callback(body, headers, source_addr, outcome, note)
+
+    def payment(self, checkout_request_id: str) -> Payment | None:
+        with self._connection() as conn:
+            return _payment(conn.execute(
+                "SELECT * FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
+
+    def callback(self, callback_id: int) -> RawCallback | None:
+        with self._connection() as conn:
+            return _callback(conn.execute("SELECT * FROM callbacks WHERE id = ?", (callback_id,)).fetchone())
+
+    def callbacks(self, checkout_request_id: str | None = None, outcome: str | None = None) -> list[RawCallback]:
+        """Raw callbacks in arrival order, optionally only one payment's or one outcome's."""
+        sql, args = "SELECT * FROM callbacks WHERE 1 = 1", []
+        if checkout_request_id is not None:
+            sql, args = sql + " AND checkout_request_id = ?", [*args, checkout_request_id]
+        if outcome is not None:
+            sql, args = sql + " AND outcome = ?", [*args, outcome]
+        with self._connection() as conn:
+            return [_callback(row) for row in conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def parked_with_payment(self) -> list[int]:
+        """Ids of parked callbacks whose payment is registered (normally none: see `recover`)."""
+        with self._connection() as conn:
+            return [row[0] for row in conn.execute(
+                "SELECT c.id FROM callbacks c JOIN payments p USING (checkout_request_id)"
+                " WHERE c.outcome = ? ORDER BY c.id", (PARKED,)).fetchall()]
+
+    def payments_with_status(self, status: str, created_before: str | None = None) -> list[Payment]:
+        sql, args = "SELECT * FROM payments WHERE status = ?", [status]
+        if created_before is not None:
+            sql, args = sql + " AND created_at <= ?", [*args, created_before]
+        with self._connection() as conn:
+            return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at", args).fetchall()]
+
+    def pending_older_than(self, seconds: float) -> list[Payment]:
+        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+        return self.payments_with_status("pending", created_before=cutoff)
+
+    def counts(self) -> dict:
+        """Payments per status and callbacks per outcome (also proves the database answers)."""
+        with self._connection() as conn:
+            payments = dict(conn.execute("SELECT status, COUNT(*) FROM payments GROUP BY status").fetchall())
+            callbacks = dict(conn.execute("SELECT outcome, COUNT(*) FROM callbacks GROUP BY outcome").fetchall())
+        return {"payments": payments, "callbacks": callbacks}
+
+    def pragmas(self) -> dict:
+        with self._connection() as conn:
+            return {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
+                    for name in ("journal_mode", "synchronous", "foreign_keys", "user_version")}

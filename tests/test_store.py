@@ -1,0 +1,111 @@
+import sqlite3
+import threading
+
+import pytest
+
+from mpesa_agent.store import APPLIED, PARKED, RECEIVED, Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(tmp_path / "nested" / "dir" / "payments.db")
+    yield store
+    store.close()
+
+
+def add_payment(store, checkout_id="ws_CO_1", amount=500):
+    with store.transaction() as tx:
+        return tx.insert_payment(checkout_id, "254712345678", amount, "lunch", None)
+
+
+def test_creates_folders_schema_wal_and_full_sync(store, tmp_path):
+    assert (tmp_path / "nested" / "dir" / "payments.db").is_file()
+    assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "user_version": 1}
+    assert store.counts() == {"payments": {}, "callbacks": {}}
+
+
+def test_payment_round_trip_keeps_money_as_integer(store):
+    payment = add_payment(store)
+    assert (payment.status, payment.amount, payment.phone_number) == ("pending", 500, "254712345678")
+    assert store.payment("ws_CO_1") == payment
+    assert store.payment("ws_CO_2") is None
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("SELECT typeof(amount) FROM payments").fetchone() == ("integer",)
+    conn.close()
+
+
+def test_schema_refuses_bad_states_and_amounts(store):
+    with pytest.raises(sqlite3.IntegrityError):
+        add_payment(store, amount=0)
+    add_payment(store)
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+        tx.update_payment("ws_CO_1", status="paid")
+    with pytest.raises(ValueError, match="not updatable"), store.transaction() as tx:
+        tx.update_payment("ws_CO_1", amount=1)
+
+
+def test_a_failed_transaction_is_rolled_back(store):
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        tx.insert_payment("ws_CO_1", "254712345678", 500, "", None)
+        raise RuntimeError("boom")
+    assert store.payment("ws_CO_1") is None
+
+
+def test_raw_callbacks_are_kept_byte_for_byte_with_redacted_credentials(store):
+    body = b'{"Body": {"stkCallback": {"Amount": 1.00}}}\xff'
+    callback_id = store.record_callback(body, {"Content-Type": "application/json", "Authorization": "Bearer s3cret",
+                                               "Businessshortcode": "174379"}, "196.201.212.69")
+    raw = store.callback(callback_id)
+    assert raw.body == body
+    assert raw.headers == {"Content-Type": "application/json", "Authorization": "<redacted>",
+                           "Businessshortcode": "174379"}
+    assert (raw.source_addr, raw.outcome, raw.processed_at) == ("196.201.212.69", RECEIVED, None)
+    assert store.callbacks(outcome=RECEIVED) == [raw]
+
+
+def test_parked_callbacks_are_found_by_checkout_id(store):
+    first = store.record_callback(b"{}", {}, None)
+    second = store.record_callback(b"{}", {}, None)
+    with store.transaction() as tx:
+        tx.set_callback_outcome(first, PARKED, "no registration yet", "ws_CO_1")
+        tx.set_callback_outcome(second, APPLIED, None, "ws_CO_1")
+    with store.transaction() as tx:
+        assert [cb.id for cb in tx.parked_callbacks("ws_CO_1")] == [first]
+    assert store.parked_with_payment() == []
+    add_payment(store)
+    assert store.parked_with_payment() == [first]
+
+
+def test_everything_survives_reopening(store):
+    add_payment(store)
+    callback_id = store.record_callback(b"raw", {"X": "1"}, "1.2.3.4")
+    reopened = Store(store.path)
+    assert reopened.payment("ws_CO_1") == store.payment("ws_CO_1")
+    assert reopened.callback(callback_id).body == b"raw"
+    reopened.close()
+
+
+def test_pending_older_than(store):
+    add_payment(store)
+    assert [p.checkout_request_id for p in store.pending_older_than(0)] == ["ws_CO_1"]
+    assert store.pending_older_than(3600) == []
+
+
+def test_many_threads_write_at_once_without_losing_anything(store):
+    errors = []
+
+    def work(n):
+        try:
+            for i in range(10):
+                add_payment(store, f"ws_CO_{n}_{i}")
+                store.record_callback(b"{}", {}, None)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.counts() == {"payments": {"pending": 160}, "callbacks": {RECEIVED: 160}}
