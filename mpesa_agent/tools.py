@@ -141,8 +141,8 @@ class Payments:
             return error(f"Not sent: {phone} has another M-Pesa transaction in progress. "
                          "Try again in 1-3 minutes.")
         if isinstance(exc, AuthenticationError):
-            return error("Not sent: M-Pesa refused our credentials. Check MPESA_CONSUMER_KEY and "
-                         "MPESA_CONSUMER_SECRET in .env.local.")
+            return error("Not sent: M-Pesa refused our credentials. Check MPESA_CONSUMER_KEY, "
+                         "MPESA_CONSUMER_SECRET and MPESA_PASSKEY in .env.local.")
         if isinstance(exc, TransportError):
             return error("Not sent: M-Pesa could not be reached. Nothing was sent; try again shortly.")
         return error(f"Not sent: M-Pesa answered with an error: {exc}.")
@@ -211,8 +211,7 @@ class Payments:
             return error(f"Could not check {checkout_id}: {exc}", checkout_request_id=checkout_id)
         msisdn, amount, context = self._sent.get(checkout_id, ("", None, ""))
         if result.state == COMPLETED:
-            details = {"Amount": amount, "MpesaReceiptNumber": None, "TransactionDate": None,
-                       "PhoneNumber": int(msisdn) if msisdn else None, "VerifiedBy": "STK Query"}
+            details = {**notes.payment_details(amount, phone_number=msisdn), "VerifiedBy": "STK Query"}
             return notes.success_notification(checkout_id, amount, msisdn, context, details)
         if result.state == FAILED:
             return notes.failure_notification(checkout_id, result.reason or result.result_desc)
@@ -223,7 +222,7 @@ class Payments:
 
 def _account_reference(context: str) -> str:
     """Daraja's AccountReference: alphanumeric, at most 12 characters, shown to the customer."""
-    return "".join(ch for ch in context if ch.isalnum())[:12] or "Payment"
+    return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"
 
 
 _payments: Payments | None = None
