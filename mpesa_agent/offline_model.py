@@ -1,0 +1,342 @@
+"""The embedded offline model: an ADK `BaseLlm` that runs payment chats without Gemini.
+
+Stateless: every call re-reads the whole conversation in `llm_request.contents` (user texts, its
+own function calls, the tools' answers), so slot filling works across turns, processes and
+sessions. Text understanding lives in `intents.py`; this module holds the dialogue and replies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncGenerator
+
+from google.adk.models import BaseLlm, LlmRequest, LlmResponse
+from google.adk.models.registry import LLMRegistry
+from google.genai import types
+
+from .intents import HELP, NO, RETRY, SEND, STATUS, YES, Message, understand
+from .phones import InvalidPhoneNumber, display_phone, normalize_phone
+
+MODEL_NAME = "offline-mpesa"
+SEND_TOOL = "send_instant_payment_with_tracking"
+STATUS_TOOL = "check_payment_status_realtime"
+
+ASK_AMOUNT = "How much should I request?"
+ASK_PHONE = "To which phone number? (e.g. 0712345678)"
+EXAMPLES = 'Try "send 500 to 0712345678 for lunch", "tuma 1k kwa 0722000000", or ask "did it go through?".'
+HELP_TEXT = (
+    "👋 I send M-Pesa payment requests (STK Push) and tell you the moment they are paid.\n"
+    "Who pays whom: when you say \"send 500 to 0712345678 for lunch\", the owner of 0712345678 gets "
+    "a prompt on their phone to pay 500 KSh to this business's M-Pesa PayBill/Till, and approves it "
+    "with their M-Pesa PIN. No money leaves the merchant's account.\n" + EXAMPLES
+)
+REFUSAL = (
+    "Sorry, I can only help with M-Pesa payment requests: I send an STK Push asking a phone's owner "
+    "to pay this business, and tell you when it is paid. " + EXAMPLES
+)
+NO_PAYMENT_YET = (
+    "There is no payment in this chat yet, so I don't know which one to check. "
+    "Send me its checkout ID (it starts with ws_CO_)."
+)
+ASK_AGAIN_LATER = 'Ask me "did it go through?" in a minute and I\'ll check.'
+
+_FAILURE_HINTS = (  # (words in the reason, next step); first match wins
+    (("cancel",), 'They cancelled the prompt on their phone. Ask them to try again, then tell me "try again".'),
+    (("pin", "initiator information"),
+     'The M-Pesa PIN entered was wrong. Ask them to use the right PIN, then tell me "try again".'),
+    (("insufficient", "balance"),
+     "They don't have enough money in M-Pesa. Ask them to top up, or request a smaller amount."),
+    (("expired",), 'The prompt expired before they entered their PIN. Tell me "try again" to send a new one.'),
+    (("no response", "unreachable", "cannot be reached", "could not be reached", "timeout", "timed out"),
+     "Their phone did not respond: it may be off, out of network, or the prompt timed out. "
+     'Ask them to check their phone, then tell me "try again".'),
+    (("lock", "in progress"), 'They have another M-Pesa transaction in progress. Wait a minute, then say "try again".'),
+    (("limit",), "It is above their M-Pesa limit. Request a smaller amount."),
+)
+_ERROR_HINTS = (  # rate first: "too many requests to this number" is not a bad number
+    (("too many", "rate limit", "wait"), "Wait a little, then try again."),
+    (("amount", "shilling", "kes"), "Tell me a different whole-shilling amount."),
+    (("phone", "number", "msisdn"), "Check the phone number (a Kenyan mobile like 0712345678) and tell me again."),
+)
+
+
+class OfflineModel(BaseLlm):
+    """Understands payment requests and status questions; calls the agent's two payment tools."""
+
+    model: str = MODEL_NAME
+
+    @classmethod
+    def supported_models(cls) -> list[str]:
+        return [r"offline-mpesa.*"]
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        action = decide(llm_request.contents)
+        if isinstance(action, Call):
+            part = types.Part(function_call=types.FunctionCall(name=action.name, args=action.args))
+        else:
+            part = types.Part(text=action.text)
+        yield LlmResponse(
+            content=types.Content(role="model", parts=[part]),
+            model_version=self.model,
+            usage_metadata=types.GenerateContentResponseUsageMetadata(
+                prompt_token_count=0, candidates_token_count=0, total_token_count=0
+            ),
+        )
+
+
+LLMRegistry.register(OfflineModel)
+
+
+@dataclass(frozen=True)
+class Call:
+    name: str
+    args: dict
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # "user", "model", "call" or "result"
+    text: str = ""
+    name: str = ""
+    data: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A payment request still missing its amount or phone."""
+
+    phone: str | None = None
+    amount: int | None = None
+    context: str = ""
+
+
+@dataclass
+class Chat:
+    """What the conversation so far has established."""
+
+    draft: Draft | None = None
+    last_send: dict | None = None
+    last_send_result: dict | None = None
+    awaiting_confirmation: dict | None = None
+    payments: list[tuple[str, str | None]] = field(default_factory=list)  # (checkout ID, phone)
+
+
+def decide(contents: list[types.Content]) -> Call | Say:
+    """The model's next move for this conversation."""
+    events = _events(contents)
+    if not events:
+        return Say(HELP_TEXT)
+    last = events[-1]
+    if last.kind == "result":
+        call = _call_for(events, len(events) - 1)
+        return Say(reply_to_result(last.name, call.data if call else {}, last.data))
+    if last.kind != "user":
+        return Say(HELP_TEXT)
+    chat = _replay(events[:-1])
+    action, _ = respond(chat, understand(last.text))
+    return action
+
+
+def _events(contents: list[types.Content]) -> list[Event]:
+    events: list[Event] = []
+    for content in contents or []:
+        texts: list[str] = []
+        for part in content.parts or []:
+            if part.function_call:
+                events.append(Event("call", name=part.function_call.name or "", data=dict(part.function_call.args or {})))
+            elif part.function_response:
+                response = part.function_response.response
+                data = response if isinstance(response, dict) else {"result": response}
+                events.append(Event("result", name=part.function_response.name or "", data=dict(data)))
+            elif part.text and not part.thought:
+                texts.append(part.text)
+        if texts:
+            events.append(Event("user" if content.role == "user" else "model", text="\n".join(texts)))
+    return events
+
+
+def _call_for(events: list[Event], index: int) -> Event | None:
+    """The function call that a function result at `index` answers."""
+    name = events[index].name
+    for event in reversed(events[:index]):
+        if event.kind == "call" and event.name == name:
+            return event
+    return None
+
+
+def _replay(events: list[Event]) -> Chat:
+    """Re-live the conversation to learn the open draft, the payments made and any pending question."""
+    chat = Chat()
+    for index, event in enumerate(events):
+        if event.kind == "user":
+            _, chat.draft = respond(chat, understand(event.text))
+            chat.awaiting_confirmation = None
+        elif event.kind == "call" and event.name == SEND_TOOL:
+            chat.draft, chat.last_send, chat.last_send_result = None, event.data, None
+        elif event.kind == "result":
+            call = _call_for(events, index)
+            args = call.data if call else {}
+            checkout_id = event.data.get("checkout_request_id") or args.get("checkout_request_id")
+            if event.name == SEND_TOOL:
+                chat.last_send_result = event.data
+                if event.data.get("status") == "needs_confirmation":
+                    chat.awaiting_confirmation = args
+            if checkout_id:
+                chat.payments.append((str(checkout_id), _phone_of(args)))
+    return chat
+
+
+def _phone_of(args: dict) -> str | None:
+    try:
+        return display_phone(normalize_phone(args.get("phone_number")))
+    except InvalidPhoneNumber:
+        return None
+
+
+def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
+    """The answer to one user message, and the draft left open after it."""
+    pending = chat.awaiting_confirmation
+    if pending and msg.intent in (YES, RETRY):
+        return Call(SEND_TOOL, {**_send_args(pending), "confirm_repeat": True}), None
+    if pending and msg.intent == NO:
+        return Say("OK, I did not send it again."), None
+    if msg.intent == STATUS:
+        return _status(chat, msg), None
+    if msg.intent == RETRY:
+        if chat.last_send:
+            return Call(SEND_TOOL, _send_args(chat.last_send)), None
+        return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
+    if msg.intent == SEND or (chat.draft and msg.starts_with_purpose):
+        return _fill(chat, msg)
+    if chat.draft and msg.intent == NO:
+        return Say("OK, cancelled. Nothing was sent."), None
+    if chat.draft and msg.intent != HELP:
+        return Say(f"Sorry, I didn't get that. {_questions(chat.draft)} Or say \"cancel\"."), chat.draft
+    if msg.intent == HELP:
+        return Say(HELP_TEXT), None
+    if msg.intent == YES:
+        return Say("There is nothing waiting for a yes. " + EXAMPLES), None
+    if msg.intent == NO:
+        return Say("OK, nothing was sent. " + EXAMPLES), None
+    return Say(REFUSAL), None
+
+
+def _send_args(args: dict) -> dict:
+    return {key: args[key] for key in ("phone_number", "amount", "context") if key in args}
+
+
+def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
+    """Merge this message into the open draft; send when phone and amount are both known."""
+    draft = chat.draft or Draft()
+    problems = [p for p in (msg.phone_problem, msg.amount_problem) if p]
+    phone = msg.phone or draft.phone
+    if msg.same_phone:
+        phone = _phone_of(chat.last_send) if chat.last_send else None
+        if not phone:
+            problems.append("I don't have an earlier phone number in this chat.")
+    if msg.phone_problem:
+        phone = None
+    amount = None if msg.amount_problem else (msg.amount or draft.amount)
+    draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
+    if draft.phone and draft.amount and not problems:
+        return Call(SEND_TOOL, {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context}), None
+    if problems:
+        return Say(" ".join(problems + [_questions(draft)])), draft
+    return Say(_ask(draft)), draft
+
+
+def _ask(draft: Draft) -> str:
+    """Repeat what is known, then ask for the rest."""
+    purpose = f" for {draft.context}" if draft.context else ""
+    if draft.phone and not draft.amount:
+        return f"OK, a payment request to {draft.phone}{purpose}. {ASK_AMOUNT}"
+    if draft.amount and not draft.phone:
+        return f"OK, {draft.amount:,} KSh{purpose}. {ASK_PHONE}"
+    return f"Sure. {_questions(draft)}"
+
+
+def _questions(draft: Draft) -> str:
+    if draft.phone and not draft.amount:
+        return ASK_AMOUNT
+    if draft.amount and not draft.phone:
+        return ASK_PHONE
+    return f"{ASK_AMOUNT} And {ASK_PHONE[0].lower()}{ASK_PHONE[1:]}"
+
+
+def _status(chat: Chat, msg: Message) -> Call | Say:
+    if msg.checkout_id:
+        return Call(STATUS_TOOL, {"checkout_request_id": msg.checkout_id})
+    if msg.phone:
+        for checkout_id, phone in reversed(chat.payments):
+            if phone == msg.phone:
+                return Call(STATUS_TOOL, {"checkout_request_id": checkout_id})
+        return Say(f"I have no payment to {msg.phone} in this chat. "
+                   "Send me its checkout ID (it starts with ws_CO_).")
+    result = chat.last_send_result
+    if result and not result.get("checkout_request_id") and result.get("status") in ("error", "needs_confirmation"):
+        return Say(f"Your last request was not sent, so there is nothing to check: {result.get('message', '')}".strip())
+    if chat.payments:
+        return Call(STATUS_TOOL, {"checkout_request_id": chat.payments[-1][0]})
+    return Say(NO_PAYMENT_YET)
+
+
+def reply_to_result(tool: str, args: dict, result: dict) -> str:
+    """Tell the person what a tool answered, keeping the tool's own message word for word."""
+    message = str(result.get("message") or result.get("result") or "").strip()
+    status = str(result.get("status") or result.get("payment_status") or "").lower()
+    checkout_id = result.get("checkout_request_id") or args.get("checkout_request_id")
+    checking = tool == STATUS_TOOL
+    if status in ("success", "completed"):
+        lines = [f"✅ Yes, it went through! {message}" if checking else f"{_headline(args, result)}\n{message}"]
+        receipt = (result.get("payment_details") or {}).get("MpesaReceiptNumber")
+        if receipt and str(receipt) not in message:
+            lines.append(f"M-Pesa receipt: {receipt}")
+        return "\n".join(lines)
+    if status == "failed":
+        reason = f"{result.get('error_message', '')} {message}".lower()
+        hint = next((h for words, h in _FAILURE_HINTS if any(w in reason for w in words)),
+                    'Tell me "try again" to send a new request.')
+        return f"{message}\n{hint}"
+    if status in ("timeout", "pending"):
+        to = f" to {args['phone_number']}" if args.get("phone_number") else ""
+        waiting = ("The phone's owner has not completed the prompt yet, so it is still pending." if checking
+                   else f"📱 The payment request went{to}, but M-Pesa has not confirmed it yet, so it is still pending.")
+        return f"{message}\n{waiting}{_checkout(checkout_id)} {ASK_AGAIN_LATER}"
+    if status == "unknown":
+        return (f"{message}\nI can't tell yet whether it went through, so please don't send it again yet."
+                f"{_checkout(checkout_id)} {ASK_AGAIN_LATER}")
+    if status == "needs_confirmation":
+        return f"{message} (yes / no)"
+    if status == "error":
+        lowered = message.lower()
+        if checking:
+            hint = "Check the checkout ID (it starts with ws_CO_) and ask again."
+        else:
+            hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
+                        'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
+        return f"{message}\n{hint}"
+    return message or "I got an answer I don't understand. " + ASK_AGAIN_LATER
+
+
+def _headline(args: dict, result: dict) -> str:
+    amount = args.get("amount") or (result.get("payment_details") or {}).get("Amount")
+    context = args.get("context")
+    sent = f"{_money(amount)} sent for {context}!" if context else f"{_money(amount)} sent!"
+    return f"📱 Payment sent! ✅ Completed successfully! {sent}" if amount else "📱 Payment sent! ✅ Completed successfully!"
+
+
+def _money(amount: object) -> str:
+    try:
+        return f"{int(amount):,} KSh"
+    except (TypeError, ValueError):
+        return f"{amount} KSh"
+
+
+def _checkout(checkout_id: object) -> str:
+    return f" Checkout ID: {checkout_id}." if checkout_id else ""

@@ -1,0 +1,153 @@
+import pytest
+
+from mpesa_agent.intents import HELP, NO, OTHER, RETRY, SEND, STATUS, YES, find_amount, find_phone, understand
+
+
+@pytest.mark.parametrize("text, amount", [
+    ("500", 500), ("1,200", 1200), ("KSh 500", 500), ("Ksh. 500", 500), ("kes 500", 500), ("KES 1,200", 1200),
+    ("ksh500", 500), ("500 bob", 500), ("500bob", 500), ("500/-", 500), ("1,200/=", 1200), ("500 ksh", 500),
+    ("1.5k", 1500), ("2k", 2000), ("2K", 2000), ("0.5k", 500), ("sh 300", 300), ("300 shillings", 300),
+    ("500.00", 500), ("2 thao", 2000), ("3 thousand", 3000),
+    ("mia tano", 500), ("elfu moja", 1000), ("elfu moja mia tano", 1500), ("elfu moja na mia tano", 1500),
+    ("mia mbili na hamsini", 250), ("elfu kumi na tano", 15000), ("elfu mbili", 2000), ("elfu 2", 2000),
+    ("laki moja", 100_000), ("elfu mia tano", 500_000), ("thao mbili", 2000), ("hamsini", 50), ("mbao", 20),
+    ("five hundred", 500), ("two thousand five hundred", 2500), ("a thousand", 1000), ("fifteen hundred", 1500),
+    ("twenty five", 25), ("one thousand two hundred and fifty", 1250),
+])
+def test_find_amount_reads_every_usual_form(text, amount):
+    assert find_amount(text) == (amount, None)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("12.50", "whole shillings"), ("KSh 99.99", "whole shillings"), ("1.2345k", "whole shillings"),
+    ("0", "at least 1"), ("500 or 600", "more than one amount"),
+])
+def test_find_amount_asks_instead_of_guessing(text, problem):
+    amount, why = find_amount(text)
+    assert amount is None and problem in why
+
+
+@pytest.mark.parametrize("text", ["", "for lunch", "at 3pm", "in 5 minutes", "that one", "hello there"])
+def test_find_amount_finds_none(text):
+    assert find_amount(text) == (None, None)
+
+
+@pytest.mark.parametrize("text", [
+    "0712345678", "0712 345 678", "0712-345-678", "+254712345678", "+254 712 345 678", "254712345678",
+    "712345678", "712 345 678", "(0712) 345678", "071 234 5678", "0712.345.678", "send to 0712345678.",
+])
+def test_find_phone_reads_every_usual_form(text):
+    assert find_phone(text)[:2] == ("0712345678", None)
+
+
+@pytest.mark.parametrize("text, phone", [
+    ("0110123456", "0110123456"), ("0100123456", "0100123456"), ("+254 110 123 456", "0110123456"),
+    ("0780123456", "0780123456"), ("0770123456", "0770123456"),
+])
+def test_find_phone_takes_new_ranges(text, phone):
+    assert find_phone(text)[0] == phone
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("0201234567", "not a mobile number"), ("07123456", "has 8 digits"), ("07123456789", "has 11 digits"),
+    ("+14155552671", "not a valid Kenyan mobile"),
+    ("0712345678 and 0723456789", "more than one phone number"),
+])
+def test_find_phone_explains_what_is_wrong(text, problem):
+    phone, why, _ = find_phone(text)
+    assert phone is None and problem in why
+
+
+def test_find_phone_hides_the_digits_from_the_amount():
+    _, _, rest = find_phone("send 500 to 0712 345 678")
+    assert find_amount(rest) == (500, None)
+
+
+@pytest.mark.parametrize("text, phone, amount, context", [
+    ("send 500 to 0712345678 for lunch", "0712345678", 500, "lunch"),
+    ("Send 1,200 to 0712 345 678 for rent.", "0712345678", 1200, "rent"),
+    ("KSh 500 to +254 712 345 678", "0712345678", 500, ""),
+    ("Ksh. 500 to 254712345678 for rent!", "0712345678", 500, "rent"),
+    ("kes 500 0712-345-678", "0712345678", 500, ""),
+    ("pay 500 bob to 712345678", "0712345678", 500, ""),
+    ("500/- to 0110123456", "0110123456", 500, ""),
+    ("tuma 500 kwa 0712345678", "0712345678", 500, ""),
+    ("tuma 2k kwa 0712345678 ya lunch", "0712345678", 2000, "lunch"),
+    ("tuma 500 ya lunch kwa 0712345678", "0712345678", 500, "lunch"),
+    ("lipa 200 0712345678", "0712345678", 200, ""),
+    ("request 300 from 0712345678", "0712345678", 300, ""),
+    ("charge 0712345678 500", "0712345678", 500, ""),
+    ("sh 300 to 0712345678 kwa ajili ya chakula", "0712345678", 300, "chakula"),
+    ("tuma mia tano kwa 0712345678", "0712345678", 500, ""),
+    ("tuma elfu moja kwa 0712345678 ya nauli", "0712345678", 1000, "nauli"),
+    ("send 500 to 0712345678 for lunch please", "0712345678", 500, "lunch"),
+    ("send 500 to 0712345678 for lunch, thanks", "0712345678", 500, "lunch"),
+    ("send 500 to 0712345678 for school fees asap", "0712345678", 500, "school fees"),
+    ("send for lunch 500 bob to 0712345678", "0712345678", 500, "lunch"),
+    ("send 0712345678 for lunch 500", "0712345678", 500, "lunch"),
+    ("request 1.5k from 0722 000 000 as payment for invoice 42", "0722000000", 1500, "invoice 42"),
+    ("send 500 to 0712345678 at 3pm", "0712345678", 500, ""),
+    ("please send 500 to 0712345678 being payment for the tent", "0712345678", 500, "the tent"),
+    ("Niaje, nitumie 1k kwa 0712345678", "0712345678", 1000, ""),
+])
+def test_understand_send_requests(text, phone, amount, context):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount, msg.context) == (SEND, phone, amount, context)
+
+
+@pytest.mark.parametrize("text, phone, amount", [
+    ("nitumie 1k", None, 1000), ("pay 500", None, 500), ("send money to 0712345678", "0712345678", None),
+    ("500", None, 500), ("0712345678", "0712345678", None), ("mia tano", None, 500),
+    ("send to 0712345678 for 2 sodas", "0712345678", None),
+])
+def test_understand_partial_send_requests(text, phone, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount) == (SEND, phone, amount)
+
+
+def test_understand_keeps_problems_apart_from_slots():
+    msg = understand("send 12.50 to 0201234567")
+    assert msg.intent == SEND and msg.phone is None and msg.amount is None
+    assert "whole shillings" in msg.amount_problem and "not a mobile" in msg.phone_problem
+
+
+@pytest.mark.parametrize("text", [
+    "did it go through?", "Did it go through", "has he paid?", "has she paid yet", "did they pay?",
+    "is the payment complete", "is it done?", "any update?", "status", "check the payment", "imefika?",
+    "amelipa?", "imeingia?", "what happened to my payment", "did 0712345678 pay?",
+])
+def test_understand_status_questions(text):
+    assert understand(text).intent == STATUS
+
+
+@pytest.mark.parametrize("text, checkout_id", [
+    ("check ws_CO_191220191020363925", "ws_CO_191220191020363925"),
+    ("status of ws_CO_123", "ws_CO_123"),
+    ("ws_CO_0712345678_500", "ws_CO_0712345678_500"),
+])
+def test_understand_checkout_ids(text, checkout_id):
+    msg = understand(text)
+    assert (msg.intent, msg.checkout_id, msg.phone, msg.amount) == (STATUS, checkout_id, None, None)
+
+
+@pytest.mark.parametrize("text, intent", [
+    ("hi", HELP), ("Hello!", HELP), ("habari", HELP), ("habari yako", HELP), ("niaje", HELP), ("mambo", HELP),
+    ("help", HELP), ("what can you do?", HELP), ("how does this work", HELP), ("Good morning", HELP),
+    ("yes", YES), ("Yes!", YES), ("ndio", YES), ("ndiyo", YES), ("sawa", YES), ("go ahead", YES), ("ok", YES),
+    ("yes, send it", YES), ("Yes please", YES),
+    ("no", NO), ("hapana", NO), ("cancel", NO), ("No.", NO), ("don't send", NO), ("never mind", NO),
+    ("try again", RETRY), ("send it again", RETRY), ("retry", RETRY), ("tuma tena", RETRY), ("jaribu tena", RETRY),
+    ("write me a poem", OTHER), ("what's the weather", OTHER), ("tell me a joke", OTHER), ("for lunch", OTHER),
+])
+def test_understand_short_replies(text, intent):
+    assert understand(text).intent == intent
+
+
+def test_understand_same_number():
+    msg = understand("send 200 to the same number")
+    assert (msg.intent, msg.amount, msg.phone, msg.same_phone) == (SEND, 200, None, True)
+
+
+def test_understand_leading_purpose_is_a_slot_answer():
+    msg = understand("for lunch")
+    assert msg.starts_with_purpose and msg.context == "lunch"

@@ -1,0 +1,319 @@
+"""The offline model driven through ADK's real runner, with fake tools that return the seed's notifications."""
+import asyncio
+from dataclasses import dataclass
+
+import pytest
+from google.adk.agents import Agent
+from google.adk.models import LlmRequest
+from google.adk.runners import InMemoryRunner, Runner
+from google.genai import types
+
+from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel
+
+SEND = "send_instant_payment_with_tracking"
+STATUS = "check_payment_status_realtime"
+CHECKOUT_ID = "ws_CO_191220191020363925"
+
+
+def success(amount=500, phone="0712345678", context="lunch", checkout_id=CHECKOUT_ID, receipt="NLJ7RT61SV"):
+    tail = f" for {context}" if context else ""
+    return {"status": "success", "message": f"💰 Payment completed successfully! {amount} KSh sent to {phone}{tail}",
+            "payment_status": "completed", "checkout_request_id": checkout_id,
+            "payment_details": {"Amount": amount, "MpesaReceiptNumber": receipt, "PhoneNumber": 254712345678}}
+
+
+def failure(reason, checkout_id=CHECKOUT_ID):
+    return {"status": "failed", "message": f"❌ Payment failed: {reason}", "payment_status": "failed",
+            "error_message": reason, "checkout_request_id": checkout_id}
+
+
+def timeout(checkout_id=CHECKOUT_ID):
+    return {"status": "timeout", "message": "⏱️ Payment initiated but completion status unknown",
+            "payment_status": "pending", "checkout_request_id": checkout_id}
+
+
+def pending(checkout_id=CHECKOUT_ID):
+    return {"status": "pending", "message": "⏳ Payment is pending: waiting for the customer to enter their PIN",
+            "payment_status": "pending", "checkout_request_id": checkout_id}
+
+
+def unknown(checkout_id=CHECKOUT_ID):
+    return {"status": "unknown", "message": "⚠️ Payment outcome is not known yet", "payment_status": "unknown",
+            "checkout_request_id": checkout_id}
+
+
+def error(message):
+    return {"status": "error", "message": message}
+
+
+NEEDS_CONFIRMATION = {"status": "needs_confirmation",
+                      "message": "You already asked 0712345678 for 500 KSh 1 minute ago. Send the same request again?"}
+
+
+@dataclass
+class Turn:
+    calls: list  # [(tool name, args as the model wrote them)]
+    text: str
+
+
+def make_tools(send_results, status_results):
+    """Fake tools with the real names and signatures, answering from queues (success by default)."""
+    send_queue, status_queue = list(send_results), list(status_results)
+
+    async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
+                                                 wait_for_completion: bool = True,
+                                                 confirm_repeat: bool = False) -> dict:
+        """Send an STK Push and wait for its completion."""
+        return send_queue.pop(0) if send_queue else success(amount, phone_number, context)
+
+    async def check_payment_status_realtime(checkout_request_id: str) -> dict:
+        """The current status of a payment."""
+        return status_queue.pop(0) if status_queue else success(checkout_id=checkout_request_id)
+
+    return [send_instant_payment_with_tracking, check_payment_status_realtime]
+
+
+def converse(*messages, send_results=(), status_results=(), fresh_model_each_turn=False) -> list[Turn]:
+    """Run a multi-turn chat; return each turn's tool calls and reply text."""
+    tools = make_tools(send_results, status_results)
+    runner = InMemoryRunner(agent=Agent(name="t", model=OfflineModel(), tools=tools), app_name="t")
+
+    async def run() -> list[Turn]:
+        nonlocal runner
+        turns: list[Turn] = []
+        session = await runner.session_service.create_session(app_name="t", user_id="u")
+        for text in messages:
+            if fresh_model_each_turn:  # a new model, agent and runner over the same stored session
+                agent = Agent(name="t", model=OfflineModel(), tools=tools)
+                runner = Runner(agent=agent, app_name="t", session_service=runner.session_service)
+            calls, replies = [], []
+            message = types.Content(role="user", parts=[types.Part(text=text)])
+            async for event in runner.run_async(user_id="u", session_id=session.id, new_message=message):
+                calls += [(call.name, dict(call.args)) for call in event.get_function_calls()]
+                if event.content and event.content.parts and not event.get_function_responses():
+                    replies += [part.text for part in event.content.parts if part.text]
+            turns.append(Turn(calls, "\n".join(replies)))
+        return turns
+
+    return asyncio.run(run())
+
+
+def send_call(phone="0712345678", amount=500, context="", **extra):
+    return (SEND, {"phone_number": phone, "amount": amount, "context": context, **extra})
+
+
+def test_registered_by_name():
+    agent = Agent(name="t", model=MODEL_NAME)
+    assert isinstance(agent.canonical_model, OfflineModel)
+    assert isinstance(Agent(name="t", model="offline-mpesa-v2").canonical_model, OfflineModel)
+
+
+def test_the_seed_experience_in_one_turn():
+    [turn] = converse("Send 500 to 0712345678 for lunch")
+    assert turn.calls == [send_call(context="lunch")]
+    assert "📱 Payment sent! ✅ Completed successfully! 500 KSh sent for lunch!" in turn.text
+    assert "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch" in turn.text
+    assert "NLJ7RT61SV" in turn.text
+
+
+@pytest.mark.parametrize("text, call", [
+    ("tuma 500 kwa 0712345678", send_call()),
+    ("lipa 200 0712345678", send_call(amount=200)),
+    ("request 300 from +254 712 345 678", send_call(amount=300)),
+    ("charge 0712-345-678 1.5k ya rent", send_call(amount=1500, context="rent")),
+    ("Ksh. 1,200 to 254712345678 for school fees.", send_call(amount=1200, context="school fees")),
+    ("tuma mia tano kwa 0110 123 456 kwa ajili ya chakula", send_call("0110123456", 500, "chakula")),
+])
+def test_kenyan_phrasings_call_the_tool(text, call):
+    [turn] = converse(text)
+    assert turn.calls == [call]
+    assert "Completed successfully!" in turn.text
+
+
+def test_missing_amount_is_asked_and_carried_to_the_next_turn():
+    first, second = converse("send money to 0712345678", "500")
+    assert first.calls == [] and "How much should I request?" in first.text and "0712345678" in first.text
+    assert second.calls == [send_call()]
+
+
+def test_missing_phone_is_asked_and_carried_with_the_purpose():
+    first, second = converse("nitumie 1k for lunch", "0712 345 678")
+    assert first.calls == [] and "To which phone number?" in first.text and "1,000 KSh" in first.text
+    assert second.calls == [send_call(amount=1000, context="lunch")]
+
+
+def test_both_missing_then_answered_one_by_one():
+    turns = converse("I want to send money", "mia tano", "for lunch", "+254712345678")
+    assert "How much should I request?" in turns[0].text
+    assert "To which phone number?" in turns[1].text
+    assert turns[2].calls == [] and "To which phone number?" in turns[2].text
+    assert turns[3].calls == [send_call(context="lunch")]
+
+
+def test_slot_filling_needs_no_state_in_the_model():
+    first, second = converse("pay 500", "0712345678", fresh_model_each_turn=True)
+    assert first.calls == [] and second.calls == [send_call()]
+
+
+def test_invalid_phone_is_explained_and_asked_again():
+    first, second = converse("send 500 to 0201234567", "0712345678")
+    assert first.calls == []
+    assert "0201234567" in first.text and "not a mobile number" in first.text and "To which phone number?" in first.text
+    assert second.calls == [send_call()]
+
+
+def test_short_phone_is_explained():
+    [turn] = converse("send 500 to 07123456")
+    assert turn.calls == [] and "8 digits" in turn.text
+
+
+def test_cents_are_asked_about_not_rounded():
+    first, second = converse("send 12.50 to 0712345678", "13")
+    assert first.calls == [] and "whole shillings" in first.text and "How much should I request?" in first.text
+    assert second.calls == [send_call(amount=13)]
+
+
+def test_phone_digits_are_never_the_amount():
+    [turn] = converse("send to 0712345678")
+    assert turn.calls == [] and "How much should I request?" in turn.text
+
+
+def test_cancel_drops_the_draft():
+    turns = converse("send money to 0712345678", "cancel", "500")
+    assert "Nothing was sent" in turns[1].text
+    assert turns[2].calls == [] and "To which phone number?" in turns[2].text
+
+
+def test_an_unclear_answer_keeps_the_question():
+    first, second, third = converse("send 500", "mama mboga", "0712345678")
+    assert second.calls == [] and "To which phone number?" in second.text
+    assert third.calls == [send_call()]
+
+
+@pytest.mark.parametrize("reason, hint", [
+    ("Request cancelled by user", "Ask them to try again"),
+    ("The initiator information is invalid.", "PIN"),
+    ("The balance is insufficient for the transaction.", "top up"),
+    ("DS timeout user cannot be reached", "phone did not respond"),
+    ("No response from user.", "phone did not respond"),
+])
+def test_failure_keeps_the_message_and_suggests_the_next_step(reason, hint):
+    [turn] = converse("send 500 to 0712345678", send_results=[failure(reason)])
+    assert f"❌ Payment failed: {reason}" in turn.text and hint in turn.text
+
+
+def test_try_again_after_a_failure_resends_the_same_request():
+    first, second = converse("send 500 to 0712345678 for lunch", "try again",
+                             send_results=[failure("Request cancelled by user")])
+    assert second.calls == [send_call(context="lunch")]
+    assert "Completed successfully!" in second.text
+
+
+@pytest.mark.parametrize("result", [timeout(), pending()])
+def test_timeout_and_pending_say_it_is_still_pending(result):
+    [turn] = converse("send 500 to 0712345678", send_results=[result])
+    assert result["message"] in turn.text and "pending" in turn.text
+    assert CHECKOUT_ID in turn.text and "did it go through?" in turn.text
+
+
+def test_unknown_warns_not_to_resend():
+    [turn] = converse("send 500 to 0712345678", send_results=[unknown()])
+    assert "⚠️ Payment outcome is not known yet" in turn.text and "don't send it again" in turn.text
+
+
+def test_error_message_is_shown_with_what_to_fix():
+    message = "Amount 200,000 KES is above the limit of 150,000 KES"
+    [turn] = converse("send 200000 to 0712345678", send_results=[error(message)])
+    assert turn.calls == [send_call(amount=200000)]
+    assert message in turn.text and "different whole-shilling amount" in turn.text
+
+
+def test_status_after_a_timeout_checks_the_last_payment():
+    first, second = converse("send 500 to 0712345678 for lunch", "did it go through?",
+                             send_results=[timeout()], status_results=[success()])
+    assert second.calls == [(STATUS, {"checkout_request_id": CHECKOUT_ID})]
+    assert "✅ Yes, it went through!" in second.text and "💰 Payment completed successfully!" in second.text
+
+
+@pytest.mark.parametrize("question", ["has he paid?", "imefika?", "is the payment complete", "amelipa?"])
+def test_status_phrasings_use_the_last_checkout_id(question):
+    turns = converse("send 500 to 0712345678", question, send_results=[pending()], status_results=[pending()])
+    assert turns[1].calls == [(STATUS, {"checkout_request_id": CHECKOUT_ID})]
+    assert "still pending" in turns[1].text
+
+
+def test_status_with_an_explicit_id():
+    [turn] = converse("status of ws_CO_123", status_results=[failure("Request cancelled by user", "ws_CO_123")])
+    assert turn.calls == [(STATUS, {"checkout_request_id": "ws_CO_123"})]
+    assert "❌ Payment failed: Request cancelled by user" in turn.text and "try again" in turn.text
+
+
+def test_status_by_phone_picks_that_phones_payment():
+    turns = converse("send 500 to 0712345678", "send 200 to 0722000000", "did 0712 345 678 pay?",
+                     send_results=[pending("ws_CO_A"), pending("ws_CO_B")])
+    assert turns[2].calls == [(STATUS, {"checkout_request_id": "ws_CO_A"})]
+
+
+def test_status_without_any_payment_asks_for_the_id():
+    first, second = converse("did it go through?", "ws_CO_999")
+    assert first.calls == [] and first.text == NO_PAYMENT_YET
+    assert second.calls == [(STATUS, {"checkout_request_id": "ws_CO_999"})]
+
+
+def test_status_after_a_request_that_was_not_sent():
+    first, second = converse("send 500 to 0712345678", "did it go through?",
+                             send_results=[error("Too many requests to 0712345678; wait 10 minutes")])
+    assert second.calls == [] and "not sent" in second.text
+
+
+@pytest.mark.parametrize("answer", ["yes", "ndio", "sawa", "go ahead", "Yes, send it"])
+def test_confirming_a_repeat_resends_with_confirm_repeat(answer):
+    first, second = converse("send 500 to 0712345678 for lunch", answer, send_results=[NEEDS_CONFIRMATION])
+    assert NEEDS_CONFIRMATION["message"] in first.text
+    assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
+    assert "Completed successfully!" in second.text
+
+
+@pytest.mark.parametrize("answer", ["no", "hapana", "cancel"])
+def test_declining_a_repeat_sends_nothing(answer):
+    first, second = converse("send 500 to 0712345678", answer, send_results=[NEEDS_CONFIRMATION])
+    assert second.calls == [] and "did not send" in second.text
+
+
+def test_yes_without_a_question_sends_nothing():
+    [turn] = converse("yes")
+    assert turn.calls == []
+
+
+@pytest.mark.parametrize("greeting", ["hi", "habari", "niaje", "help", "what can you do?"])
+def test_help_says_who_pays_whom(greeting):
+    [turn] = converse(greeting)
+    assert turn.calls == [] and turn.text == HELP_TEXT
+    assert "owner of 0712345678" in turn.text and "PIN" in turn.text
+    assert "No money leaves the merchant's account" in turn.text
+
+
+@pytest.mark.parametrize("text", ["write me a poem", "what's the weather"])
+def test_other_requests_are_politely_refused(text):
+    [turn] = converse(text)
+    assert turn.calls == [] and "I can only help with M-Pesa payment requests" in turn.text
+
+
+def test_same_number_reuses_the_last_phone():
+    first, second = converse("send 500 to 0712345678", "send 200 to the same number")
+    assert second.calls == [send_call(amount=200)]
+
+
+def test_a_completed_payment_closes_the_draft():
+    turns = converse("send 500 to 0712345678", "300")
+    assert turns[1].calls == [] and "To which phone number?" in turns[1].text
+
+
+def test_stream_mode_and_usage_metadata():
+    async def run():
+        request = LlmRequest(contents=[types.Content(role="user", parts=[types.Part(text="hi")])])
+        return [r async for r in OfflineModel().generate_content_async(request, stream=True)]
+
+    [response] = asyncio.run(run())
+    assert response.content.parts[0].text == HELP_TEXT
+    assert response.usage_metadata.total_token_count == 0
