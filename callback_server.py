@@ -1,0 +1,332 @@
+"""The callback server: receives Daraja's STK callbacks and serves the /payment/* API.
+
+    python callback_server.py [--host 127.0.0.1] [--port 8001] [--db PATH] [--threads 200]
+
+Served by waitress. Each long-poll waiter (`GET /payment/wait/...`) holds one thread for up to
+300 s, so `--threads` is the number of concurrent waiters plus a margin for callbacks and
+status checks. See docs/callback_server.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import sqlite3
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from dotenv import dotenv_values
+from flask import Flask, current_app, jsonify, request
+from waitress import serve
+from werkzeug.exceptions import HTTPException
+
+from mpesa_agent.callback_manager import CallbackManager, InvalidRegistration, RegistrationConflict
+from mpesa_agent.config import (MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings,
+                                callback_url_problems)
+from mpesa_agent.notifications import notification_for, timeout_notification
+from mpesa_agent.outcomes import PENDING
+from mpesa_agent.store import INVALID, Store
+
+log = logging.getLogger("callback_server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8001
+DEFAULT_THREADS = 200
+MAX_BODY_BYTES = 64 * 1024  # a real callback is under 1 KiB
+DEFAULT_WAIT_SECONDS = 120
+MAX_WAIT_SECONDS = 300
+ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
+REQUIRED_FIELDS = ("checkout_request_id", "phone_number", "amount")
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    """The Flask app with its own store and CallbackManager (`app.extensions["callback_manager"]`)."""
+    settings = config or Settings.from_env()
+    if not settings.callback_api_key:
+        raise ConfigError("CALLBACK_API_KEY is empty: /payment/* needs a Bearer key "
+                          "(`python callback_server.py` generates one into .env.local)")
+    if len(settings.callback_token) < MIN_CALLBACK_TOKEN_LENGTH:
+        raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
+                          f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MPESA_SETTINGS"] = settings
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    app.extensions["callback_manager"] = CallbackManager(Store(settings.payments_db), settings)
+
+    prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
+    app.add_url_rule(f"{prefix}/<token>", "callback", receive_callback, methods=["POST"], strict_slashes=False)
+    app.add_url_rule("/payment/register", "register", register, methods=["POST"])
+    app.add_url_rule("/payment/status/<checkout_request_id>", "status", status, methods=["GET"])
+    app.add_url_rule("/payment/wait/<checkout_request_id>", "wait", wait, methods=["GET"])
+    app.add_url_rule("/health", "health", health, methods=["GET"])
+    app.before_request(require_api_key)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+    return app
+
+
+def _settings() -> Settings:
+    return current_app.config["MPESA_SETTINGS"]
+
+
+def _manager() -> CallbackManager:
+    return current_app.extensions["callback_manager"]
+
+
+def error(status_code: int, message: str, **extra):
+    return jsonify({"status": "error", "error": message, **extra}), status_code
+
+
+# Daraja's side -------------------------------------------------------------------------------
+
+def receive_callback(token: str):
+    """Daraja's POST: commit the raw body, then apply it; 200 only after the commit."""
+    body = request.get_data(cache=False)  # 413 above MAX_CONTENT_LENGTH
+    headers = dict(request.headers)
+    source = client_address(_settings())
+    manager = _manager()
+    if not hmac.compare_digest(token.encode(), _settings().callback_token.encode()):
+        manager.record_rejected(body, headers, source, "wrong token in the callback URL")
+        return not_found()
+    if _settings().trusted_callback_ips and not address_in(source, _settings().trusted_callback_ips):
+        manager.record_rejected(body, headers, source, f"source {source} is not in TRUSTED_CALLBACK_IPS")
+        return jsonify({"ResultCode": 1, "ResultDesc": "Rejected: source address not allowed"}), 403
+    result = manager.ingest(body, headers, source)
+    if result.outcome == INVALID:
+        return jsonify({"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"}), 400
+    return jsonify(ACCEPTED)
+
+
+def client_address(settings: Settings) -> str:
+    """The peer address, or the X-Forwarded-For hop just before our trusted proxies."""
+    peer = request.remote_addr or ""
+    if not address_in(peer, settings.trusted_proxies):
+        return peer
+    hops = [hop.strip() for hop in request.headers.get("X-Forwarded-For", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not address_in(hop, settings.trusted_proxies):
+            return hop
+    return peer
+
+
+def address_in(address: str, allowed: tuple[str, ...]) -> bool:
+    """`address` is one of `allowed` (addresses or CIDR networks)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in allowed:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+# The agent's side: /payment/* ----------------------------------------------------------------
+
+def require_api_key():
+    """`/payment/*` needs `Authorization: Bearer <CALLBACK_API_KEY>`, checked in constant time."""
+    if not (request.path == "/payment" or request.path.startswith("/payment/")):
+        return None
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        problem = "missing API key: send Authorization: Bearer <CALLBACK_API_KEY>"
+    elif not hmac.compare_digest(key.strip().encode(), _settings().callback_api_key.encode()):
+        problem = "wrong API key (compare CALLBACK_API_KEY in .env.local with the server's)"
+    else:
+        return None
+    response, code = error(401, problem)
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response, code
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+def json_object() -> tuple[dict | None, str | None]:
+    """The request body as a JSON object (floats as exact Decimal), or why it is not one."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return None, "the body is empty; send a JSON object"
+    try:
+        data = json.loads(raw.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, f"the body is not valid JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"the body must be a JSON object, not {type(data).__name__}"
+    return data, None
+
+
+def register():
+    data, problem = json_object()
+    if problem:
+        return error(400, problem)
+    missing = [name for name in REQUIRED_FIELDS if data.get(name) in (None, "")]
+    if missing:
+        return error(400, f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+                     fields={name: "required" for name in missing})
+    try:
+        payment, created = _manager().register(
+            data["checkout_request_id"], data["phone_number"], data["amount"],
+            data.get("description"), data.get("merchant_request_id"))
+    except InvalidRegistration as exc:
+        return error(400, str(exc), fields=exc.problems)
+    except RegistrationConflict as exc:
+        return error(409, str(exc), fields=exc.fields)
+    body = {"status": "registered", "created": created, "checkout_request_id": payment.checkout_request_id,
+            "payment_status": payment.status, "payment": payment.to_dict()}
+    return jsonify(body), 201 if created else 200
+
+
+def status(checkout_request_id: str):
+    payment = _manager().status(checkout_request_id)
+    if payment is None:
+        return unknown_payment(checkout_request_id)
+    return jsonify({**notification_for(payment), "payment": payment.to_dict()})
+
+
+def wait(checkout_request_id: str):
+    """Long-poll: answers the moment the payment leaves `pending`, else at the timeout."""
+    timeout, problem = wait_timeout(request.args.get("timeout"))
+    if problem:
+        return error(400, problem)
+    payment = _manager().wait(checkout_request_id, timeout)
+    if payment is None:
+        return unknown_payment(checkout_request_id)
+    body = timeout_notification(payment.checkout_request_id) if payment.status == PENDING \
+        else notification_for(payment)
+    return jsonify({**body, "payment": payment.to_dict()})
+
+
+def wait_timeout(raw: str | None) -> tuple[float, str | None]:
+    """`?timeout=N` seconds: default 120, clamped to [0, 300]; not a number is an error."""
+    if raw is None:
+        return DEFAULT_WAIT_SECONDS, None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        return 0, f"timeout must be a number of seconds (0-{MAX_WAIT_SECONDS}), got {raw[:20]!r}"
+    return min(max(seconds, 0.0), MAX_WAIT_SECONDS), None
+
+
+def unknown_payment(checkout_request_id: str):
+    return error(404, f"no payment registered with checkout_request_id {checkout_request_id[:100]!r}",
+                 checkout_request_id=checkout_request_id[:100])
+
+
+def health():
+    settings, manager = _settings(), _manager()
+    try:
+        counts = manager.store.counts()
+    except sqlite3.Error as exc:
+        log.error("health: database %s not usable: %s", settings.payments_db, exc)
+        return error(503, f"database not usable: {exc}", db=str(settings.payments_db))
+    return jsonify({"status": "ok", "db": str(settings.payments_db), **counts, "waiting": manager.waiting()})
+
+
+# Errors: always JSON, never a bare 500 for bad input ------------------------------------------
+
+def not_found():
+    return error(404, "not found; the endpoints are listed in docs/callback_server.md")
+
+
+def http_error(exc: HTTPException):
+    if exc.code == 404:
+        return not_found()
+    if exc.code == 405:
+        response, code = error(405, f"{request.method} is not allowed here; use "
+                                    f"{', '.join(m for m in exc.valid_methods or () if m not in ('HEAD', 'OPTIONS'))}")
+        response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+        return response, code
+    if exc.code == 413:
+        return error(413, f"the body is too large: at most {MAX_BODY_BYTES} bytes")
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+def unexpected_error(exc: Exception):
+    rule = request.url_rule.rule if request.url_rule else "?"  # the rule, not the path: no token in logs
+    log.exception("unexpected error in %s %s", request.method, rule)
+    return error(500, f"internal error ({type(exc).__name__}); see the callback server's log")
+
+
+# Running it ------------------------------------------------------------------------------------
+
+def ensure_api_key(settings: Settings) -> tuple[Settings, str]:
+    """Return settings with an API key and where it came from; generate one into .env.local."""
+    local = settings.root / ".env.local"
+    if settings.callback_api_key:
+        if os.environ.get("CALLBACK_API_KEY", "").strip() == settings.callback_api_key:
+            return settings, "the CALLBACK_API_KEY environment variable"
+        for path in (local, settings.root / ".env"):
+            if path.is_file() and (dotenv_values(path).get("CALLBACK_API_KEY") or "").strip() == settings.callback_api_key:
+                return settings, f"CALLBACK_API_KEY in {path}"
+        return settings, "CALLBACK_API_KEY from the settings given to the server"
+    key = secrets.token_urlsafe(32)
+    existing = local.read_text() if local.is_file() else ""
+    separator = "\n" if existing and not existing.endswith("\n") else ""
+    with open(local, "a") as handle:
+        handle.write(f"{separator}# Bearer key for the callback server's /payment/* API "
+                     f"(generated by callback_server.py on first start)\nCALLBACK_API_KEY={key}\n")
+    if not existing:
+        os.chmod(local, 0o600)
+    return settings.replace(callback_api_key=key), f"generated on first start and saved to {local}"
+
+
+def masked_callback_url(settings: Settings) -> str:
+    token = settings.callback_token
+    return settings.callback_url.replace(token, token[:4] + "…") if token else settings.callback_url
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="M-Pesa callback server (Daraja callbacks + /payment/* API)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--db", help="SQLite file of payments (default PAYMENTS_DB, data/payments.db)")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help=f"worker threads = concurrent long-poll waiters + margin (default {DEFAULT_THREADS})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
+    """Run the server with waitress (`settings` for tests; normally read from the environment)."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = settings or Settings.from_env()
+        if args.db:
+            settings = settings.replace(payments_db=Path(args.db).resolve())
+        settings, key_source = ensure_api_key(settings)
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return 1
+    for problem in callback_url_problems(settings):
+        log.warning("MPESA_CALLBACK_URL: %s", problem)
+    counts = app.extensions["callback_manager"].store.counts()
+    print(f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
+          f"{settings.callback_token[:4]}… (MPESA_CALLBACK_URL {masked_callback_url(settings)}, token masked)\n"
+          f"Store: SQLite {settings.payments_db} (WAL, synchronous=FULL): "
+          f"{sum(counts['payments'].values())} payments, {sum(counts['callbacks'].values())} raw callbacks\n"
+          f"API key for /payment/* (Authorization: Bearer ...): {key_source}\n"
+          f"Callback server on http://{args.host}:{args.port} (waitress, {args.threads} threads)", flush=True)
+    serve(app, host=args.host, port=args.port, threads=args.threads,
+          connection_limit=args.threads + 100, channel_timeout=MAX_WAIT_SECONDS + 60,
+          asyncore_use_poll=True, ident="callback-server")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
