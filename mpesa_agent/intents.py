@@ -33,9 +33,9 @@ _CUR_BEFORE = r"(?:kshs?|kes|shs?|shillings?)\.?"
 _CUR_AFTER = r"(?:kshs?|kes|shs?|shillings?|bob|/-|/=)"
 _MULT_AFTER = {"k": 1000, "thao": 1000, "thousand": 1000, "grand": 1000, "hundred": 100}
 _DIGIT_AMOUNT = re.compile(
-    rf"(?<![\w.,/])(?:(?P<before>{_CUR_BEFORE})\s*)?(?P<num>{_NUM})"
+    rf"(?<![\w.,/+*=^-])(?:(?P<before>{_CUR_BEFORE})\s*)?(?P<num>{_NUM})"
     rf"(?:\s*(?P<mult>k|thao|thousand|grand|hundred)\b)?(?:\s*(?P<after>{_CUR_AFTER}))?"
-    r"(?![\w.,]*\d)(?!\w)",
+    r"(?![\w.,]*\d)(?!\w)(?!\s*[-+*/=^x]\s*\d)",
     re.IGNORECASE,
 )
 # Numbers that are clearly not money: times, durations, percentages, counts of things.
@@ -43,6 +43,7 @@ _NOT_MONEY_AFTER = re.compile(
     r"\s*(?:am|pm|:|%|min|mins|minutes?|hours?|hrs?|days?|weeks?|months?|years?|people|times|x)\b",
     re.IGNORECASE,
 )
+_NOT_MONEY_BEFORE = re.compile(r"\b(?:times|plus|minus|divided by|multiplied by|x)\s*$", re.IGNORECASE)
 
 _UNITS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -93,12 +94,15 @@ _RETRY_WORDS = re.compile(
     re.IGNORECASE,
 )
 _HELP_WORDS = re.compile(
-    r"^(?:hi|hello|hey|hallo|habari|niaje|mambo|sasa|vipi|jambo|hujambo|salaam|salamu|good (?:morning|afternoon|evening)|"
-    r"yo|howdy|help|menu|start|msaada|saidia)\b|"
+    r"^(?:hi|hello|hey|hallo|habari|niaje|mambo|sasa|vipi|jambo|hujambo|salaam|salamu|yo|howdy|help|menu|start|"
+    r"good (?:morning|afternoon|evening)|msaada|saidia)\b|"
     r"what (?:can|do) you do|how (?:does|do) (?:this|it|you) work|who are you|what are you|how do i|"
     r"\bhelp\b|\bmsaada\b|unaweza kufanya nini|unafanya nini",
     re.IGNORECASE,
 )
+# Questions about the service itself, even when they name a send word ("what is an STK push?").
+_ABOUT = re.compile(r"\b(?:who pays|who is paying|what is (?:an? )?(?:m-?pesa|stk)|what does .{0,20}\bdo\b)",
+                    re.IGNORECASE)
 _YES = {
     "yes", "y", "yeah", "yep", "yup", "ya", "ok", "okay", "k", "sure", "ndio", "ndiyo", "eeh", "eh", "sawa",
     "poa", "go ahead", "proceed", "confirm", "confirmed", "do it", "send it", "yes please", "of course",
@@ -113,6 +117,15 @@ _NO = {
 }
 _SAME_PHONE = re.compile(r"\b(?:same (?:number|phone|person)|that number|namba ile ile|hiyo namba|namba hiyo)\b",
                          re.IGNORECASE)
+
+
+# Words around a bare answer ("his number is 0712...", "sorry, I meant 600") that change nothing.
+_FILLER_WORDS = {
+    "to", "from", "the", "a", "an", "is", "it", "its", "it's", "please", "pls", "kwa", "ni", "namba", "number",
+    "phone", "amount", "actually", "sorry", "i", "mean", "meant", "oh", "ok", "okay", "make", "his", "her", "my",
+    "their", "and", "use", "try", "instead", "then", "sasa", "basi", "na", "ya", "on", "mpesa", "m", "pesa",
+    "tafadhali", "bob", "ksh", "kes", "sh", "shillings", "only", "just", "same", "that", "hiyo", "ile", "this",
+}
 
 
 @dataclass(frozen=True)
@@ -157,17 +170,19 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     send, status = _SEND_WORDS.search(text), _STATUS_WORDS.search(text)
     if checkout:
         return STATUS
-    if bare in _YES:
+    if bare in _YES and not slots.has_slots:
         return YES
-    if bare in _NO:
+    if bare in _NO and not slots.has_slots:
         return NO
     if _RETRY_WORDS.match(bare) and not slots.has_slots:
         return RETRY
+    if _ABOUT.search(text) and not slots.has_slots:
+        return HELP
     if send and (not status or send.start() < status.start()):
         return SEND
     if status:
         return STATUS
-    if slots.has_slots:
+    if slots.has_slots and _mostly_slots(text):
         return SEND
     if _HELP_WORDS.search(text):
         return HELP
@@ -176,7 +191,16 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
 
 def _bare(text: str) -> str:
     """Lowercase words only, for matching short replies like "Yes!" or "hapana, asante"."""
-    return " ".join(re.findall(r"[a-z']+", text.lower()))
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _mostly_slots(text: str) -> bool:
+    """Without a send word, "actually 0722000000" answers a question; "what is 5 times 3" does not."""
+    _, _, rest = find_phone(CHECKOUT_ID.sub(" ", text))
+    _, outside, _ = _split_purpose(rest)
+    words = [w for w in re.findall(r"[a-z']+", _DIGIT_AMOUNT.sub(" ", outside).lower())
+             if w not in _FILLER_WORDS and w not in _NUMBER_WORDS]
+    return len(words) <= 3
 
 
 def find_phone(text: str) -> tuple[str | None, str | None, str]:
@@ -219,7 +243,8 @@ def find_amount(text: str) -> tuple[int | None, str | None]:
     taken: list[range] = []
     for match in _DIGIT_AMOUNT.finditer(text):
         taken.append(range(*match.span()))
-        if _NOT_MONEY_AFTER.match(text, match.end()) and not (match["before"] or match["after"]):
+        if not (match["before"] or match["after"]) and (
+                _NOT_MONEY_AFTER.match(text, match.end()) or _NOT_MONEY_BEFORE.search(text, 0, match.start())):
             continue
         value = _digit_value(match)
         marked = bool(match["before"] or match["after"] or match["mult"])

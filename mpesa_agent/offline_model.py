@@ -6,6 +6,7 @@ sessions. Text understanding lives in `intents.py`; this module holds the dialog
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import AsyncGenerator
 
@@ -39,21 +40,28 @@ NO_PAYMENT_YET = (
 )
 ASK_AGAIN_LATER = 'Ask me "did it go through?" in a minute and I\'ll check.'
 
-_FAILURE_HINTS = (  # (words in the reason, next step); first match wins
+_FAILURE_HINTS = (  # (words in the reason, next step); first match wins. Reasons: outcomes.py
     (("cancel",), 'They cancelled the prompt on their phone. Ask them to try again, then tell me "try again".'),
+    (("pin is locked", "pin locked"),
+     "Their M-Pesa PIN is locked; they must unlock it with Safaricom before they can pay."),
     (("pin", "initiator information"),
      'The M-Pesa PIN entered was wrong. Ask them to use the right PIN, then tell me "try again".'),
-    (("insufficient", "balance"),
-     "They don't have enough money in M-Pesa. Ask them to top up, or request a smaller amount."),
+    (("limit", "minimum", "maximum"),
+     "M-Pesa declined the amount for this customer. Request a different amount, or try another day."),
+    (("insufficient",), "They don't have enough money in M-Pesa. Ask them to top up, or request a smaller amount."),
+    (("same amount",), "Wait 2 minutes before asking this phone for the same amount again."),
     (("expired",), 'The prompt expired before they entered their PIN. Tell me "try again" to send a new one.'),
     (("no response", "unreachable", "cannot be reached", "could not be reached", "timeout", "timed out"),
-     "Their phone did not respond: it may be off, out of network, or the prompt timed out. "
+     "Their phone did not respond: it may be off, out of network, or the prompt was ignored. "
      'Ask them to check their phone, then tell me "try again".'),
-    (("lock", "in progress"), 'They have another M-Pesa transaction in progress. Wait a minute, then say "try again".'),
-    (("limit",), "It is above their M-Pesa limit. Request a smaller amount."),
+    (("could not send", "could not be delivered"),
+     'The prompt did not reach their phone. Ask them to check it is on and has network, then say "try again".'),
+    (("in progress", "busy"), 'M-Pesa is busy for this phone. Wait a minute or two, then say "try again".'),
+    (("not permitted",), "This is a setup problem on the merchant side (shortcode or transaction type), "
+                         "not the customer's: check MPESA_SHORTCODE and MPESA_TRANSACTION_TYPE."),
 )
-_ERROR_HINTS = (  # rate first: "too many requests to this number" is not a bad number
-    (("too many", "rate limit", "wait"), "Wait a little, then try again."),
+_ERROR_HINTS = (  # only when the message does not say what to do; rate first, it names the number
+    (("too many", "rate limit", "recently"), "Wait a little, then try again."),
     (("amount", "shilling", "kes"), "Tell me a different whole-shilling amount."),
     (("phone", "number", "msisdn"), "Check the phone number (a Kenyan mobile like 0712345678) and tell me again."),
 )
@@ -122,7 +130,7 @@ class Chat:
 
     draft: Draft | None = None
     last_send: dict | None = None
-    last_send_result: dict | None = None
+    last_result: tuple[str, dict] | None = None  # (tool, answer) of the latest payment tool call
     awaiting_confirmation: dict | None = None
     payments: list[tuple[str, str | None]] = field(default_factory=list)  # (checkout ID, phone)
 
@@ -148,12 +156,12 @@ def _events(contents: list[types.Content]) -> list[Event]:
     for content in contents or []:
         texts: list[str] = []
         for part in content.parts or []:
-            if part.function_call:
-                events.append(Event("call", name=part.function_call.name or "", data=dict(part.function_call.args or {})))
-            elif part.function_response:
-                response = part.function_response.response
-                data = response if isinstance(response, dict) else {"result": response}
-                events.append(Event("result", name=part.function_response.name or "", data=dict(data)))
+            call, result = part.function_call, part.function_response
+            if call:
+                events.append(Event("call", name=call.name or "", data=dict(call.args or {})))
+            elif result:
+                data = result.response if isinstance(result.response, dict) else {"result": result.response}
+                events.append(Event("result", name=result.name or "", data=dict(data)))
             elif part.text and not part.thought:
                 texts.append(part.text)
         if texts:
@@ -178,13 +186,14 @@ def _replay(events: list[Event]) -> Chat:
             _, chat.draft = respond(chat, understand(event.text))
             chat.awaiting_confirmation = None
         elif event.kind == "call" and event.name == SEND_TOOL:
-            chat.draft, chat.last_send, chat.last_send_result = None, event.data, None
+            chat.draft, chat.last_send = None, event.data
         elif event.kind == "result":
             call = _call_for(events, index)
             args = call.data if call else {}
             checkout_id = event.data.get("checkout_request_id") or args.get("checkout_request_id")
+            if event.name in (SEND_TOOL, STATUS_TOOL):
+                chat.last_result = (event.name, event.data)
             if event.name == SEND_TOOL:
-                chat.last_send_result = event.data
                 if event.data.get("status") == "needs_confirmation":
                     chat.awaiting_confirmation = args
             if checkout_id:
@@ -278,9 +287,14 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
                 return Call(STATUS_TOOL, {"checkout_request_id": checkout_id})
         return Say(f"I have no payment to {msg.phone} in this chat. "
                    "Send me its checkout ID (it starts with ws_CO_).")
-    result = chat.last_send_result
-    if result and not result.get("checkout_request_id") and result.get("status") in ("error", "needs_confirmation"):
-        return Say(f"Your last request was not sent, so there is nothing to check: {result.get('message', '')}".strip())
+    tool, result = chat.last_result or ("", {})
+    if tool == SEND_TOOL and not result.get("checkout_request_id"):
+        earlier = " To check an earlier payment, send me its checkout ID (ws_CO_...)." if chat.payments else ""
+        if result.get("status") == "unknown":
+            return Say("M-Pesa never confirmed your last request, so I have no checkout ID to look up. "
+                       "Ask the customer whether they got a prompt or an M-Pesa SMS." + earlier)
+        return Say(f"Your last request did not go out, so there is nothing to check. It said: "
+                   f"{result.get('message', '')}{earlier}")
     if chat.payments:
         return Call(STATUS_TOOL, {"checkout_request_id": chat.payments[-1][0]})
     return Say(NO_PAYMENT_YET)
@@ -288,7 +302,7 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
 
 def reply_to_result(tool: str, args: dict, result: dict) -> str:
     """Tell the person what a tool answered, keeping the tool's own message word for word."""
-    message = str(result.get("message") or result.get("result") or "").strip()
+    message = str(result.get("message") or result.get("error") or result.get("result") or "").strip()
     status = str(result.get("status") or result.get("payment_status") or "").lower()
     checkout_id = result.get("checkout_request_id") or args.get("checkout_request_id")
     checking = tool == STATUS_TOOL
@@ -305,30 +319,36 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         return f"{message}\n{hint}"
     if status in ("timeout", "pending"):
         to = f" to {args['phone_number']}" if args.get("phone_number") else ""
-        waiting = ("The phone's owner has not completed the prompt yet, so it is still pending." if checking
-                   else f"📱 The payment request went{to}, but M-Pesa has not confirmed it yet, so it is still pending.")
+        waiting = ("The phone's owner has not completed the prompt yet, so it is still pending." if checking else
+                   f"📱 The payment request went{to}, but M-Pesa has not confirmed it yet, so it is still pending.")
         return f"{message}\n{waiting}{_checkout(checkout_id)} {ASK_AGAIN_LATER}"
     if status == "unknown":
+        if not checkout_id:  # M-Pesa never acknowledged the push: there is nothing to look up
+            return f"{message}\nPlease don't send it again until you know."
         return (f"{message}\nI can't tell yet whether it went through, so please don't send it again yet."
                 f"{_checkout(checkout_id)} {ASK_AGAIN_LATER}")
     if status == "needs_confirmation":
         return f"{message} (yes / no)"
     if status == "error":
         lowered = message.lower()
-        if checking:
+        if re.search(r"\b(?:try again|trying again|check|give)\b", lowered):
+            hint = ""  # the tool already said what to do
+        elif checking:
             hint = "Check the checkout ID (it starts with ws_CO_) and ask again."
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
-        return f"{message}\n{hint}"
+        return f"{message}\n{hint}".strip()
     return message or "I got an answer I don't understand. " + ASK_AGAIN_LATER
 
 
 def _headline(args: dict, result: dict) -> str:
     amount = args.get("amount") or (result.get("payment_details") or {}).get("Amount")
     context = args.get("context")
-    sent = f"{_money(amount)} sent for {context}!" if context else f"{_money(amount)} sent!"
-    return f"📱 Payment sent! ✅ Completed successfully! {sent}" if amount else "📱 Payment sent! ✅ Completed successfully!"
+    headline = "📱 Payment sent! ✅ Completed successfully!"
+    if not amount:
+        return headline
+    return f"{headline} {_money(amount)} sent for {context}!" if context else f"{headline} {_money(amount)} sent!"
 
 
 def _money(amount: object) -> str:

@@ -89,6 +89,8 @@ def test_find_phone_hides_the_digits_from_the_amount():
     ("send 500 to 0712345678 at 3pm", "0712345678", 500, ""),
     ("please send 500 to 0712345678 being payment for the tent", "0712345678", 500, "the tent"),
     ("Niaje, nitumie 1k kwa 0712345678", "0712345678", 1000, ""),
+    ("request payment of 500 from 0712345678", "0712345678", 500, ""),
+    ("send a total of 1,500 to 0712345678 by 5pm", "0712345678", 1500, ""),
 ])
 def test_understand_send_requests(text, phone, amount, context):
     msg = understand(text)
@@ -138,9 +140,21 @@ def test_understand_checkout_ids(text, checkout_id):
     ("no", NO), ("hapana", NO), ("cancel", NO), ("No.", NO), ("don't send", NO), ("never mind", NO),
     ("try again", RETRY), ("send it again", RETRY), ("retry", RETRY), ("tuma tena", RETRY), ("jaribu tena", RETRY),
     ("write me a poem", OTHER), ("what's the weather", OTHER), ("tell me a joke", OTHER), ("for lunch", OTHER),
+    ("how much is 2+2", OTHER), ("what is 5 times 3", OTHER), ("tell me about the 2024 election", OTHER),
+    ("who pays?", HELP), ("what is mpesa", HELP), ("what is an STK push?", HELP),
 ])
 def test_understand_short_replies(text, intent):
     assert understand(text).intent == intent
+
+
+@pytest.mark.parametrize("text, phone, amount", [
+    ("1k", None, 1000), ("k 500", None, 500), ("actually 0722000000", "0722000000", None),
+    ("his number is 0712 345 678", "0712345678", None), ("sorry, I meant 600", None, 600),
+    ("ni 0712345678", "0712345678", None), ("the amount is ksh 750", None, 750),
+])
+def test_understand_bare_answers(text, phone, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount) == (SEND, phone, amount)
 
 
 def test_understand_same_number():

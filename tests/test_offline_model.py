@@ -8,7 +8,9 @@ from google.adk.models import LlmRequest
 from google.adk.runners import InMemoryRunner, Runner
 from google.genai import types
 
-from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel
+from mpesa_agent import notifications as notes
+from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel, reply_to_result
+from mpesa_agent.outcomes import FAILURE_REASONS
 
 SEND = "send_instant_payment_with_tracking"
 STATUS = "check_payment_status_realtime"
@@ -16,38 +18,32 @@ CHECKOUT_ID = "ws_CO_191220191020363925"
 
 
 def success(amount=500, phone="0712345678", context="lunch", checkout_id=CHECKOUT_ID, receipt="NLJ7RT61SV"):
-    tail = f" for {context}" if context else ""
-    return {"status": "success", "message": f"💰 Payment completed successfully! {amount} KSh sent to {phone}{tail}",
-            "payment_status": "completed", "checkout_request_id": checkout_id,
-            "payment_details": {"Amount": amount, "MpesaReceiptNumber": receipt, "PhoneNumber": 254712345678}}
+    details = notes.payment_details(amount, receipt, 20191219102115, "254712345678")
+    return notes.success_notification(checkout_id, amount, phone, context, details)
 
 
 def failure(reason, checkout_id=CHECKOUT_ID):
-    return {"status": "failed", "message": f"❌ Payment failed: {reason}", "payment_status": "failed",
-            "error_message": reason, "checkout_request_id": checkout_id}
+    return notes.failure_notification(checkout_id, reason)
 
 
 def timeout(checkout_id=CHECKOUT_ID):
-    return {"status": "timeout", "message": "⏱️ Payment initiated but completion status unknown",
-            "payment_status": "pending", "checkout_request_id": checkout_id}
+    return notes.timeout_notification(checkout_id)
 
 
 def pending(checkout_id=CHECKOUT_ID):
-    return {"status": "pending", "message": "⏳ Payment is pending: waiting for the customer to enter their PIN",
-            "payment_status": "pending", "checkout_request_id": checkout_id}
+    return notes.pending_notification(checkout_id)
 
 
-def unknown(checkout_id=CHECKOUT_ID):
-    return {"status": "unknown", "message": "⚠️ Payment outcome is not known yet", "payment_status": "unknown",
-            "checkout_request_id": checkout_id}
+def unknown(checkout_id=CHECKOUT_ID, reason="Unrecognised M-Pesa result code 42"):
+    return notes.unknown_notification(checkout_id, reason)
 
 
 def error(message):
     return {"status": "error", "message": message}
 
 
-NEEDS_CONFIRMATION = {"status": "needs_confirmation",
-                      "message": "You already asked 0712345678 for 500 KSh 1 minute ago. Send the same request again?"}
+NEEDS_CONFIRMATION = {"status": "needs_confirmation", "phone_number": "254712345678", "amount": 500,
+                      "message": "You already asked 0712345678 for 500 KSh 45 s ago. Send the same request again?"}
 
 
 @dataclass
@@ -178,6 +174,17 @@ def test_phone_digits_are_never_the_amount():
     assert turn.calls == [] and "How much should I request?" in turn.text
 
 
+def test_a_correction_replaces_the_phone():
+    turns = converse("send money to 0712345678", "actually 0722000000", "1k")
+    assert turns[1].calls == [] and "0722000000" in turns[1].text
+    assert turns[2].calls == [send_call("0722000000", 1000)]
+
+
+def test_a_question_with_numbers_is_not_an_amount():
+    first, second = converse("send money to 0712345678", "how much is 2+2")
+    assert second.calls == [] and "How much should I request?" in second.text
+
+
 def test_cancel_drops_the_draft():
     turns = converse("send money to 0712345678", "cancel", "500")
     assert "Nothing was sent" in turns[1].text
@@ -190,16 +197,34 @@ def test_an_unclear_answer_keeps_the_question():
     assert third.calls == [send_call()]
 
 
-@pytest.mark.parametrize("reason, hint", [
-    ("Request cancelled by user", "Ask them to try again"),
-    ("The initiator information is invalid.", "PIN"),
-    ("The balance is insufficient for the transaction.", "top up"),
-    ("DS timeout user cannot be reached", "phone did not respond"),
-    ("No response from user.", "phone did not respond"),
-])
-def test_failure_keeps_the_message_and_suggests_the_next_step(reason, hint):
+FAILURE_CASES = [  # outcomes.FAILURE_REASONS code -> words of the hint
+    ("1", "top up"), ("2", "different amount"), ("3", "different amount"), ("4", "different amount"),
+    ("8", "different amount"), ("17", "Wait 2 minutes"), ("26", "busy"), ("1001", "busy"),
+    ("1019", "expired"), ("1025", "did not reach"), ("9999", "did not reach"), ("1031", "Ask them to try again"),
+    ("1032", "Ask them to try again"), ("1036", "did not reach"), ("1037", "phone did not respond"),
+    ("2001", "right PIN"), ("2028", "MPESA_SHORTCODE"), ("SFC_IC0003", "MPESA_SHORTCODE"), ("8006", "locked"),
+]
+
+
+@pytest.mark.parametrize("code, hint", FAILURE_CASES)
+def test_failure_keeps_the_message_and_suggests_the_next_step(code, hint):
+    reason = FAILURE_REASONS[code]
     [turn] = converse("send 500 to 0712345678", send_results=[failure(reason)])
-    assert f"❌ Payment failed: {reason}" in turn.text and hint in turn.text
+    assert turn.text.startswith(f"❌ Payment failed: {reason}\n") and hint in turn.text
+
+
+def test_every_known_failure_reason_has_a_specific_hint():
+    assert set(FAILURE_REASONS) <= {c for c, _ in FAILURE_CASES}
+
+
+@pytest.mark.parametrize("reason, hint", [
+    ("DS timeout user cannot be reached", "phone did not respond"),
+    ("The initiator information is invalid.", "right PIN"),
+    ("Something new from M-Pesa", 'Tell me "try again"'),
+])
+def test_failure_hints_for_daraja_wordings(reason, hint):
+    [turn] = converse("send 500 to 0712345678", send_results=[failure(reason)])
+    assert hint in turn.text
 
 
 def test_try_again_after_a_failure_resends_the_same_request():
@@ -218,14 +243,33 @@ def test_timeout_and_pending_say_it_is_still_pending(result):
 
 def test_unknown_warns_not_to_resend():
     [turn] = converse("send 500 to 0712345678", send_results=[unknown()])
-    assert "⚠️ Payment outcome is not known yet" in turn.text and "don't send it again" in turn.text
+    assert unknown()["message"] in turn.text and "don't send it again" in turn.text
+    assert CHECKOUT_ID in turn.text and "did it go through?" in turn.text
+
+
+def test_unknown_without_an_id_does_not_check_an_older_payment():
+    turns = converse("send 500 to 0712345678", "send 200 to 0712345678", "did it go through?",
+                     send_results=[timeout("ws_CO_OLD"), unknown(None, "M-Pesa did not confirm the request")])
+    assert "did it go through?" not in turns[1].text
+    assert turns[2].calls == [] and "no checkout ID" in turns[2].text and "ws_CO_" in turns[2].text
+
+
+def test_an_error_that_says_what_to_do_gets_no_extra_hint():
+    message = ("Not sent: 0712345678 already got 5 payment requests recently. "
+               "To protect the customer, try again in 90 s.")
+    [turn] = converse("send 500 to 0712345678", send_results=[error(message)])
+    assert turn.text == message
 
 
 def test_error_message_is_shown_with_what_to_fix():
-    message = "Amount 200,000 KES is above the limit of 150,000 KES"
+    message = "Not sent: Amount 200,000 KES is above the limit of 150,000 KES."
     [turn] = converse("send 200000 to 0712345678", send_results=[error(message)])
     assert turn.calls == [send_call(amount=200000)]
     assert message in turn.text and "different whole-shilling amount" in turn.text
+
+
+def test_an_error_dict_from_adk_is_shown():
+    assert "boom" in reply_to_result(SEND, {}, {"error": "boom"})
 
 
 def test_status_after_a_timeout_checks_the_last_payment():
@@ -262,8 +306,14 @@ def test_status_without_any_payment_asks_for_the_id():
 
 def test_status_after_a_request_that_was_not_sent():
     first, second = converse("send 500 to 0712345678", "did it go through?",
-                             send_results=[error("Too many requests to 0712345678; wait 10 minutes")])
-    assert second.calls == [] and "not sent" in second.text
+                             send_results=[error("Not sent: M-Pesa could not be reached. Try again shortly.")])
+    assert second.calls == [] and "did not go out" in second.text and "could not be reached" in second.text
+
+
+def test_status_question_checks_the_payment_last_talked_about():
+    turns = converse("send 500 to 0712345678", "check ws_CO_X", "did it go through?",
+                     send_results=[error("Not sent: M-Pesa could not be reached.")])
+    assert turns[2].calls == [(STATUS, {"checkout_request_id": "ws_CO_X"})]
 
 
 @pytest.mark.parametrize("answer", ["yes", "ndio", "sawa", "go ahead", "Yes, send it"])
