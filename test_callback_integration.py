@@ -1,0 +1,158 @@
+"""The whole loop with real processes on 127.0.0.1: simulator + callback server + the agent's tools.
+
+Run with `python test_callback_integration.py` or under pytest (./test.sh runs it).
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import pytest
+import requests
+
+from mpesa_agent import tools
+from mpesa_agent.config import Settings
+from mpesa_agent.tracking import TrackingClient
+from tests.processes import Process, base_env, free_port
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+API_KEY = "integration-test-key"
+FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Simulator and callback server as real processes; yields their settings."""
+    tmp = tmp_path_factory.mktemp("stack")
+    sim_port, cb_port = free_port(), free_port()
+    env = base_env(
+        MPESA_ENV="simulator", MPESA_CONSUMER_KEY="it-key", MPESA_CONSUMER_SECRET="it-secret",
+        MPESA_BASE_URL=f"http://127.0.0.1:{sim_port}",
+        MPESA_CALLBACK_URL=f"http://127.0.0.1:{cb_port}/callback/{TOKEN}",
+        CALLBACK_SERVER_URL=f"http://127.0.0.1:{cb_port}", CALLBACK_API_KEY=API_KEY,
+        PAYMENTS_DB=tmp / "payments.db", SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_WAIT_SECONDS="8",
+    )
+    simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], env,
+                        f"http://127.0.0.1:{sim_port}/simulator/transactions", tmp / "simulator.log").start()
+    server = Process(["callback_server.py", "--port", str(cb_port)], env,
+                     f"http://127.0.0.1:{cb_port}/health", tmp / "server.log").start()
+    settings = Settings.from_env(env, load_files=False)
+    try:
+        yield settings
+    finally:
+        server.stop()
+        simulator.stop()
+
+
+@pytest.fixture
+def payments(stack):
+    requests.post(stack.base_url + "/simulator/reset", timeout=5).raise_for_status()
+    return tools.configure(stack, schedule=FAST_QUERIES)
+
+
+def simulator_rule(settings: Settings, **rule) -> None:
+    requests.post(settings.base_url + "/simulator/rules", json=rule, timeout=5).raise_for_status()
+
+
+def simulator_transaction(settings: Settings, checkout_request_id: str) -> dict:
+    response = requests.get(f"{settings.base_url}/simulator/transactions/{checkout_request_id}", timeout=5)
+    response.raise_for_status()
+    return response.json()
+
+
+def send(phone: str, amount=500, context="lunch", **kwargs) -> dict:
+    return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+
+
+def status(checkout_request_id: str) -> dict:
+    return asyncio.run(tools.check_payment_status_realtime(checkout_request_id))
+
+
+def test_success_is_reported_from_the_callback_with_zero_queries(payments, stack):
+    started = time.monotonic()
+    result = send("0712 345 678", "500", "lunch")
+    elapsed = time.monotonic() - started
+
+    assert result["status"] == "success", result
+    assert result["message"] == "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch"
+    assert result["payment_status"] == "completed"
+    assert result["payment_details"]["Amount"] == 500
+    assert result["payment_details"]["PhoneNumber"] == 254712345678
+    assert len(result["payment_details"]["MpesaReceiptNumber"]) == 10
+    assert elapsed < 5, "the waiter must wake on the callback, not at its timeout"
+    transaction = simulator_transaction(stack, result["checkout_request_id"])
+    assert transaction["queries"] == 0
+    assert status(result["checkout_request_id"])["payment_status"] == "completed"
+
+
+@pytest.mark.parametrize("phone, reason", [
+    ("0700001032", "Request cancelled by user"),
+    ("0700002001", "Wrong M-Pesa PIN entered"),
+    ("0700000001", "Insufficient M-Pesa balance"),
+])
+def test_failures_carry_the_reason(payments, phone, reason):
+    result = send(phone, 100, "test")
+    assert result["status"] == "failed", result
+    assert result["error_message"] == reason
+    assert result["message"] == f"❌ Payment failed: {reason}"
+    assert result["checkout_request_id"].startswith("ws_CO_")
+
+
+def test_no_response_from_the_customer(payments, stack):
+    simulator_rule(stack, phone="0700001037", delay=0.3)
+    result = send("0700001037", 20, "test")
+    assert result["status"] == "failed"
+    assert "No response" in result["error_message"]
+
+
+def test_late_callback_after_the_wait_timed_out_still_settles(payments, stack):
+    simulator_rule(stack, phone="0722000111", delay=2.5)
+    tools.configure(stack.replace(wait_seconds=1), schedule=FAST_QUERIES)
+    result = send("0722000111", 75, "airtime")
+    assert result["status"] == "timeout", result
+    assert result["message"] == "⏱️ Payment initiated but completion status unknown"
+    assert result["payment_status"] == "pending"
+
+    deadline = time.monotonic() + 10
+    while status(result["checkout_request_id"])["payment_status"] == "pending" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    final = status(result["checkout_request_id"])
+    assert final["status"] == "success", final
+    assert final["payment_details"]["Amount"] == 75
+
+
+def test_callback_server_down_falls_back_to_stk_query(payments, stack):
+    closed = f"http://127.0.0.1:{free_port()}"
+    tracking = TrackingClient(closed, API_KEY, register_backoff=(0.05,))
+    tools.configure(stack, tracking=tracking, schedule=FAST_QUERIES)
+    result = send("0733000222", 120, "rent")
+    assert result["status"] == "success", result
+    assert result["payment_details"]["VerifiedBy"] == "STK Query"
+    assert simulator_transaction(stack, result["checkout_request_id"])["queries"] >= 1
+
+    failed = send("0700001032", 120, "rent")
+    assert failed["status"] == "failed"
+    assert failed["error_message"] == "Request cancelled by user"
+
+
+def test_repeat_within_two_minutes_needs_confirmation(payments, stack):
+    first = send("0744000333", 60, "tea")
+    assert first["status"] == "success"
+    again = send("0744000333", 60, "tea")
+    assert again["status"] == "needs_confirmation"
+    pushes = [t for t in requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]
+              if t["phone_number"] == "254744000333"]
+    assert len(pushes) == 1, "the customer must not be prompted twice without confirmation"
+    confirmed = send("0744000333", 60, "tea", confirm_repeat=True)
+    assert confirmed["status"] == "success"
+
+
+def test_bad_input_is_an_error_dict_not_an_exception(payments):
+    assert send("0201234567")["status"] == "error"
+    assert "whole shillings" in send("0712345678", "12.50")["message"]
+    assert status("not an id!")["status"] == "error"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-v"]))
