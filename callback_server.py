@@ -54,6 +54,10 @@ def create_app(config: Settings | None = None) -> Flask:
     if len(settings.callback_token) < MIN_CALLBACK_TOKEN_LENGTH:
         raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
                           f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
+    prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
+    if prefix in ("/payment", "/health") or prefix.startswith("/payment/"):
+        raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
+                          "use e.g. /callback/<token>")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["MPESA_SETTINGS"] = settings
@@ -61,7 +65,6 @@ def create_app(config: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["callback_manager"] = CallbackManager(Store(settings.payments_db), settings)
 
-    prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
     app.add_url_rule(f"{prefix}/<token>", "callback", receive_callback, methods=["POST"], strict_slashes=False)
     app.add_url_rule("/payment/register", "register", register, methods=["POST"])
     app.add_url_rule("/payment/status/<checkout_request_id>", "status", status, methods=["GET"])
@@ -84,8 +87,6 @@ def _manager() -> CallbackManager:
 def error(status_code: int, message: str, **extra):
     return jsonify({"status": "error", "error": message, **extra}), status_code
 
-
-# Daraja's side -------------------------------------------------------------------------------
 
 def receive_callback(token: str):
     """Daraja's POST: commit the raw body, then apply it; 200 only after the commit."""
@@ -131,8 +132,6 @@ def address_in(address: str, allowed: tuple[str, ...]) -> bool:
             continue
     return False
 
-
-# The agent's side: /payment/* ----------------------------------------------------------------
 
 def require_api_key():
     """`/payment/*` needs `Authorization: Bearer <CALLBACK_API_KEY>`, checked in constant time."""
@@ -237,8 +236,6 @@ def health():
     return jsonify({"status": "ok", "db": str(settings.payments_db), **counts, "waiting": manager.waiting()})
 
 
-# Errors: always JSON, never a bare 500 for bad input ------------------------------------------
-
 def not_found():
     return error(404, "not found; the endpoints are listed in docs/callback_server.md")
 
@@ -261,8 +258,6 @@ def unexpected_error(exc: Exception):
     log.exception("unexpected error in %s %s", request.method, rule)
     return error(500, f"internal error ({type(exc).__name__}); see the callback server's log")
 
-
-# Running it ------------------------------------------------------------------------------------
 
 def ensure_api_key(settings: Settings) -> tuple[Settings, str]:
     """Return settings with an API key and where it came from; generate one into .env.local."""

@@ -181,7 +181,7 @@ def _text(value: Any) -> str | None:
     return None if value is None or isinstance(value, bool) or str(value).strip() == "" else str(value).strip()
 
 
-def evidence_from(callback: StkCallback, payment: Payment) -> _Evidence:
+def _evidence(callback: StkCallback, payment: Payment) -> _Evidence:
     """What the callback proves about `payment`; a success is only believed when it matches."""
     if callback.state != COMPLETED:
         return _Evidence(callback.state, callback.reason)
@@ -228,8 +228,6 @@ class CallbackManager:
         self._waiters: dict[str, _Waiters] = {}
         self.recover()
 
-    # Registration -------------------------------------------------------------------------
-
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
                  description: Any = "", merchant_request_id: Any = None) -> Registration:
         """Track a payment; the same registration again is harmless, a different one conflicts."""
@@ -260,7 +258,7 @@ class CallbackManager:
                          parked.id, checkout_id, outcome, f" ({note})" if note else "")
                 settled = settled or changed
                 payment = tx.payment(checkout_id)
-        log.info("registered %s: %s KES from %s (%s)", checkout_id, amount, msisdn, payment.status)
+        log.info("registered %s: %s KES (%s)", checkout_id, amount, payment.status)
         if settled:
             self._wake(checkout_id)
         return Registration(payment, True)
@@ -301,8 +299,6 @@ class CallbackManager:
         if problems:
             raise InvalidRegistration(problems)
         return checkout_id, msisdn, whole, description, (merchant_request_id or "").strip() or None
-
-    # Callbacks ----------------------------------------------------------------------------
 
     def record_callback(self, raw_body: bytes, headers: Mapping[str, str] | None,
                         source_addr: str | None) -> int:
@@ -368,7 +364,7 @@ class CallbackManager:
     def _apply(self, tx: Transaction, payment: Payment, callback: StkCallback,
                callback_id: int) -> tuple[str, str | None, bool]:
         """Apply one parsed callback to `payment` inside `tx`: (outcome, note, settled now?)."""
-        evidence = evidence_from(callback, payment)
+        evidence = _evidence(callback, payment)
         same = evidence.state == payment.status and evidence.receipt == payment.receipt
         if _is_open(payment) and not same:
             tx.update_payment(
@@ -377,8 +373,8 @@ class CallbackManager:
                 transaction_date=evidence.transaction_date, paid_phone=evidence.paid_phone,
                 paid_amount=evidence.paid_amount, settled_by="callback", review=evidence.review,
                 callback_id=callback_id, settled_at=utcnow())
-            if evidence.review:
-                log.warning("payment %s needs review: %s", payment.checkout_request_id, evidence.review)
+            if evidence.review:  # the details (phone numbers) go to the database, not the log
+                log.warning("payment %s needs review: %s", payment.checkout_request_id, evidence.reason)
             return APPLIED, evidence.review, True
         if same or (evidence.state == COMPLETED == payment.status and payment.receipt is None):
             if payment.receipt is None and evidence.receipt:  # settled by STK Query, which has no receipt
@@ -394,8 +390,6 @@ class CallbackManager:
         tx.update_payment(payment.checkout_request_id,
                           review="; ".join(filter(None, (payment.review, f"callback #{callback_id}: {note}"))))
         return CONFLICT, note, False
-
-    # Reading and waiting ------------------------------------------------------------------
 
     def status(self, checkout_request_id: str) -> Payment | None:
         return self.store.payment(checkout_request_id)
@@ -438,8 +432,6 @@ class CallbackManager:
         if waiters is not None:
             waiters.event.set()
 
-    # Reconciliation hooks -----------------------------------------------------------------
-
     def pending_older_than(self, seconds: float, include_unknown: bool = False) -> list[Payment]:
         """Payments still waiting for an outcome after `seconds`, for an STK Query reconciler."""
         found = self.store.pending_older_than(seconds)
@@ -474,8 +466,6 @@ class CallbackManager:
         if settled:
             self._wake(checkout_request_id)
         return payment
-
-    # Start-up -----------------------------------------------------------------------------
 
     def recover(self) -> int:
         """Apply callbacks stored before a crash but never applied, and parked ones now registered."""

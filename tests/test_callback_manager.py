@@ -111,8 +111,6 @@ def in_thread(function, *args):
     return thread, results
 
 
-# Parsing ------------------------------------------------------------------------------------
-
 def test_parses_the_real_success_sample_exactly():
     parsed = parse_callback(SAMPLE_SUCCESS)
     assert (parsed.checkout_request_id, parsed.result_code, parsed.state) == (SAMPLE_SUCCESS_ID, "0", "completed")
@@ -183,8 +181,6 @@ def test_parsing_anything_either_works_or_raises_invalid_callback(body):
         pass
 
 
-# Registration -------------------------------------------------------------------------------
-
 def test_register_normalises_and_is_idempotent(manager):
     payment, created = register(manager, phone="+254 712-345-678", amount="500", description="  lunch  ")
     assert created and (payment.phone_number, payment.amount, payment.description) == ("254712345678", 500, "lunch")
@@ -217,8 +213,6 @@ def test_register_names_each_bad_field(manager, kwargs, field):
         register(manager, **kwargs)
     assert list(invalid.value.problems) == [field]
 
-
-# Callbacks ----------------------------------------------------------------------------------
 
 def test_success_callback_completes_the_payment(manager):
     register(manager)
@@ -355,8 +349,6 @@ def test_callback_and_registration_racing_always_meet(manager):
         assert manager.status(checkout_id).status == "completed", n
 
 
-# Waiting ------------------------------------------------------------------------------------
-
 def test_waiter_is_woken_by_a_callback_in_another_thread(manager):
     register(manager)
     started = time.monotonic()
@@ -412,8 +404,6 @@ def test_wait_on_an_id_nobody_registers_returns_none(manager):
     assert manager.wait("ws_CO_nobody", 0.1) is None
     assert manager.waiting() == 0
 
-
-# Reconciliation hooks and restart -----------------------------------------------------------
 
 def test_pending_older_than_lists_only_open_payments(manager):
     register(manager, "ws_CO_1")

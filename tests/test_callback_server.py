@@ -56,13 +56,13 @@ def assert_error(response, status_code, *words):
     return body
 
 
-# Set-up -------------------------------------------------------------------------------------
-
 def test_create_app_needs_an_api_key_and_a_callback_token(settings):
     with pytest.raises(ConfigError, match="CALLBACK_API_KEY"):
         create_app(settings.replace(callback_api_key=""))
     with pytest.raises(ConfigError, match="secret token"):
         create_app(settings.replace(callback_url="http://127.0.0.1:8001/callback/short"))
+    with pytest.raises(ConfigError, match="collides"):
+        create_app(settings.replace(callback_url="http://127.0.0.1:8001/payment/0123456789abcdef0123456789abcdef"))
 
 
 def test_each_app_owns_its_manager(app, settings):
@@ -70,8 +70,6 @@ def test_each_app_owns_its_manager(app, settings):
     assert app.extensions["callback_manager"] is not other.extensions["callback_manager"]
     other.extensions["callback_manager"].store.close()
 
-
-# Auth ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, path", [("post", "/payment/register"), ("get", "/payment/status/ws_CO_1"),
                                           ("get", "/payment/wait/ws_CO_1?timeout=0"), ("get", "/payment/nope")])
@@ -91,8 +89,6 @@ def test_health_and_callbacks_need_no_api_key(client):
     assert client.get("/health").status_code == 200
     assert post_callback(client, callback_body()).status_code == 200
 
-
-# Register -----------------------------------------------------------------------------------
 
 def test_register_new_then_same_again_then_conflict(client):
     first = register(client, phone_number="0712 345 678")
@@ -159,8 +155,6 @@ def test_no_registration_payload_causes_a_server_error(client, data):
     assert response.status_code in (200, 201, 400, 409), response.get_data(as_text=True)
     assert response.is_json
 
-
-# Status and wait ----------------------------------------------------------------------------
 
 def test_status_of_an_unknown_payment_is_404(client):
     body = assert_error(client.get("/payment/status/ws_CO_nobody", headers=AUTH), 404, "ws_CO_nobody")
@@ -248,8 +242,6 @@ def test_waiting_on_an_unregistered_id_catches_a_registration_that_matches_a_par
 def test_waiting_on_an_id_never_registered_is_404_at_the_timeout(client):
     assert_error(client.get("/payment/wait/ws_CO_nobody?timeout=0.1", headers=AUTH), 404, "ws_CO_nobody")
 
-
-# Callbacks ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("body, checkout_id, phone, amount, status", [
     (SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID, SAMPLE_SUCCESS_PHONE, 1, "success"),
@@ -373,8 +365,6 @@ def test_untrusted_source_is_403_when_an_allow_list_is_set(settings):
     manager.store.close()
 
 
-# Errors are JSON, never a bare 500 ------------------------------------------------------------
-
 def test_unknown_paths_and_methods_answer_json(client):
     assert_error(client.get("/nope"), 404, "not found")
     response = client.get(CALLBACK)
@@ -414,8 +404,6 @@ def test_health_reports_the_database_and_counts(client, settings, app, monkeypat
     monkeypatch.setattr(app.extensions["callback_manager"].store, "counts", broken)
     assert_error(client.get("/health"), 503, "database not usable")
 
-
-# main() ---------------------------------------------------------------------------------------
 
 def test_ensure_api_key_generates_one_into_env_local_keeping_existing_lines(settings):
     local = settings.root / ".env.local"
