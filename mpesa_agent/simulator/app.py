@@ -51,11 +51,12 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     def http_error(exc: HTTPException):
         if request.path.startswith("/simulator/"):
             return jsonify(error=exc.description), exc.code
+        if exc.code == 404:
+            return jsonify(envelope("404.003.01", "Resource not found")), 404
         if exc.code == 405:
             return jsonify(envelope("405.001", f"{request.method} Method Not Allowed")), 405
-        return jsonify(envelope("404.003.01", "Resource not found")), exc.code
+        return jsonify(envelope(str(exc.code), exc.name)), exc.code
 
-    # Daraja ------------------------------------------------------------------------------------
     @app.get("/oauth/v1/generate")
     def generate_token():
         if request.args.get("grant_type") != "client_credentials":
@@ -99,7 +100,6 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
             g.note = f"{checkout_request_id} {body.get('ResultCode') or body.get('errorCode')} {body.get('ResultDesc') or body.get('errorMessage', '')}"
         return _answer(status, body)
 
-    # Control API ---------------------------------------------------------------------------------
     @app.get("/simulator/health")
     def health():
         return {"status": "ok", "shortcodes": sorted(options.passkeys), "callback_delay": options.callback_delay}
@@ -204,10 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, help="seed the random choices (still-processing forms, Amount form)")
     parser.add_argument("--lock-subscribers", action="store_true",
                         help="refuse a push to a number whose previous push is still waiting, like Daraja")
+    parser.add_argument("--any-timestamp", action="store_true",
+                        help="accept any well-formed Timestamp, not only one within an hour of Nairobi time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("waitress").setLevel(logging.WARNING)
     overrides = {"seed": args.seed, "lock_subscribers": args.lock_subscribers}
+    if args.any_timestamp:
+        overrides["timestamp_tolerance"] = None
     if args.callback_delay is not None:
         overrides["callback_delay"] = args.callback_delay
     try:

@@ -97,7 +97,6 @@ def valid_result_code(value: object) -> bool:
     return isinstance(value, int) or (isinstance(value, str) and bool(_RESULT_CODE.fullmatch(value)))
 
 
-# Control-API rules ---------------------------------------------------------------------------------
 _SCOPES = {"phone": None, "next": 1, "all": None}  # scope -> default count
 _PLAN_FIELDS = {f.name for f in fields(Plan)} - {"rule_id"}
 

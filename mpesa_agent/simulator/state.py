@@ -15,6 +15,8 @@ from typing import Mapping
 
 import requests
 
+from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
+
 from .checks import (PushRequest, Rejected, nairobi_now, new_checkout_request_id, new_receipt,
                      new_request_id, redact_text, redact_url)
 from .rules import (CALLBACK_DESCS, ERROR_PRESETS, FALLBACK_DESC, MAGIC_NUMBERS, QUERY_DESCS, Plan,
@@ -47,9 +49,8 @@ class Options:
     seed: int | None = None
 
     @classmethod
-    def from_settings(cls, settings) -> "Options":
-        from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE
-
+    def from_settings(cls, settings: Settings) -> "Options":
+        """Credentials, shortcodes (the configured one and the sandbox's) and the callback delay."""
         return cls(
             consumer_key=settings.consumer_key or SIMULATOR_CONSUMER_KEY,
             consumer_secret=settings.consumer_secret or SIMULATOR_CONSUMER_SECRET,
@@ -83,7 +84,7 @@ class Transaction:
             "checkout_request_id": self.checkout_request_id,
             "merchant_request_id": self.merchant_request_id,
             "state": self.state,
-            "phone": r.phone, "amount": r.amount, "shortcode": r.shortcode, "party_a": r.party_a,
+            "phone_number": r.phone, "amount": r.amount, "shortcode": r.shortcode, "party_a": r.party_a,
             "party_b": r.party_b, "transaction_type": r.transaction_type,
             "account_reference": r.account_reference, "transaction_desc": r.transaction_desc,
             "callback_url": redact_url(r.callback_url),
@@ -112,7 +113,6 @@ class Simulator:
         self._rule_ids = itertools.count(1)
         self._transactions: dict[str, Transaction] = {}
 
-    # OAuth -------------------------------------------------------------------------------------
     def check_client(self, key: str, secret: str) -> bool:
         good_key = hmac.compare_digest(key.encode(), self.options.consumer_key.encode())
         return hmac.compare_digest(secret.encode(), self.options.consumer_secret.encode()) and good_key
@@ -133,7 +133,6 @@ class Simulator:
         with self._lock:
             self._token = None
 
-    # Rules -------------------------------------------------------------------------------------
     def add_rule(self, spec: object) -> Rule:
         """Validate a control-API rule and keep it; raises ValueError saying what is wrong."""
         rule = parse_rule(spec, next(self._rule_ids))
@@ -174,7 +173,6 @@ class Simulator:
                 return replace(plan, rule_id=rule.id, **rule.effects)
         return plan
 
-    # STK Push ------------------------------------------------------------------------------------
     def push(self, req: PushRequest) -> tuple[Transaction | None, Plan]:
         """Accept a valid push: (transaction, plan); no transaction when the plan's error says so."""
         with self._lock:
@@ -209,6 +207,8 @@ class Simulator:
         """The customer acts now (control API); the callback goes out from a background thread."""
         if result_code is not None and not valid_result_code(result_code):
             raise ValueError("result_code must be a number or a short code like SFC_IC0003")
+        if result_desc is not None and not (isinstance(result_desc, str) and result_desc):
+            raise ValueError("result_desc must be a non-empty string")
         with self._lock:
             tx = self._transactions.get(checkout_request_id)
             if tx is None:
@@ -233,7 +233,7 @@ class Simulator:
             tx.timer.cancel()
         tx.state, tx.finished_at = "final", nairobi_now()
         if result_code is None:
-            result_code, result_desc = tx.plan.result_code, tx.plan.result_desc
+            result_code, result_desc = tx.plan.result_code, result_desc or tx.plan.result_desc
         code = str(result_code)
         tx.result_code = result_code
         tx.result_desc = result_desc or CALLBACK_DESCS.get(code, FALLBACK_DESC)
@@ -242,7 +242,6 @@ class Simulator:
             tx.receipt = new_receipt(tx.finished_at)
         return True
 
-    # The callback --------------------------------------------------------------------------------
     def _deliver(self, tx: Transaction) -> None:
         """POST the callback (once, or `duplicate` times); never retried, like Daraja."""
         url = tx.request.callback_url
@@ -257,8 +256,8 @@ class Simulator:
                 tx.callback_note = note
             log.info("CALLBACK %s %s ResultCode %s %s", redact_url(url), tx.checkout_request_id, tx.result_code, note)
             return
+        body = self.callback_body(tx)
         for _ in range(tx.plan.duplicate):
-            body = self.callback_body(tx)
             started = time.perf_counter()
             status, error = None, None
             try:
@@ -290,7 +289,6 @@ class Simulator:
             callback["CallbackMetadata"] = {"Item": items}
         return {"Body": {"stkCallback": callback}}
 
-    # STK Query -----------------------------------------------------------------------------------
     def query(self, shortcode: str, checkout_request_id: str) -> tuple[int, dict | str]:
         """(HTTP status, body) of STK Query, in the forms Daraja uses."""
         with self._lock:
@@ -315,7 +313,6 @@ class Simulator:
             return 200, {"ResponseCode": "0", "ResponseDescription": "The service request has been accepted successfully",
                          **ids, "ResultCode": str(tx.result_code), "ResultDesc": tx.query_desc}
 
-    # Inspection ----------------------------------------------------------------------------------
     def transactions(self) -> list[dict]:
         with self._lock:
             return [tx.to_json() for tx in self._transactions.values()]
