@@ -272,6 +272,8 @@ class CallbackManager:
         msisdn = None
         if phone_number is not None and (isinstance(phone_number, bool) or not isinstance(phone_number, (str, int))):
             problems["phone_number"] = "must be text like 0712345678 or 254712345678"
+        elif len(str(phone_number)) > 30:
+            problems["phone_number"] = "is too long to be a phone number"
         else:
             try:
                 msisdn = normalize_phone(phone_number)
@@ -373,9 +375,9 @@ class CallbackManager:
                 transaction_date=evidence.transaction_date, paid_phone=evidence.paid_phone,
                 paid_amount=evidence.paid_amount, settled_by="callback", review=evidence.review,
                 callback_id=callback_id, settled_at=utcnow())
-            if evidence.review:  # the details (phone numbers) go to the database, not the log
+            if evidence.review:  # the details (phone numbers) stay in payments.review, out of the log
                 log.warning("payment %s needs review: %s", payment.checkout_request_id, evidence.reason)
-            return APPLIED, evidence.review, True
+            return APPLIED, evidence.reason if evidence.review else None, True
         if same or (evidence.state == COMPLETED == payment.status and payment.receipt is None):
             if payment.receipt is None and evidence.receipt:  # settled by STK Query, which has no receipt
                 tx.update_payment(payment.checkout_request_id, receipt=evidence.receipt,
