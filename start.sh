@@ -20,7 +20,8 @@ stop() {
   wait 2>/dev/null || true
   echo "Stopped."
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT TERM
+trap stop EXIT
 
 # start NAME URL COMMAND...: run in the background, log to logs/NAME.log, wait until URL answers.
 start() {
@@ -46,6 +47,9 @@ fi
 start callback_server "http://127.0.0.1:$CALLBACK_PORT/health" $PY callback_server.py --port "$CALLBACK_PORT"
 grep -m1 -i "callbacks" logs/callback_server.log || true
 
+# Our settings layer .env < .env.local < environment; ADK's own .env loading would put .env's
+# values into the environment and hide .env.local's overrides.
+export ADK_DISABLE_LOAD_DOTENV=1
 .venv/bin/adk telemetry disable >/dev/null 2>&1 || true
 start adk_web "http://127.0.0.1:$ADK_PORT/list-apps" \
   .venv/bin/adk web --host 127.0.0.1 --port "$ADK_PORT" --session_service_uri memory:// --no-reload .

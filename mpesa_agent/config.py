@@ -35,7 +35,9 @@ def read_environment(root: Path = PROJECT_ROOT, environ: Mapping[str, str] | Non
         path = root / name
         if path.is_file():
             merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
-    merged.update(os.environ if environ is None else environ)
+    # An empty variable counts as unset: `adk web` copies .env (with its empty CALLBACK_API_KEY)
+    # into the environment, which must not hide the key in .env.local.
+    merged.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
     return merged
 
 

@@ -47,3 +47,9 @@ def test_good_public_callback_url_passes():
                                   "MPESA_CALLBACK_URL": "https://pay.example.com/callback/0123456789abcdef0123456789abcdef"},
                                  load_files=False)
     assert callback_url_problems(settings) == []
+
+
+def test_empty_environment_variable_does_not_hide_env_local(tmp_path):
+    (tmp_path / ".env").write_text("CALLBACK_API_KEY=\n")
+    (tmp_path / ".env.local").write_text("CALLBACK_API_KEY=generated-key\n")
+    assert Settings.from_env({"CALLBACK_API_KEY": ""}, root=tmp_path).callback_api_key == "generated-key"
