@@ -1,0 +1,72 @@
+"""The tools' guardrails and input handling, without any server (nothing here reaches HTTP)."""
+import asyncio
+
+import pytest
+
+from mpesa_agent.tools import Payments
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class Unreachable:
+    """Stands in for the Daraja and tracking clients where a test must not get that far."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"{name} must not be called")
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def payments(settings, clock):
+    return Payments(settings.replace(rate_limit_count=4, rate_limit_window=600, max_amount=1000),
+                    daraja=Unreachable(), tracking=Unreachable(), clock=clock)
+
+
+def test_rate_limit_per_phone(payments, clock):
+    for amount in (10, 20, 30, 35):
+        assert payments._guard("254712345678", amount, False) is None
+        clock.now += 1
+    refused = payments._guard("254712345678", 40, False)
+    assert refused["status"] == "error" and "try again in" in refused["message"]
+    assert payments._guard("254722000000", 40, False) is None, "another phone has its own budget"
+    clock.now += 601
+    assert payments._guard("254712345678", 40, False) is None
+
+
+def test_identical_push_within_two_minutes_needs_confirmation(payments, clock):
+    assert payments._guard("254712345678", 500, False) is None
+    clock.now += 30
+    asked = payments._guard("254712345678", 500, False)
+    assert asked["status"] == "needs_confirmation"
+    assert "0712345678" in asked["message"] and "500 KSh" in asked["message"] and "30 s ago" in asked["message"]
+    assert payments._guard("254712345678", 700, False) is None, "a different amount is not a repeat"
+    assert payments._guard("254712345678", 500, True) is None, "the person confirmed"
+    clock.now += 121
+    assert payments._guard("254712345678", 500, False) is None
+
+
+@pytest.mark.parametrize("phone, amount, words", [
+    ("0201234567", 100, "not a mobile number"),
+    ("12345", 100, "not a valid Kenyan mobile number"),
+    ("0712345678", "12.50", "whole shillings"),
+    ("0712345678", 0, "at least 1"),
+    ("0712345678", 5000, "above the limit of 1,000"),
+])
+def test_bad_input_is_refused_before_any_call(payments, phone, amount, words):
+    result = asyncio.run(payments.send(phone, amount, "x"))
+    assert result["status"] == "error" and words in result["message"]
+
+
+@pytest.mark.parametrize("checkout_id", ["", "   ", "not an id!", "x" * 65])
+def test_status_refuses_what_is_not_an_id(payments, checkout_id):
+    assert asyncio.run(payments.status(checkout_id))["status"] == "error"
