@@ -1,0 +1,53 @@
+"""Chats with the real root agent through ADK's InMemoryRunner: each turn's tool calls, tool answers, reply."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from google.adk.runners import InMemoryRunner
+from google.genai import types
+
+from mpesa_agent.agent import root_agent
+from mpesa_agent.offline_model import OfflineModel
+
+APP = "mpesa_agent"
+SEND = "send_instant_payment_with_tracking"
+STATUS = "check_payment_status_realtime"
+
+
+@dataclass
+class Turn:
+    calls: list[tuple[str, dict]]  # (tool name, args as the model wrote them), in order
+    results: list[dict]  # the tools' answers, in order
+    reply: str
+
+
+def offline_root_agent():
+    """`root_agent` itself, or a copy on the offline model if a GOOGLE_API_KEY made it pick Gemini."""
+    if isinstance(root_agent.model, OfflineModel):
+        return root_agent
+    return root_agent.clone(update={"model": OfflineModel()})
+
+
+def converse(*messages: str) -> list[Turn]:
+    """Send `messages` one by one in a new session; return what happened in each turn."""
+    return asyncio.run(_converse(messages))
+
+
+async def _converse(messages) -> list[Turn]:
+    runner = InMemoryRunner(agent=offline_root_agent(), app_name=APP)
+    session = await runner.session_service.create_session(app_name=APP, user_id="test")
+    turns = []
+    for text in messages:
+        turn = Turn([], [], "")
+        replies = []
+        message = types.Content(role="user", parts=[types.Part(text=text)])
+        async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):
+            turn.calls += [(call.name, dict(call.args or {})) for call in event.get_function_calls()]
+            turn.results += [dict(result.response or {}) for result in event.get_function_responses()]
+            if event.content and not event.get_function_calls() and not event.get_function_responses():
+                replies += [part.text for part in event.content.parts or [] if part.text]
+        turn.reply = "\n".join(replies)
+        turns.append(turn)
+    await runner.close()
+    return turns

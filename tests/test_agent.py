@@ -1,0 +1,87 @@
+"""The real root_agent on the offline model, with the real tools against a real simulator + callback server."""
+import pytest
+import requests
+
+from mpesa_agent.offline_model import REFUSAL
+from tests.conversation import SEND, STATUS, converse
+from test_callback_integration import payments, simulator_transaction, stack  # noqa: F401  (fixtures)
+
+SEED_SUCCESS = "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch"
+CANCELLED = ("❌ Payment failed: Request cancelled by user\n"
+             'They cancelled the prompt on their phone. Ask them to try again, then tell me "try again".')
+
+
+def send_call(phone, amount, context="", **extra):
+    return (SEND, {"phone_number": phone, "amount": amount, "context": context, **extra})
+
+
+def pushes_to(stack, msisdn):
+    transactions = requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]
+    return [t for t in transactions if t["phone_number"] == msisdn]
+
+
+def test_the_seed_request_completes_in_one_turn(payments, stack):
+    [turn] = converse("Send 500 to 0712345678 for lunch")
+
+    assert turn.calls == [send_call("0712345678", 500, "lunch")]
+    [result] = turn.results
+    receipt = result["payment_details"]["MpesaReceiptNumber"]
+    assert turn.reply == ("📱 Payment sent! ✅ Completed successfully! 500 KSh sent for lunch!\n"
+                          f"{SEED_SUCCESS}\nM-Pesa receipt: {receipt}")
+    assert simulator_transaction(stack, result["checkout_request_id"])["queries"] == 0
+
+
+def test_a_missing_amount_is_asked_for_and_the_answer_sends(payments):
+    first, second = converse("send money to 0712345678", "500")
+
+    assert first.calls == []
+    assert first.reply == "OK, a payment request to 0712345678. How much should I request?"
+    assert second.calls == [send_call("0712345678", 500)]
+    assert "💰 Payment completed successfully! 500 KSh sent to 0712345678" in second.reply
+
+
+def test_did_it_go_through_uses_the_last_checkout_id_without_asking_daraja(payments, stack):
+    sent, asked = converse("Send 500 to 0712345678 for lunch", "did it go through?")
+
+    checkout_id = sent.results[0]["checkout_request_id"]
+    assert asked.calls == [(STATUS, {"checkout_request_id": checkout_id})]
+    assert asked.reply.startswith(f"✅ Yes, it went through! {SEED_SUCCESS}")
+    assert simulator_transaction(stack, checkout_id)["queries"] == 0
+
+
+def test_a_cancelled_payment_says_so_and_what_to_do(payments):
+    [turn] = converse("send 100 to 0700001032 for test")
+
+    assert turn.calls == [send_call("0700001032", 100, "test")]
+    assert turn.results[0]["status"] == "failed"
+    assert turn.reply == CANCELLED
+
+
+def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
+    first, repeat, yes = converse("send 60 to 0744000333 for tea", "send 60 to 0744000333 for tea", "yes")
+
+    assert first.calls == [send_call("0744000333", 60, "tea")]
+    assert repeat.calls == [send_call("0744000333", 60, "tea")]
+    assert repeat.results[0]["status"] == "needs_confirmation"
+    assert repeat.reply.startswith("You already asked 0744000333 for 60 KSh ")
+    assert repeat.reply.endswith(" s ago. Send the same request again? (yes / no)")
+    assert yes.calls == [send_call("0744000333", 60, "tea", confirm_repeat=True)]
+    assert "💰 Payment completed successfully! 60 KSh sent to 0744000333 for tea" in yes.reply
+    assert len(pushes_to(stack, "254744000333")) == 2
+
+
+def test_kenyan_phrasing(payments):
+    [turn] = converse("tuma 1.5k kwa 0722 000 111")
+
+    assert turn.calls == [send_call("0722000111", 1500)]
+    assert turn.reply.startswith("📱 Payment sent! ✅ Completed successfully! 1,500 KSh sent!\n"
+                                 "💰 Payment completed successfully! 1500 KSh sent to 0722000111\n")
+
+
+@pytest.mark.parametrize("text", ["what's the weather in Nairobi?", "write me a poem about Mombasa"])
+def test_other_requests_are_refused_without_a_tool_call(payments, stack, text):
+    [turn] = converse(text)
+
+    assert turn.calls == []
+    assert turn.reply == REFUSAL
+    assert requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"] == []
