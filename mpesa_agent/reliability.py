@@ -1,0 +1,986 @@
+"""Fault and fuzz scenarios with real processes on 127.0.0.1: prove that nothing is lost.
+
+    python -m mpesa_agent.reliability           # modest sizes, well under a minute
+    python -m mpesa_agent.reliability --full    # the issue's sizes (2,000 callbacks x 5 kill points, ...)
+
+Every scenario starts its own callback server (and, where needed, the Daraja simulator) as
+subprocesses on free ports, with a database in a temporary folder, injects its faults, and then
+checks the outcome by reading the SQLite file itself. It prints a table; `lost` and `double`
+must be 0, and the exit status is 1 when anything was lost, applied twice or ended in the wrong
+state. The scenario functions are what tests/test_reliability.py runs. See docs/reliability.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import queue
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from . import tools
+from .config import PROJECT_ROOT, SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
+from .daraja import DarajaClient
+from .tracking import TrackingClient
+
+TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
+API_KEY = "reliability-api-key"
+CONSUMER_KEY, CONSUMER_SECRET = "reliability-key", "reliability-secret"
+ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
+STARTUP_TIMEOUT = 30.0
+HTTP_TIMEOUT = 10.0
+FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
+SHORT_BACKOFF = (0.05, 0.1)  # registration retries while the callback server is down
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How hard each scenario pushes."""
+
+    crash_callbacks: int = 300
+    crash_kills: int = 2
+    senders: int = 16
+    per_case: int = 10  # payments in each callback-semantics case
+    fuzz_inputs: int = 600
+
+
+DEFAULT = Sizes()
+FULL = Sizes(crash_callbacks=2000, crash_kills=5, senders=16, per_case=100, fuzz_inputs=5000)
+
+
+@dataclass
+class Row:
+    """One line of the report: what was tried and what was lost or applied twice."""
+
+    scenario: str
+    load: str
+    faults: str = ""
+    inputs: int = 0  # fuzz inputs sent
+    acked: int = 0  # callbacks the server answered 200
+    stored: int = 0  # raw callbacks found in the database
+    lost: int = 0  # acknowledged but not stored, or stored but not applied / reported wrongly
+    double: int = 0  # applied twice, a second receipt, a waiter answered twice, a customer prompted twice
+    problems: list[str] = field(default_factory=list)  # any other wrong final state
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.double or self.problems)
+
+    def check(self, condition: bool, problem: str) -> bool:
+        if not condition:
+            self.problems.append(problem)
+        return condition
+
+
+# --- processes -------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Child:
+    """A subprocess serving HTTP on 127.0.0.1, its output appended to a log file."""
+
+    def __init__(self, args: list[str], env: dict, ready_url: str, log_path: Path):
+        self.args, self.env, self.ready_url, self.log_path = args, env, ready_url, log_path
+        self.popen: subprocess.Popen | None = None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> "Child":
+        with open(self.log_path, "ab") as log:
+            self.popen = subprocess.Popen([sys.executable, *self.args], cwd=PROJECT_ROOT, env=self.env,
+                                          stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.args[0]} exited with {self.popen.returncode}; see {self.log_path}")
+            try:
+                requests.get(self.ready_url, timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.03)
+        self.kill()
+        raise RuntimeError(f"{self.args[0]} not ready after {timeout:g} s; see {self.log_path}")
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill(self) -> None:
+        """kill -9: no clean shutdown, like a crash or a power cut of the process."""
+        if self.running:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.running:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def child_env(**values) -> dict:
+    """This process's environment without any payment settings, plus `values`."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_",
+                                "TRUSTED_", "RECONCILE_", "VERIFY_"))}
+    env.update({k: str(v) for k, v in values.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class Stack:
+    """A callback server, and with `simulator=True` the Daraja simulator, on free ports in `folder`.
+
+    The server's database is `folder/payments.db`; `settings` are what the agent's tools use.
+    """
+
+    def __init__(self, folder: Path, simulator: bool = False, threads: int = 64, wait_seconds: int = 15):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.db = folder, folder / "payments.db"
+        server_port, sim_port = free_port(), free_port()
+        self.url, self.sim_url = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{sim_port}"
+        self.callback_url = f"{self.url}/callback/{TOKEN}"
+        # Every setting the processes use is given here, so a developer's .env.local cannot change it.
+        self.env = child_env(
+            MPESA_ENV="simulator", MPESA_CONSUMER_KEY=CONSUMER_KEY, MPESA_CONSUMER_SECRET=CONSUMER_SECRET,
+            MPESA_SHORTCODE=SANDBOX_SHORTCODE, MPESA_PASSKEY=SANDBOX_PASSKEY, MPESA_PARTY_B=SANDBOX_SHORTCODE,
+            MPESA_TRANSACTION_TYPE="CustomerPayBillOnline", MPESA_BASE_URL=self.sim_url,
+            MPESA_CALLBACK_URL=self.callback_url, CALLBACK_SERVER_URL=self.url, CALLBACK_API_KEY=API_KEY,
+            PAYMENTS_DB=self.db, PAYMENT_MAX_AMOUNT=150_000, PAYMENT_RATE_LIMIT_COUNT=5,
+            PAYMENT_RATE_LIMIT_WINDOW=600, PAYMENT_WAIT_SECONDS=wait_seconds, TRUSTED_CALLBACK_IPS="127.0.0.1",
+            TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false", SIMULATOR_CALLBACK_DELAY=0.2)
+        self.settings = Settings.from_env(self.env, load_files=False)
+        self.server = Child(["callback_server.py", "--port", str(server_port), "--threads", str(threads)],
+                            self.env, f"{self.url}/health", folder / "callback_server.log")
+        self.simulator = Child(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], self.env,
+                               f"{self.sim_url}/simulator/health", folder / "simulator.log") if simulator else None
+
+    def __enter__(self) -> "Stack":
+        try:
+            if self.simulator:
+                self.simulator.start()
+            self.server.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.server.stop()
+        if self.simulator:
+            self.simulator.stop()
+
+    def restart_server(self, hard: bool = True) -> None:
+        self.server.kill() if hard else self.server.stop()
+        self.server.start()
+
+    def post_callback(self, body: bytes, session=requests) -> requests.Response:
+        return session.post(self.callback_url, data=body, timeout=HTTP_TIMEOUT,
+                            headers={"Content-Type": "application/json"})
+
+    def api(self, method: str, path: str, session=requests, timeout: float = HTTP_TIMEOUT,
+            headers: dict | None = None, **kwargs) -> requests.Response:
+        return session.request(method, self.url + path, timeout=timeout,
+                               headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})}, **kwargs)
+
+    def register(self, payment: "Expected", session=requests) -> requests.Response:
+        return self.api("POST", "/payment/register", session, json={
+            "checkout_request_id": payment.checkout_id, "phone_number": payment.phone,
+            "amount": payment.amount, "description": payment.description,
+            "merchant_request_id": payment.merchant_id})
+
+    def waiting(self) -> int:
+        return requests.get(self.url + "/health", timeout=HTTP_TIMEOUT).json()["waiting"]
+
+    def control(self, method: str, path: str, **kwargs) -> dict:
+        response = requests.request(method, self.sim_url + "/simulator" + path, timeout=HTTP_TIMEOUT, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def pushes_to(self, msisdn: str) -> list[dict]:
+        """The simulator's transactions for one phone: each is one PIN prompt on the customer's phone."""
+        return [t for t in self.control("GET", "/transactions")["transactions"] if t["phone_number"] == msisdn]
+
+
+def until(condition, timeout: float, every: float = 0.02):
+    """Poll `condition()` until it is truthy (returned) or `timeout` passes (its last value)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
+
+
+def parallel(function, items, workers: int) -> list:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(function, items))
+
+
+# --- payloads and what the database must show ------------------------------------------------
+
+@dataclass(frozen=True)
+class Expected:
+    """A payment, the callback that settles it, and the state it must end in."""
+
+    checkout_id: str
+    phone: str
+    amount: int
+    result_code: int = 0
+    receipt: str | None = None
+    description: str = "reliability"
+
+    @property
+    def merchant_id(self) -> str:
+        return "mr-" + self.checkout_id[-20:]
+
+    @property
+    def state(self) -> str:
+        return "completed" if self.result_code == 0 else "failed"
+
+    def body(self, result_code: int | None = None, receipt: str | None = None) -> bytes:
+        """Daraja's callback for this payment (by default, the one that settles it)."""
+        code = self.result_code if result_code is None else result_code
+        return stk_callback(self.checkout_id, code, self.amount, receipt or self.receipt, self.phone,
+                            self.merchant_id)
+
+
+def stk_callback(checkout_id: str, result_code: int | str = 0, amount: int | None = None,
+                 receipt: str | None = None, phone: str | None = None, merchant_id: str = "mr-1") -> bytes:
+    stk = {"MerchantRequestID": merchant_id, "CheckoutRequestID": checkout_id, "ResultCode": result_code,
+           "ResultDesc": "The service request is processed successfully." if result_code == 0
+           else "Request cancelled by user"}
+    if result_code == 0:
+        stk["CallbackMetadata"] = {"Item": [
+            {"Name": "Amount", "Value": amount}, {"Name": "MpesaReceiptNumber", "Value": receipt},
+            {"Name": "Balance"}, {"Name": "TransactionDate", "Value": 20261126120000},
+            {"Name": "PhoneNumber", "Value": int(phone)}]}
+    return json.dumps({"Body": {"stkCallback": stk}}).encode()
+
+
+def payments_for(prefix: str, count: int, fail_every: int = 4) -> list[Expected]:
+    """`count` payments with unique ids, phones and receipts; every `fail_every`-th is cancelled."""
+    return [Expected(f"ws_CO_{prefix}_{n:06d}", f"2547{12_000_000 + n:08d}", 1 + n % 900,
+                     1032 if fail_every and n % fail_every == fail_every - 1 else 0,
+                     f"R{prefix[:3].upper()}{n:06d}")
+            for n in range(count)]
+
+
+def read_db(db: Path) -> tuple[list[dict], dict[str, dict]]:
+    """(raw callbacks in id order, payments by id), read from the SQLite file itself."""
+    conn = sqlite3.connect(db, timeout=15)
+    conn.row_factory = sqlite3.Row
+    try:
+        callbacks = [dict(r) for r in conn.execute(
+            "SELECT id, body, checkout_request_id, outcome FROM callbacks ORDER BY id")]
+        payments = {r["checkout_request_id"]: dict(r) for r in conn.execute("SELECT * FROM payments")}
+    finally:
+        conn.close()
+    for callback in callbacks:
+        callback["body"] = bytes(callback["body"])
+    return callbacks, payments
+
+
+def audit(row: Row, db: Path, expected: list[Expected], acked_bodies: list[bytes],
+          conflicts_allowed: bool = False) -> None:
+    """Count in `row` what the database lost or applied twice for these payments."""
+    callbacks, payments = read_db(db)
+    mine = {e.checkout_id for e in expected}
+    by_id = {c["id"]: c for c in callbacks}
+    stored_bodies = Counter(c["body"] for c in callbacks)
+    row.stored += sum(1 for c in callbacks if c["checkout_request_id"] in mine)
+    row.lost += sum(1 for body in set(acked_bodies) if not stored_bodies[body])
+    applied = Counter(c["checkout_request_id"] for c in callbacks if c["outcome"] == "applied")
+    receipts = Counter(p["receipt"] for p in payments.values() if p["receipt"])
+    row.double += sum(1 for e in expected if applied[e.checkout_id] > 1)
+    row.double += sum(1 for e in expected if e.receipt and receipts[e.receipt] > 1)
+    acked = set(acked_bodies)
+    for e in expected:
+        payment = payments.get(e.checkout_id)
+        settling = by_id.get(payment["callback_id"]) if payment else None
+        right = (payment is not None and payment["status"] == e.state and payment["settled_by"] == "callback"
+                 and (e.state != "completed" or payment["receipt"] == e.receipt)
+                 and settling is not None and settling["checkout_request_id"] == e.checkout_id)
+        if not right:
+            if e.body() in acked:
+                row.lost += 1
+            state = payment and (payment["status"], payment["receipt"], payment["settled_by"])
+            row.problems.append(f"{e.checkout_id}: expected {e.state}, found {state}")
+    stuck = Counter(c["outcome"] for c in callbacks
+                    if c["checkout_request_id"] in mine and c["outcome"] in ("received", "parked", "invalid"))
+    row.check(not stuck, f"callbacks left unapplied: {dict(stuck)}")
+    if not conflicts_allowed:
+        conflicts = sum(1 for c in callbacks if c["checkout_request_id"] in mine and c["outcome"] == "conflict")
+        row.check(conflicts == 0, f"{conflicts} consistent callbacks recorded as conflicts")
+
+
+# --- crash: kill -9 in the middle of a burst of callbacks ------------------------------------
+
+def crash(folder: Path, callbacks: int = DEFAULT.crash_callbacks, kill_points: int = DEFAULT.crash_kills,
+          senders: int = DEFAULT.senders, seed: int | None = None) -> Row:
+    """Callbacks from concurrent senders; kill -9 the server at a random moment; restart; audit.
+
+    Half the payments are registered before the burst, half after the restart (their callbacks
+    were parked). A sender whose callback got no 200 sends the same body again once the server
+    is back, so a callback stored just before the kill arrives twice and must be applied once.
+    """
+    rng = random.Random(seed)
+    row = Row("crash: kill -9 mid-burst", f"{kill_points} x {callbacks} callbacks, {senders} senders")
+    kill_marks, resent = [], 0
+    for point in range(kill_points):
+        expected = payments_for(f"crash{point}", callbacks)
+        rng.shuffle(expected)
+        kill_at = rng.randint(max(1, callbacks // 10), max(1, callbacks * 9 // 10))
+        kill_marks.append(f"{100 * kill_at // callbacks}%")
+        with Stack(folder / f"crash-{point}") as stack:
+            early, late = expected[::2], expected[1::2]
+            answers = parallel(lambda e: stack.register(e).status_code, early, senders)
+            row.check(set(answers) == {201}, f"registrations before the burst answered {Counter(answers)}")
+            acked, retries = send_through_crash(stack, expected, senders, kill_at)
+            resent += retries
+            row.acked += len(acked)
+            registered = parallel(lambda e: stack.register(e).json().get("payment_status"), late, senders)
+            wrong = sum(1 for e, state in zip(late, registered) if state != e.state)
+            row.check(wrong == 0, f"{wrong} late registrations did not pick up their parked callback")
+            stack.server.kill()  # the file is read as a crash left it
+            audit(row, stack.db, expected, acked)
+    row.faults = f"kill -9 at {', '.join(kill_marks)} of acks; {resent} resent"
+    return row
+
+
+def send_through_crash(stack: Stack, expected: list[Expected], senders: int,
+                       kill_at: int) -> tuple[list[bytes], int]:
+    """POST every callback from `senders` threads, killing and restarting the server after
+    `kill_at` acknowledgements; returns (the acknowledged bodies, how many were sent again)."""
+    work: queue.Queue = queue.Queue()
+    for payment in expected:
+        work.put(payment.body())
+    acked: list[bytes] = []
+    resent: set[bytes] = set()
+    lock, kill_now = threading.Lock(), threading.Event()
+
+    def killer() -> None:
+        kill_now.wait()
+        stack.restart_server(hard=True)
+
+    def sender() -> None:
+        session = requests.Session()
+        while True:
+            try:
+                body = work.get_nowait()
+            except queue.Empty:
+                return
+            deadline = time.monotonic() + STARTUP_TIMEOUT * 2
+            while True:
+                try:
+                    answer = stack.post_callback(body, session)
+                    if answer.status_code == 200 and answer.json() == ACCEPTED:
+                        break
+                except (requests.RequestException, ValueError):
+                    pass
+                with lock:
+                    resent.add(body)
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the callback server did not come back")
+                time.sleep(0.02)
+            with lock:
+                acked.append(body)
+                if len(acked) == kill_at:
+                    kill_now.set()
+
+    kill_thread = threading.Thread(target=killer, daemon=True)
+    kill_thread.start()
+    parallel(lambda _: sender(), range(senders), senders)
+    kill_now.set()  # in case every sender finished first
+    kill_thread.join(STARTUP_TIMEOUT * 2)
+    return acked, len(resent)
+
+
+# --- callback semantics over HTTP, with long-poll waiters ------------------------------------
+
+class Waiters:
+    """`per_payment` long-poll waiters (GET /payment/wait) on each id, each in its own thread."""
+
+    def __init__(self, stack: Stack, ids: list[str], per_payment: int = 2, timeout: float = 20.0,
+                 settled: bool = False):
+        self.stack, self.ids, self.timeout, self.settled = stack, ids, timeout, settled
+        self.answers: dict[str, list[dict]] = {checkout_id: [] for checkout_id in ids}
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._wait, args=(checkout_id,), daemon=True)
+                         for checkout_id in ids for _ in range(per_payment)]
+        self.expected_waiters = len(self._threads)
+
+    def __enter__(self) -> "Waiters":
+        before = self.stack.waiting()
+        for thread in self._threads:
+            thread.start()
+        if not self.settled:  # make sure they all wait before anything settles
+            until(lambda: self.stack.waiting() >= before + len(self._threads), 10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for thread in self._threads:
+            thread.join(self.timeout + HTTP_TIMEOUT)
+
+    def _wait(self, checkout_id: str) -> None:
+        started = time.monotonic()
+        try:
+            response = self.stack.api("GET", f"/payment/wait/{checkout_id}?timeout={self.timeout:g}",
+                                      timeout=self.timeout + HTTP_TIMEOUT)
+            answer = {"http": response.status_code, **response.json()}
+        except (requests.RequestException, ValueError) as exc:
+            answer = {"http": None, "status": f"error: {type(exc).__name__}"}
+        answer["seconds"] = time.monotonic() - started
+        with self._lock:
+            self.answers[checkout_id].append(answer)
+
+    def audit(self, row: Row, expected: list[Expected], first: dict[str, str] | None = None) -> None:
+        """Each waiter got exactly one answer: the payment's first final state, before its timeout."""
+        first = first or {e.checkout_id: e.state for e in expected}
+        per_payment = self.expected_waiters // max(1, len(self.ids))
+        for e in expected:
+            answers = self.answers[e.checkout_id]
+            states = [a.get("payment_status") for a in answers]
+            if len(answers) != per_payment:
+                row.double += len(answers) > per_payment
+                row.problems.append(f"{e.checkout_id}: {len(answers)} waiter answers, expected {per_payment}")
+            late = [a for a in answers if a["seconds"] >= self.timeout]
+            row.check(not late, f"{e.checkout_id}: a waiter was not woken (answered at its timeout)")
+            if any(state != first[e.checkout_id] for state in states):
+                row.problems.append(f"{e.checkout_id}: waiters answered {states}, expected {first[e.checkout_id]}")
+
+
+def post_all(stack: Stack, bodies: list[bytes], workers: int = 16) -> list[bytes]:
+    """POST callbacks concurrently; returns the bodies answered 200 Accepted."""
+    def post(body: bytes) -> bytes | None:
+        answer = stack.post_callback(body)
+        return body if answer.status_code == 200 and answer.json() == ACCEPTED else None
+    return [body for body in parallel(post, bodies, workers) if body is not None]
+
+
+def duplicates(stack: Stack, count: int = DEFAULT.per_case, copies: int = 5) -> Row:
+    """Each callback arrives `copies` times at once: applied once, the rest recorded as duplicates."""
+    row = Row(f"duplicates x{copies}", f"{count} payments, 2 waiters each", f"{copies} copies of each callback")
+    expected = payments_for("dup", count)
+    parallel(stack.register, expected, 16)
+    with Waiters(stack, [e.checkout_id for e in expected]) as waiters:
+        bodies = [e.body() for e in expected for _ in range(copies)]
+        random.shuffle(bodies)
+        acked = post_all(stack, bodies)
+    row.acked = len(acked)
+    row.check(len(acked) == len(bodies), f"only {len(acked)} of {len(bodies)} callbacks acknowledged")
+    audit(row, stack.db, expected, acked)
+    waiters.audit(row, expected)
+    callbacks, _ = read_db(stack.db)
+    dup = Counter(c["checkout_request_id"] for c in callbacks if c["outcome"] == "duplicate")
+    off = [e.checkout_id for e in expected if dup[e.checkout_id] != copies - 1]
+    row.check(not off, f"{len(off)} payments without exactly {copies - 1} duplicates recorded")
+    return row
+
+
+def before_registration(stack: Stack, count: int = DEFAULT.per_case) -> Row:
+    """The callback beats the registration: parked, then applied the moment the payment registers."""
+    row = Row("callback before registration", f"{count} payments, 2 waiters each", "callback first")
+    expected = payments_for("early", count)
+    with Waiters(stack, [e.checkout_id for e in expected]) as waiters:  # waiting on unregistered ids
+        acked = post_all(stack, [e.body() for e in expected])
+        callbacks, payments = read_db(stack.db)
+        parked = sum(1 for c in callbacks if c["checkout_request_id"].startswith("ws_CO_early")
+                     and c["outcome"] == "parked")
+        row.check(parked == count, f"{parked} of {count} early callbacks parked")
+        row.check(not any(k.startswith("ws_CO_early") for k in payments), "a parked callback created a payment")
+        states = parallel(lambda e: stack.register(e).json().get("payment_status"), expected, 16)
+    row.acked = len(acked)
+    wrong = sum(1 for e, state in zip(expected, states) if state != e.state)
+    row.check(wrong == 0, f"{wrong} registrations did not answer with the parked outcome")
+    audit(row, stack.db, expected, acked)
+    waiters.audit(row, expected)
+    return row
+
+
+def after_timeout(stack: Stack, count: int = DEFAULT.per_case) -> Row:
+    """The waiter gives up first; the payment stays pending and the late callback still settles it."""
+    row = Row("callback after the wait timed out", f"{count} payments", "late callback")
+    expected = payments_for("late", count)
+    parallel(stack.register, expected, 16)
+    timed_out = parallel(lambda e: stack.api("GET", f"/payment/wait/{e.checkout_id}?timeout=0.3").json(),
+                         expected, 16)
+    row.check(all(a["status"] == "timeout" and a["payment_status"] == "pending" for a in timed_out),
+              "a timed-out wait did not answer timeout/pending")
+    acked = post_all(stack, [e.body() for e in expected])
+    row.acked = len(acked)
+    audit(row, stack.db, expected, acked)
+    with Waiters(stack, [e.checkout_id for e in expected], per_payment=1, timeout=5, settled=True) as waiters:
+        pass  # already settled: each new wait must answer at once
+    waiters.audit(row, expected)
+    return row
+
+
+def contradicting(stack: Stack, count: int = DEFAULT.per_case) -> Row:
+    """Paid then cancelled, cancelled then paid, a second receipt: the first outcome stays.
+
+    Half get their two callbacks one after the other (the first must win); half at the same time
+    (exactly one is applied, the other recorded as a conflict, and the waiters agree with it).
+    """
+    row = Row("contradicting callbacks", f"{count} payments, 2 waiters each", "2 callbacks that disagree")
+    expected = payments_for("contra", count, fail_every=2)
+
+    rivals = {e.checkout_id: e.body(receipt="X" + e.receipt[1:]) if n % 4 == 0  # paid again, another receipt
+              else e.body(result_code=1032 if e.result_code == 0 else 0) for n, e in enumerate(expected)}
+
+    def rival(e: Expected) -> bytes:
+        return rivals[e.checkout_id]
+
+    parallel(stack.register, expected, 16)
+    sequential, concurrent = expected[: count // 2], expected[count // 2:]
+    with Waiters(stack, [e.checkout_id for e in expected]) as waiters:
+        acked = [b for e in sequential for b in post_all(stack, [e.body()]) + post_all(stack, [rival(e)])]
+        acked += post_all(stack, [b for e in concurrent for b in (e.body(), rival(e))])
+    row.acked = len(acked)
+    audit(row, stack.db, sequential, acked, conflicts_allowed=True)
+    callbacks, payments = read_db(stack.db)
+    first = {e.checkout_id: e.state for e in sequential}
+    for e in concurrent:
+        rows = [c for c in callbacks if c["checkout_request_id"] == e.checkout_id]
+        applied = [c for c in rows if c["outcome"] == "applied"]
+        row.stored += len(rows)
+        row.double += len(applied) > 1
+        payment = payments[e.checkout_id]
+        first[e.checkout_id] = payment["status"]
+        row.check(len(applied) == 1 and payment["callback_id"] == applied[0]["id"],
+                  f"{e.checkout_id}: {len(applied)} callbacks applied")
+    for e in expected:
+        outcomes = Counter(c["outcome"] for c in callbacks if c["checkout_request_id"] == e.checkout_id)
+        row.check(outcomes == Counter(applied=1, conflict=1), f"{e.checkout_id}: callbacks {dict(outcomes)}")
+        row.check(bool(payments[e.checkout_id]["review"]), f"{e.checkout_id}: the conflict is not flagged for review")
+    waiters.audit(row, expected, first)
+    return row
+
+
+def unknown_payments(stack: Stack, count: int = DEFAULT.per_case) -> Row:
+    """Callbacks for ids never registered: kept (parked), acknowledged, no payment invented."""
+    row = Row("callbacks for unknown payments", f"{count} ids, each twice", "never registered")
+    expected = payments_for("ghost", count)
+    bodies = [e.body() for e in expected for _ in range(2)]
+    acked = post_all(stack, bodies)
+    row.acked = len(acked)
+    callbacks, payments = read_db(stack.db)
+    mine = [c for c in callbacks if c["checkout_request_id"].startswith("ws_CO_ghost")]
+    row.stored = len(mine)
+    stored = Counter(c["body"] for c in mine)
+    row.lost = sum(1 for body in set(acked) if not stored[body])
+    row.check(all(c["outcome"] == "parked" for c in mine), "an unknown payment's callback was not parked")
+    row.check(not any(k.startswith("ws_CO_ghost") for k in payments), "a payment was invented")
+    codes = parallel(lambda e: stack.api("GET", f"/payment/status/{e.checkout_id}").status_code, expected, 16)
+    row.check(set(codes) == {404}, f"status of unknown payments answered {Counter(codes)}")
+    return row
+
+
+# --- the agent's tools while the callback server goes down ------------------------------------
+
+def send(phone: str, amount: int, context: str = "test", **kwargs) -> dict:
+    return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+
+
+def server_down_at_send(stack: Stack) -> Row:
+    """The callback server is down when the payment is sent: the tool answers from STK Query."""
+    row = Row("server down at send (tools)", "2 payments", "callback server stopped")
+    stack.control("POST", "/reset")
+    stack.server.kill()
+    try:
+        tools.configure(stack.settings, schedule=FAST_QUERIES,
+                        tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
+        for phone, msisdn, status in (("0733000222", "254733000222", "success"),
+                                      ("0700001032", "254700001032", "failed")):
+            result = send(phone, 120, "rent")
+            if not row.check(result["status"] == status, f"{phone}: the tool answered {result}"):
+                row.lost += 1
+            if status == "success":
+                row.check(result.get("payment_details", {}).get("VerifiedBy") == "STK Query",
+                          f"{phone}: success not verified by STK Query: {result}")
+            row.double += len(stack.pushes_to(msisdn)) > 1
+    finally:
+        stack.server.start()
+    return row
+
+
+def server_restart_mid_wait(stack: Stack) -> Row:
+    """kill -9 and restart the server while the tool long-polls: it reconnects and reports the
+    outcome from the callback (no STK Query needed)."""
+    row = Row("server restart mid-wait (tools)", "2 payments", "kill -9 + restart during the wait")
+    stack.control("POST", "/reset")
+    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    for phone, msisdn, code in (("0745000111", "254745000111", 0), ("0745000222", "254745000222", 1032)):
+        stack.control("POST", "/rules", json={"phone": phone, "delay": 3600})  # the customer acts on demand
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(send(phone, 250, "books")))
+        before = stack.waiting()
+        worker.start()
+        row.check(until(lambda: stack.waiting() > before, 10), f"{phone}: the tool never started waiting")
+        stack.restart_server(hard=True)
+        row.check(until(lambda: stack.waiting() > 0, 10), f"{phone}: the tool did not reconnect")
+        push = stack.pushes_to(msisdn)
+        stack.control("POST", f"/transactions/{push[0]['checkout_request_id']}/act", json={"result_code": code})
+        worker.join(30)
+        want = "success" if code == 0 else "failed"
+        if not row.check(result.get("status") == want, f"{phone}: the tool answered {result}"):
+            row.lost += 1
+        if code == 0:
+            row.check(bool((result.get("payment_details") or {}).get("MpesaReceiptNumber")),
+                      f"{phone}: no receipt, so not from the callback: {result}")
+        checkout_id = push[0]["checkout_request_id"]
+        deliveries = stack.control("GET", f"/transactions/{checkout_id}")["callbacks"]
+        row.acked += sum(1 for d in deliveries if d["status"] == 200)
+        row.stored += sum(1 for c in read_db(stack.db)[0] if c["checkout_request_id"] == checkout_id)
+        row.double += len(stack.pushes_to(msisdn)) > 1
+    return row
+
+
+# --- Daraja faults, through the tools and the simulator's rules --------------------------------
+
+def _refused(stack: Stack, name: str, preset: str, phone: str, msisdn: str, words: str) -> Row:
+    row = Row(name, "1 payment + an immediate retry", f"push_error {preset}")
+    stack.control("POST", "/reset")
+    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    stack.control("POST", "/rules", json={"phone": phone, "scope": "next", "push_error": preset})
+    result = send(phone, 90, "fees")
+    row.check(result["status"] == "error" and words in result["message"] and "Not sent" in result["message"],
+              f"{preset}: the tool answered {result}")
+    row.check(not stack.pushes_to(msisdn), f"{preset}: a refused push still reached the phone")
+    again = send(phone, 90, "fees")  # nothing was sent, so no confirmation is needed
+    row.check(again["status"] == "success", f"{preset}: the retry answered {again}")
+    row.double += len(stack.pushes_to(msisdn)) > 1
+    return row
+
+
+def spike_arrest(stack: Stack) -> Row:
+    """500.003.02 Spike Arrest: a clear "not sent" error, nothing pushed, a retry goes through once."""
+    return _refused(stack, "Daraja spike arrest", "spike_arrest", "0746000111", "254746000111", "throttling")
+
+
+def subscriber_locked(stack: Stack) -> Row:
+    """500.001.1001 Unable to lock subscriber: a clear error naming the phone, nothing pushed."""
+    return _refused(stack, "Daraja subscriber locked", "subscriber_locked", "0746000222", "254746000222",
+                    "another M-Pesa transaction in progress")
+
+
+class _ExpiringSession(requests.Session):
+    """Counts Daraja requests by path, and expires every token right after the first STK Push."""
+
+    def __init__(self, control_url: str):
+        super().__init__()
+        self.control_url, self.calls, self.invalid_token_answers = control_url, Counter(), 0
+
+    def request(self, method, url, *args, **kwargs):
+        response = super().request(method, url, *args, **kwargs)
+        path = urlsplit(url).path
+        self.calls[path] += 1
+        if '"404.001.03"' in response.text:
+            self.invalid_token_answers += 1
+        if path.endswith("/processrequest") and self.calls[path] == 1:
+            requests.post(self.control_url + "/simulator/expire-tokens", timeout=HTTP_TIMEOUT).raise_for_status()
+        return response
+
+
+def token_expiry(stack: Stack) -> Row:
+    """Tokens expire between the push and the query: one refresh, one retry, the right outcome."""
+    row = Row("Daraja token expiry mid-flow", "1 payment", "expire-tokens after the push")
+    stack.control("POST", "/reset")
+    session = _ExpiringSession(stack.sim_url)
+    settings = stack.settings
+    daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
+                          session=session)
+    closed = TrackingClient(f"http://127.0.0.1:{free_port()}", API_KEY, register_backoff=SHORT_BACKOFF)
+    tools.configure(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
+    result = send("0747000111", 310, "rent")
+    if not row.check(result["status"] == "success", f"the tool answered {result}"):
+        row.lost += 1
+    tokens = session.calls["/oauth/v1/generate"]
+    pushes = session.calls["/mpesa/stkpush/v1/processrequest"]
+    row.check(tokens == 2 and session.invalid_token_answers == 1,
+              f"{tokens} token fetches and {session.invalid_token_answers} invalid-token answers; expected 2 and 1")
+    row.double += pushes > 1 or len(stack.pushes_to("254747000111")) > 1
+    return row
+
+
+def slow_ack(stack: Stack, read_timeout: float = 0.5, ack_delay: float = 1.5) -> Row:
+    """Daraja answers the push after the client's read timeout: outcome unknown, never re-sent,
+    one prompt on the phone even when the person retries at once (the retry needs confirmation)."""
+    row = Row("Daraja ack slower than timeout", "1 payment + an immediate retry",
+              f"ack_delay {ack_delay:g} s > read timeout {read_timeout:g} s")
+    phone, msisdn = "0748000111", "254748000111"
+    stack.control("POST", "/reset")
+    stack.control("POST", "/rules", json={"phone": phone, "scope": "next", "ack_delay": ack_delay})
+    settings = stack.settings
+    daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
+                          timeout=(2.0, read_timeout))
+    tools.configure(settings, daraja=daraja, schedule=FAST_QUERIES)
+    result = send(phone, 420, "stock")
+    row.check(result["status"] == "unknown" and "will not re-send" in result["message"],
+              f"the tool answered {result}")
+    again = send(phone, 420, "stock")
+    row.check(again["status"] == "needs_confirmation", f"an immediate retry answered {again}")
+    delivered = until(lambda: [t for t in stack.pushes_to(msisdn) if t["callbacks"]], ack_delay + 10)
+    pushes = stack.pushes_to(msisdn)
+    row.double += len(pushes) > 1
+    row.check(len(pushes) == 1, f"{len(pushes)} pushes reached the phone")
+    if delivered:  # nobody could register it (the tool never learned its id): it waits, parked
+        checkout_id = delivered[0]["checkout_request_id"]
+        rows = [c for c in read_db(stack.db)[0] if c["checkout_request_id"] == checkout_id]
+        row.acked = sum(1 for d in delivered[0]["callbacks"] if d["status"] == 200)
+        row.stored = len(rows)
+        row.lost += row.acked > row.stored
+        row.check([c["outcome"] for c in rows] == ["parked"], f"its callback was stored as {rows and rows[0]['outcome']}")
+    return row
+
+
+# --- fuzz: malformed callbacks and registrations over HTTP -----------------------------------
+
+def _junk(rng: random.Random, depth: int = 0):
+    """A random JSON value: odd shapes, wrong types, huge numbers, unusual text."""
+    kind = rng.randrange(9 if depth < 3 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False])
+    if kind == 2:
+        return rng.choice([0, -1, 1, 2**31, 2**63, -(2**64), 10**30, 4999, 1032])
+    if kind == 3:
+        return rng.choice([0.5, -0.0, 1e308, 1.5, 1e-300, 12.0])
+    if kind == 4:
+        return rng.choice(["", " ", "0", "ws_CO_", "ü€😀", "\u0000", "<script>", "' OR 1=1 --", "9" * 500,
+                           "x" * 5000, "1e400", "NaN"])
+    if kind == 5:
+        return "".join(chr(rng.randrange(1, 0x2FFF)) for _ in range(rng.randrange(1, 40)))
+    if kind == 6:
+        return [_junk(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["Body", "stkCallback", "ResultCode", "CheckoutRequestID", "Item", "x", ""]):
+            _junk(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+_INVALID_CODES = [None, True, [], {}, 1.5, "", " ", 4999, "4999"]
+_TEXT_LITERALS = [b"NaN", b"Infinity", b"1" * 5000, b"[" * 5000 + b"]" * 5000]
+
+
+def fuzz_callback(rng: random.Random, settled: list[str], pending: list[str]) -> bytes:
+    """A malformed callback body. Bodies that may still parse are aimed only at settled or unknown
+    ids; those aimed at pending payments are certain to be refused, so nothing may change."""
+    kind = rng.randrange(7)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))  # bad UTF-8, binary
+    if kind == 1:
+        return rng.choice(_TEXT_LITERALS)
+    if kind == 2:
+        return json.dumps(_junk(rng)).encode()
+    stk = json.loads(stk_callback(rng.choice(pending), 0, 100, "RFUZZ00000", "254712000000"))["Body"]["stkCallback"]
+    if kind == 3:
+        stk["ResultCode"] = rng.choice(_INVALID_CODES)
+    elif kind == 4:
+        stk["CheckoutRequestID"] = rng.choice([None, 42, [], {}, "", " ", "ws_" * 80])
+    elif kind == 5:
+        return json.dumps(rng.choice([{"Body": stk}, {"stkCallback": stk}, [stk], {"Body": [stk]}])).encode()
+    else:  # may well parse: a settled payment must not change, an unknown id is parked
+        stk["CheckoutRequestID"] = rng.choice(settled + ["ws_CO_fuzz_unknown", " " + settled[0] + " "])
+        stk["ResultCode"] = rng.choice([0, 1, 1032, 10**30, -5, "SFC_IC0003", "abc", "1032"])
+        stk["CallbackMetadata"] = rng.choice([_junk(rng), {"Item": _junk(rng)}, {"Item": [
+            {"Name": "Amount", "Value": _junk(rng)}, {"Name": "MpesaReceiptNumber", "Value": _junk(rng)},
+            {"Name": "PhoneNumber", "Value": _junk(rng)}, {"Name": "TransactionDate", "Value": _junk(rng)}]}])
+        stk[rng.choice(["ResultDesc", "MerchantRequestID", "Extra"])] = _junk(rng)
+    return json.dumps({"Body": {"stkCallback": stk}}).encode()
+
+
+def fuzz_registration(rng: random.Random, ids: list[str]) -> bytes:
+    """A registration body with wrong types, huge numbers or broken encoding."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+    if kind == 1:
+        return json.dumps(_junk(rng)).encode()
+    body = {"checkout_request_id": rng.choice(ids + ["ws_CO_fuzz_new"]), "phone_number": "0712000001",
+            "amount": 10, "description": "fuzz", "merchant_request_id": "mr-fuzz"}
+    for name in rng.sample(sorted(body), rng.randrange(1, 4)):
+        body[name] = rng.choice([_junk(rng), 10**30, -1, 0, "1e400", "12.50", "x" * 300, "ü" * 200])
+    return json.dumps(body).encode()
+
+
+def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = None) -> Row:
+    """Random malformed callbacks, registrations and status/wait requests over HTTP: never a 5xx,
+    always a JSON answer, every accepted callback stored, and no payment changed."""
+    rng = random.Random(seed)
+    row = Row("fuzz: malformed inputs over HTTP", f"{inputs} requests, 8 clients",
+              "bad UTF-8, random JSON shapes, wrong types, huge numbers")
+    settled, pending = payments_for("canary", 10), payments_for("waiting", 10, fail_every=0)
+    parallel(stack.register, settled + pending, 8)
+    post_all(stack, [e.body() for e in settled])
+    _, before = read_db(stack.db)
+    before_ids = set(before)
+    settled_ids, pending_ids = [e.checkout_id for e in settled], [e.checkout_id for e in pending]
+    requests_to_send = []
+    for _ in range(inputs):
+        kind = rng.random()
+        if kind < 0.6:
+            requests_to_send.append(("callback", fuzz_callback(rng, settled_ids, pending_ids)))
+        elif kind < 0.9:
+            requests_to_send.append(("register", fuzz_registration(rng, settled_ids + pending_ids)))
+        else:
+            junk_id = rng.choice(settled_ids + ["", "..", "%00", "ws_CO_" + "9" * 300, "ü😀", "a/b", "x" * 2000])
+            timeout = rng.choice(["nan", "inf", "-1", "0", "1e999", "abc", "", "0.0"])
+            requests_to_send.append(("wait", f"/payment/wait/{quote(junk_id, safe='')}?timeout={timeout}"))
+    local = threading.local()
+
+    def fire(item):
+        kind, payload = item
+        session = local.__dict__.setdefault("session", requests.Session())
+        if kind == "callback":
+            answer = stack.post_callback(payload, session)
+        elif kind == "register":
+            answer = stack.api("POST", "/payment/register", session, data=payload,
+                               headers={"Content-Type": "application/json"})
+        else:
+            answer = stack.api("GET", payload, session)
+        try:
+            body = answer.json()
+        except ValueError:
+            body = None
+        return kind, payload, answer.status_code, body
+
+    results = parallel(fire, requests_to_send, 8)
+    row.inputs = len(results)
+    server_errors = [(k, s) for k, _, s, _ in results if s >= 500]
+    row.check(not server_errors, f"{len(server_errors)} answers were 5xx: {Counter(server_errors)}")
+    row.check(all(isinstance(b, dict) for *_, b in results), "an answer was not a JSON object")
+    row.check(stack.server.running and requests.get(stack.url + "/health", timeout=5).ok,
+              "the server is not healthy after the burst")
+    callbacks, after = read_db(stack.db)
+    answered = [p for k, p, s, _ in results if k == "callback" and s in (200, 400)]
+    acked = [p for k, p, s, _ in results if k == "callback" and s == 200]
+    row.acked = len(acked)
+    stored = Counter(c["body"] for c in callbacks)
+    row.stored = sum(1 for body in answered if stored[body])
+    row.lost = sum(1 for body in set(answered) if not stored[body])
+    created = {b.get("payment", {}).get("checkout_request_id") for k, _, s, b in results
+               if k == "register" and s == 201 and isinstance(b, dict)}
+    row.check(set(after) - before_ids == created - {None}, "payments appeared without a 201")
+    fields = ("status", "receipt", "amount", "phone_number", "result_code", "callback_id")
+    changed = [k for k in before_ids if any(before[k][f] != after[k][f] for f in fields)]
+    row.double += len(changed)
+    row.check(not changed, f"{len(changed)} payments changed: {changed[:3]}")
+    return row
+
+
+# --- the report --------------------------------------------------------------------------------
+
+COLUMNS = ("scenario", "load", "faults injected", "inputs tried", "callbacks acked", "callbacks stored",
+           "lost", "double-applied", "result")
+
+
+def table(rows: list[Row]) -> str:
+    cells = [COLUMNS] + [(r.scenario, r.load, r.faults, str(r.inputs or "-"), str(r.acked), str(r.stored),
+                          str(r.lost), str(r.double), "ok" if r.ok else "FAIL") for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def scenarios(folder: Path, sizes: Sizes, seed: int | None) -> list[tuple[str, object]]:
+    """(name, function of the shared stacks) in the order they run."""
+    return [
+        ("crash", lambda s: crash(folder, sizes.crash_callbacks, sizes.crash_kills, sizes.senders, seed)),
+        ("duplicates", lambda s: duplicates(s["server"], sizes.per_case)),
+        ("before registration", lambda s: before_registration(s["server"], sizes.per_case)),
+        ("after timeout", lambda s: after_timeout(s["server"], sizes.per_case)),
+        ("contradicting", lambda s: contradicting(s["server"], sizes.per_case)),
+        ("unknown payments", lambda s: unknown_payments(s["server"], sizes.per_case)),
+        ("fuzz", lambda s: fuzz(s["server"], sizes.fuzz_inputs, seed)),
+        ("server down at send", lambda s: server_down_at_send(s["full"])),
+        ("server restart mid-wait", lambda s: server_restart_mid_wait(s["full"])),
+        ("spike arrest", lambda s: spike_arrest(s["full"])),
+        ("subscriber locked", lambda s: subscriber_locked(s["full"])),
+        ("token expiry", lambda s: token_expiry(s["full"])),
+        ("slow ack", lambda s: slow_ack(s["full"])),
+    ]
+
+
+def run(sizes: Sizes = DEFAULT, folder: Path | None = None, seed: int | None = None,
+        out=print) -> list[Row]:
+    """Run every scenario, printing a line as each starts and ends; returns the rows."""
+    folder = folder or Path(tempfile.mkdtemp(prefix="mpesa-reliability-"))
+    todo = scenarios(folder, sizes, seed)
+    rows = []
+    threads = 64 + 4 * sizes.per_case
+    with Stack(folder / "server", threads=threads) as server, Stack(folder / "full", simulator=True) as full:
+        stacks = {"server": server, "full": full}
+        for number, (name, function) in enumerate(todo, start=1):
+            out(f"[{number}/{len(todo)}] {name} ...")
+            started = time.monotonic()
+            try:
+                row = function(stacks)
+            except Exception as exc:  # a scenario that cannot finish is a failure, not a crash of the report
+                row = Row(name, "-", problems=[f"{type(exc).__name__}: {exc}"])
+            row.seconds = time.monotonic() - started
+            rows.append(row)
+            out(f"[{number}/{len(todo)}] {name}: {'ok' if row.ok else 'FAIL'} in {row.seconds:.1f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mpesa_agent.reliability", description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true",
+                        help="the issue's sizes: 2,000 callbacks x 5 kill points, 100 payments per case, "
+                             "5,000 fuzz inputs (a few minutes)")
+    parser.add_argument("--seed", type=int, help="seed for kill points and fuzz inputs (default: random)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs)")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(10**6)
+    folder = Path(tempfile.mkdtemp(prefix="mpesa-reliability-"))
+    logging.basicConfig(filename=folder / "reliability.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sizes = FULL if args.full else DEFAULT
+    print(f"Reliability run ({'full' if args.full else 'default'} sizes, seed {seed}); processes and "
+          f"databases in {folder}", flush=True)
+    started = time.monotonic()
+    rows = run(sizes, folder, seed, out=lambda line: print(line, flush=True))
+    print()
+    print(table(rows))
+    failed = [r for r in rows if not r.ok]
+    for row in failed:
+        print(f"\n{row.scenario}: lost {row.lost}, double-applied {row.double}")
+        for problem in row.problems[:10]:
+            print(f"  - {problem}")
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} scenarios ok in {time.monotonic() - started:.0f} s"
+          f" (seed {seed}).")
+    if failed or args.keep:
+        print(f"Logs and databases kept in {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
