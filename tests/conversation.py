@@ -31,10 +31,11 @@ def offline_root_agent():
 
 def converse(*messages: str) -> list[Turn]:
     """Send `messages` one by one in a new session; return what happened in each turn."""
-    return asyncio.run(_converse(messages))
+    return asyncio.run(chat(messages))
 
 
-async def _converse(messages) -> list[Turn]:
+async def chat(messages) -> list[Turn]:
+    """`converse` for code already in an event loop."""
     runner = InMemoryRunner(agent=offline_root_agent(), app_name=APP)
     session = await runner.session_service.create_session(app_name=APP, user_id="test")
     turns = []
