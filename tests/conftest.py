@@ -1,8 +1,11 @@
 import os
+import threading
 
 import pytest
+from werkzeug.serving import make_server
 
 from mpesa_agent.config import Settings
+from mpesa_agent.simulator import create_app as create_simulator
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,23 @@ def settings(tmp_path) -> Settings:
         root=tmp_path,
         load_files=False,
     )
+
+
+@pytest.fixture
+def start_simulator(settings):
+    """Start a fresh simulator on an ephemeral port; returns its base URL."""
+    servers = []
+
+    def start(**overrides) -> str:
+        options = {"callback_delay": 0.05, "seed": 7, **overrides}
+        app = create_simulator(settings, **options)
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
+        servers.append((server, app))
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server, app in servers:
+        app.extensions["simulator"].reset()
+        server.shutdown()
+        server.server_close()

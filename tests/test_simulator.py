@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from werkzeug.serving import make_server
 
 from mpesa_agent.config import SANDBOX_PASSKEY
 from mpesa_agent.simulator import create_app
@@ -36,26 +35,6 @@ DOCS_PUSH_REQUEST = {
 DOCS_ACK_KEYS = ["MerchantRequestID", "CheckoutRequestID", "ResponseCode", "ResponseDescription", "CustomerMessage"]
 DOCS_QUERY_KEYS = ["ResponseCode", "ResponseDescription", "MerchantRequestID", "CheckoutRequestID", "ResultCode",
                    "ResultDesc"]
-
-
-@pytest.fixture
-def start_simulator(settings):
-    """Start a fresh simulator on an ephemeral port; returns its base URL."""
-    servers = []
-
-    def start(**overrides) -> str:
-        options = {"callback_delay": 0.05, "seed": 7, **overrides}
-        app = create_app(settings, **options)
-        server = make_server("127.0.0.1", 0, app, threaded=True)
-        threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True).start()
-        servers.append((server, app))
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server, app in servers:
-        app.extensions["simulator"].reset()
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture
