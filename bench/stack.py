@@ -1,0 +1,94 @@
+"""The processes under test (simulator, callback server) on 127.0.0.1, and bulk-loaded databases."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from mpesa_agent.config import Settings
+from mpesa_agent.store import Store
+from tests.processes import Process, base_env, free_port
+
+HOST = "127.0.0.1"
+TOKEN = "be4c4b2e0c5d4f0f9e1ab3c7d2e8f6a1"
+API_KEY = "benchmark-api-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CALLBACK_PREFIX = "/callback"
+
+
+class Stack:
+    """One simulator and one callback server, each a real process with its own log in `folder`."""
+
+    def __init__(self, folder: Path, db: Path, server_threads: int, simulator: bool = True):
+        self.folder, self.db = folder, db
+        self.sim_port, self.port = free_port(), free_port()
+        self.env = base_env(
+            MPESA_ENV="simulator", MPESA_CONSUMER_KEY="bench-key", MPESA_CONSUMER_SECRET="bench-secret",
+            MPESA_BASE_URL=f"http://{HOST}:{self.sim_port}",
+            MPESA_CALLBACK_URL=f"http://{HOST}:{self.port}{CALLBACK_PREFIX}/{TOKEN}",
+            CALLBACK_SERVER_URL=f"http://{HOST}:{self.port}", CALLBACK_API_KEY=API_KEY,
+            PAYMENTS_DB=db, SIMULATOR_CALLBACK_DELAY="0", PAYMENT_WAIT_SECONDS="30",
+            PAYMENT_RATE_LIMIT_COUNT="1000000", PAYMENT_MAX_AMOUNT="250000")
+        self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(self.sim_port)], self.env,
+                                 f"http://{HOST}:{self.sim_port}/simulator/health",
+                                 folder / "simulator.log") if simulator else None
+        self.server = Process(["callback_server.py", "--port", str(self.port), "--db", str(db),
+                               "--threads", str(server_threads)], self.env,
+                              f"http://{HOST}:{self.port}/health", folder / "server.log")
+        self.settings = Settings.from_env(self.env, load_files=False)
+
+    def __enter__(self) -> "Stack":
+        if self.simulator:
+            self.simulator.start()
+        try:
+            self.server.start(timeout=120)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+        if self.simulator:
+            self.simulator.stop()
+
+    @property
+    def server_pid(self) -> int:
+        return self.server.popen.pid
+
+
+def callback_path() -> str:
+    return f"{CALLBACK_PREFIX}/{TOKEN}"
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def bulk_load(db: Path, count: int, prefix: str = "ws_CO_bulk_") -> float:
+    """Write `count` settled/pending payments straight into a new SQLite file; seconds taken."""
+    started = time.perf_counter()
+    Store(db).close()  # the schema, exactly as the server makes it
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("BEGIN")
+    now = "2026-11-26T10:00:00.000+00:00"
+    statuses = ("completed", "completed", "completed", "failed", "pending")
+    conn.executemany(
+        "INSERT INTO payments (checkout_request_id, phone_number, amount, description, status, created_at,"
+        " updated_at) VALUES (?, ?, ?, 'bulk', ?, ?, ?)",
+        ((f"{prefix}{n:09d}", f"2547{n % 100_000_000:08d}", 1 + n % 5000, statuses[n % 5], now, now)
+         for n in range(count)))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return time.perf_counter() - started

@@ -1,0 +1,27 @@
+"""`python -m bench` at tiny sizes: it runs against real processes and prints every row (no timing checks)."""
+import os
+import subprocess
+import sys
+
+from processes import ROOT
+
+TINY = ["--runs", "1", "--latency-samples", "3", "--waiters", "10", "--callbacks", "40", "--registrations", "40",
+        "--tool-calls", "2", "--status-sizes", "100,1000", "--status-samples", "20", "--ttk-samples", "2",
+        "--queries", "3"]
+
+
+def test_the_benchmark_runs_and_prints_every_row():
+    done = subprocess.run([sys.executable, "-m", "bench", *TINY], cwd=ROOT, capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "median of 1 run(s)" in out and f"Machine: {os.cpu_count()} cores, shared by the load generator" in out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    for label in ("notification latency, 1 waiter", "notification latency, 10 waiters", "concurrent waiters",
+                  "callback ingestion, 32 senders", "registration, 32 clients", "tool overhead",
+                  "status, 100 payments", "status, 1,000 payments", "time-to-know: callback",
+                  "time-to-know: poll 20 s then every 15 s", "time-to-know: poll every 5 s"):
+        row = next((line for line in lines if line.startswith(f"| {label}")), None)
+        assert row is not None, f"no row {label!r} in:\n{out}"
+        assert "FAILED" not in row, f"{row}\n{done.stderr[-3000:]}"
+    assert "10 held, 10 answered" in out
