@@ -165,12 +165,19 @@ class Payments:
         return False
 
     async def _wait(self, checkout_id: str, deadline: float) -> dict:
-        """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down."""
+        """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down.
+
+        Daraja never re-sends a callback, so one that came while the server was down is gone:
+        once the server is back, STK Query is asked once before waiting again.
+        """
         down_since = None
         while True:
             remaining = max(0.0, deadline - self.clock())
             try:
-                result = await asyncio.to_thread(self.tracking.wait, checkout_id, remaining)
+                if down_since is None:
+                    result = await asyncio.to_thread(self.tracking.wait, checkout_id, remaining)
+                else:  # a quick look: is the server back?
+                    result = await asyncio.to_thread(self.tracking.status, checkout_id)
             except TrackingRejected as exc:
                 log.warning("wait %s refused (%s); falling back to STK Query", checkout_id, exc)
                 return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
@@ -181,8 +188,17 @@ class Payments:
                     return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
                 await asyncio.sleep(0.25)
                 continue
-            down_since = None
-            if result.get("payment_status") != PENDING or self.clock() >= deadline:
+            if result.get("payment_status") != PENDING:
+                return result
+            if down_since is not None:
+                down_since = None
+                log.warning("wait %s: callback server back; asking STK Query for a callback lost meanwhile",
+                            checkout_id)
+                queried = await self._query_once(checkout_id, quiet=True)
+                if queried.get("payment_status") != PENDING:
+                    return queried
+                continue  # long-poll again; at the deadline it answers at once with the timeout
+            if self.clock() >= deadline:
                 return result
 
     async def _poll_daraja(self, checkout_id: str, started: float, deadline: float) -> dict:
