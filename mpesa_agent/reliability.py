@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -170,7 +171,8 @@ class Stack:
             MPESA_CALLBACK_URL=self.callback_url, CALLBACK_SERVER_URL=self.url, CALLBACK_API_KEY=API_KEY,
             PAYMENTS_DB=self.db, PAYMENT_MAX_AMOUNT=150_000, PAYMENT_RATE_LIMIT_COUNT=5,
             PAYMENT_RATE_LIMIT_WINDOW=600, PAYMENT_WAIT_SECONDS=wait_seconds, TRUSTED_CALLBACK_IPS="127.0.0.1",
-            TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false", SIMULATOR_CALLBACK_DELAY=0.2)
+            TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false", RECONCILE_AFTER_SECONDS=3600,
+            SIMULATOR_CALLBACK_DELAY=0.2)
         self.settings = Settings.from_env(self.env, load_files=False)
         self.server = Child(["callback_server.py", "--port", str(server_port), "--threads", str(threads)],
                             self.env, f"{self.url}/health", folder / "callback_server.log")
@@ -283,11 +285,15 @@ def stk_callback(checkout_id: str, result_code: int | str = 0, amount: int | Non
     return json.dumps({"Body": {"stkCallback": stk}}).encode()
 
 
+_batches, _receipts = itertools.count(1), itertools.count(1)
+
+
 def payments_for(prefix: str, count: int, fail_every: int = 4) -> list[Expected]:
-    """`count` payments with unique ids, phones and receipts; every `fail_every`-th is cancelled."""
-    return [Expected(f"ws_CO_{prefix}_{n:06d}", f"2547{12_000_000 + n:08d}", 1 + n % 900,
+    """`count` payments with ids and receipts unique in this process; every `fail_every`-th is cancelled."""
+    batch = next(_batches)
+    return [Expected(f"ws_CO_{prefix}{batch}_{n:06d}", f"2547{12_000_000 + n:08d}", 1 + n % 900,
                      1032 if fail_every and n % fail_every == fail_every - 1 else 0,
-                     f"R{prefix[:3].upper()}{n:06d}")
+                     f"R{next(_receipts):09d}")
             for n in range(count)]
 
 
@@ -369,7 +375,8 @@ def crash(folder: Path, callbacks: int = DEFAULT.crash_callbacks, kill_points: i
             row.check(wrong == 0, f"{wrong} late registrations did not pick up their parked callback")
             stack.server.kill()  # the file is read as a crash left it
             audit(row, stack.db, expected, acked)
-    row.faults = f"kill -9 at {', '.join(kill_marks)} of acks; {resent} resent"
+    row.faults = (f"kill -9 at {', '.join(kill_marks)} of acks; {resent} resent, "
+                  f"{row.stored - row.acked} of them stored before the kill")
     return row
 
 
@@ -510,10 +517,10 @@ def before_registration(stack: Stack, count: int = DEFAULT.per_case) -> Row:
     with Waiters(stack, [e.checkout_id for e in expected]) as waiters:  # waiting on unregistered ids
         acked = post_all(stack, [e.body() for e in expected])
         callbacks, payments = read_db(stack.db)
-        parked = sum(1 for c in callbacks if c["checkout_request_id"].startswith("ws_CO_early")
-                     and c["outcome"] == "parked")
+        ids = {e.checkout_id for e in expected}
+        parked = sum(1 for c in callbacks if c["checkout_request_id"] in ids and c["outcome"] == "parked")
         row.check(parked == count, f"{parked} of {count} early callbacks parked")
-        row.check(not any(k.startswith("ws_CO_early") for k in payments), "a parked callback created a payment")
+        row.check(not ids & set(payments), "a parked callback created a payment")
         states = parallel(lambda e: stack.register(e).json().get("payment_status"), expected, 16)
     row.acked = len(acked)
     wrong = sum(1 for e, state in zip(expected, states) if state != e.state)
@@ -590,12 +597,13 @@ def unknown_payments(stack: Stack, count: int = DEFAULT.per_case) -> Row:
     acked = post_all(stack, bodies)
     row.acked = len(acked)
     callbacks, payments = read_db(stack.db)
-    mine = [c for c in callbacks if c["checkout_request_id"].startswith("ws_CO_ghost")]
+    ids = {e.checkout_id for e in expected}
+    mine = [c for c in callbacks if c["checkout_request_id"] in ids]
     row.stored = len(mine)
     stored = Counter(c["body"] for c in mine)
     row.lost = sum(1 for body in set(acked) if not stored[body])
     row.check(all(c["outcome"] == "parked" for c in mine), "an unknown payment's callback was not parked")
-    row.check(not any(k.startswith("ws_CO_ghost") for k in payments), "a payment was invented")
+    row.check(not ids & set(payments), "a payment was invented")
     codes = parallel(lambda e: stack.api("GET", f"/payment/status/{e.checkout_id}").status_code, expected, 16)
     row.check(set(codes) == {404}, f"status of unknown payments answered {Counter(codes)}")
     return row
@@ -607,6 +615,10 @@ def send(phone: str, amount: int, context: str = "test", **kwargs) -> dict:
     return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
 
 
+def brief(result: dict) -> dict:
+    return {k: result[k] for k in ("status", "message", "payment_status") if k in result}
+
+
 def server_down_at_send(stack: Stack) -> Row:
     """The callback server is down when the payment is sent: the tool answers from STK Query."""
     row = Row("server down at send (tools)", "2 payments", "callback server stopped")
@@ -615,50 +627,76 @@ def server_down_at_send(stack: Stack) -> Row:
     try:
         tools.configure(stack.settings, schedule=FAST_QUERIES,
                         tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
-        for phone, msisdn, status in (("0733000222", "254733000222", "success"),
-                                      ("0700001032", "254700001032", "failed")):
+        for phone, status in (("0733000222", "success"), ("0700001032", "failed")):
             result = send(phone, 120, "rent")
-            if not row.check(result["status"] == status, f"{phone}: the tool answered {result}"):
+            if not row.check(result["status"] == status, f"{phone}: the tool answered {brief(result)}"):
                 row.lost += 1
             if status == "success":
                 row.check(result.get("payment_details", {}).get("VerifiedBy") == "STK Query",
-                          f"{phone}: success not verified by STK Query: {result}")
-            row.double += len(stack.pushes_to(msisdn)) > 1
+                          f"{phone}: success not verified by STK Query: {brief(result)}")
+        tally(row, stack, "254733000222", "254700001032")
     finally:
         stack.server.start()
     return row
 
 
 def server_restart_mid_wait(stack: Stack) -> Row:
-    """kill -9 and restart the server while the tool long-polls: it reconnects and reports the
-    outcome from the callback (no STK Query needed)."""
-    row = Row("server restart mid-wait (tools)", "2 payments", "kill -9 + restart during the wait")
+    """kill -9 and restart the server while the tool long-polls. The tool reconnects and reports
+    the outcome: from the callback when it comes after the restart, from STK Query when it came
+    during the outage (Daraja never retries, so that callback is gone for good)."""
+    row = Row("server restart mid-wait (tools)", "3 payments", "kill -9 + restart during the wait")
     stack.control("POST", "/reset")
     tools.configure(stack.settings, schedule=FAST_QUERIES)
-    for phone, msisdn, code in (("0745000111", "254745000111", 0), ("0745000222", "254745000222", 1032)):
+    cases = (("0745000111", 0, False), ("0745000222", 1032, False), ("0745000333", 0, True))
+    for phone, code, during_outage in cases:
+        msisdn = "254" + phone[1:]
         stack.control("POST", "/rules", json={"phone": phone, "delay": 3600})  # the customer acts on demand
         result: dict = {}
         worker = threading.Thread(target=lambda: result.update(send(phone, 250, "books")))
         before = stack.waiting()
         worker.start()
         row.check(until(lambda: stack.waiting() > before, 10), f"{phone}: the tool never started waiting")
-        stack.restart_server(hard=True)
-        row.check(until(lambda: stack.waiting() > 0, 10), f"{phone}: the tool did not reconnect")
-        push = stack.pushes_to(msisdn)
-        stack.control("POST", f"/transactions/{push[0]['checkout_request_id']}/act", json={"result_code": code})
-        worker.join(30)
+        checkout_id = stack.pushes_to(msisdn)[0]["checkout_request_id"]
+
+        def act() -> None:
+            stack.control("POST", f"/transactions/{checkout_id}/act", json={"result_code": code})
+            until(lambda: stack.control("GET", f"/transactions/{checkout_id}")["callbacks"], 10)
+
+        stack.server.kill()
+        if during_outage:
+            act()
+        stack.server.start()
+        if not during_outage:
+            row.check(until(lambda: stack.waiting() > 0, 10), f"{phone}: the tool did not reconnect")
+            act()
+        worker.join(stack.settings.wait_seconds + 15)
         want = "success" if code == 0 else "failed"
-        if not row.check(result.get("status") == want, f"{phone}: the tool answered {result}"):
+        if not row.check(result.get("status") == want, f"{phone}: the tool answered {brief(result)}"):
             row.lost += 1
-        if code == 0:
+        if code == 0 and not during_outage:
             row.check(bool((result.get("payment_details") or {}).get("MpesaReceiptNumber")),
-                      f"{phone}: no receipt, so not from the callback: {result}")
-        checkout_id = push[0]["checkout_request_id"]
-        deliveries = stack.control("GET", f"/transactions/{checkout_id}")["callbacks"]
-        row.acked += sum(1 for d in deliveries if d["status"] == 200)
-        row.stored += sum(1 for c in read_db(stack.db)[0] if c["checkout_request_id"] == checkout_id)
-        row.double += len(stack.pushes_to(msisdn)) > 1
+                      f"{phone}: no receipt, so not from the callback: {brief(result)}")
+    tally(row, stack, *("254" + phone[1:] for phone, _, _ in cases))
     return row
+
+
+def tally(row: Row, stack: Stack, *msisdns: str) -> None:
+    """Add the simulator's callbacks to these phones: how many the server acknowledged, how many
+    it stored; one push per phone is expected (more means the customer was prompted twice)."""
+    def delivered() -> list[dict] | None:
+        pushes = [t for msisdn in msisdns for t in stack.pushes_to(msisdn)]
+        done = all(t["state"] == "pending" or t["callback_note"] or len(t["callbacks"]) >= t["planned"]["duplicate"]
+                   for t in pushes)
+        return pushes if done else None
+    pushes = until(delivered, 10) or [t for msisdn in msisdns for t in stack.pushes_to(msisdn)]
+    stored = Counter(c["checkout_request_id"] for c in read_db(stack.db)[0])
+    for push in pushes:
+        acked = sum(1 for d in push["callbacks"] if d["status"] == 200)
+        row.acked += acked
+        row.stored += stored[push["checkout_request_id"]]
+        row.lost += max(0, acked - stored[push["checkout_request_id"]])
+    per_phone = Counter(push["phone_number"] for push in pushes)
+    row.double += sum(1 for n in per_phone.values() if n > 1)
 
 
 # --- Daraja faults, through the tools and the simulator's rules --------------------------------
@@ -670,11 +708,11 @@ def _refused(stack: Stack, name: str, preset: str, phone: str, msisdn: str, word
     stack.control("POST", "/rules", json={"phone": phone, "scope": "next", "push_error": preset})
     result = send(phone, 90, "fees")
     row.check(result["status"] == "error" and words in result["message"] and "Not sent" in result["message"],
-              f"{preset}: the tool answered {result}")
+              f"{preset}: the tool answered {brief(result)}")
     row.check(not stack.pushes_to(msisdn), f"{preset}: a refused push still reached the phone")
     again = send(phone, 90, "fees")  # nothing was sent, so no confirmation is needed
-    row.check(again["status"] == "success", f"{preset}: the retry answered {again}")
-    row.double += len(stack.pushes_to(msisdn)) > 1
+    row.check(again["status"] == "success", f"{preset}: the retry answered {brief(again)}")
+    tally(row, stack, msisdn)
     return row
 
 
@@ -718,13 +756,13 @@ def token_expiry(stack: Stack) -> Row:
     closed = TrackingClient(f"http://127.0.0.1:{free_port()}", API_KEY, register_backoff=SHORT_BACKOFF)
     tools.configure(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
     result = send("0747000111", 310, "rent")
-    if not row.check(result["status"] == "success", f"the tool answered {result}"):
+    if not row.check(result["status"] == "success", f"the tool answered {brief(result)}"):
         row.lost += 1
     tokens = session.calls["/oauth/v1/generate"]
-    pushes = session.calls["/mpesa/stkpush/v1/processrequest"]
     row.check(tokens == 2 and session.invalid_token_answers == 1,
               f"{tokens} token fetches and {session.invalid_token_answers} invalid-token answers; expected 2 and 1")
-    row.double += pushes > 1 or len(stack.pushes_to("254747000111")) > 1
+    row.double += session.calls["/mpesa/stkpush/v1/processrequest"] > 1
+    tally(row, stack, "254747000111")
     return row
 
 
@@ -742,20 +780,15 @@ def slow_ack(stack: Stack, read_timeout: float = 0.5, ack_delay: float = 1.5) ->
     tools.configure(settings, daraja=daraja, schedule=FAST_QUERIES)
     result = send(phone, 420, "stock")
     row.check(result["status"] == "unknown" and "will not re-send" in result["message"],
-              f"the tool answered {result}")
+              f"the tool answered {brief(result)}")
     again = send(phone, 420, "stock")
-    row.check(again["status"] == "needs_confirmation", f"an immediate retry answered {again}")
-    delivered = until(lambda: [t for t in stack.pushes_to(msisdn) if t["callbacks"]], ack_delay + 10)
+    row.check(again["status"] == "needs_confirmation", f"an immediate retry answered {brief(again)}")
+    tally(row, stack, msisdn)
     pushes = stack.pushes_to(msisdn)
-    row.double += len(pushes) > 1
     row.check(len(pushes) == 1, f"{len(pushes)} pushes reached the phone")
-    if delivered:  # nobody could register it (the tool never learned its id): it waits, parked
-        checkout_id = delivered[0]["checkout_request_id"]
-        rows = [c for c in read_db(stack.db)[0] if c["checkout_request_id"] == checkout_id]
-        row.acked = sum(1 for d in delivered[0]["callbacks"] if d["status"] == 200)
-        row.stored = len(rows)
-        row.lost += row.acked > row.stored
-        row.check([c["outcome"] for c in rows] == ["parked"], f"its callback was stored as {rows and rows[0]['outcome']}")
+    if pushes:  # nobody could register it (the tool never learned its id): its callback waits, parked
+        outcomes = [c["outcome"] for c in read_db(stack.db)[0] if c["checkout_request_id"] == pushes[0]["checkout_request_id"]]
+        row.check(outcomes == ["parked"], f"its callback was stored as {outcomes}")
     return row
 
 
