@@ -4,7 +4,8 @@
 
 Served by waitress. Each long-poll waiter (`GET /payment/wait/...`) holds one thread for up to
 300 s, so `--threads` is the number of concurrent waiters plus a margin for callbacks and
-status checks. See docs/callback_server.md.
+status checks. A reconciler thread settles payments whose callback never came by STK Query
+(and confirms success callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
 """
 from __future__ import annotations
 
@@ -26,12 +27,16 @@ from flask import Flask, current_app, jsonify, request
 from waitress import serve
 from werkzeug.exceptions import HTTPException
 
-from mpesa_agent.callback_manager import CallbackManager, InvalidRegistration, RegistrationConflict
+from mpesa_agent import preflight
+from mpesa_agent.callback_manager import (AWAITING, CONFIRMED, CONTRADICTED, RECONCILER, CallbackManager,
+                                          InvalidRegistration, RegistrationConflict, has_lone_surrogate)
 from mpesa_agent.config import (MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings,
                                 callback_url_problems)
+from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.notifications import notification_for, timeout_notification
-from mpesa_agent.outcomes import PENDING
-from mpesa_agent.store import INVALID, Store
+from mpesa_agent.outcomes import COMPLETED, PENDING
+from mpesa_agent.reconciler import Reconciler
+from mpesa_agent.store import INVALID, Payment, Store
 
 log = logging.getLogger("callback_server")
 
@@ -43,6 +48,7 @@ DEFAULT_WAIT_SECONDS = 120
 MAX_WAIT_SECONDS = 300
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 REQUIRED_FIELDS = ("checkout_request_id", "phone_number", "amount")
+EXIT_CONFIG, EXIT_CALLBACK_URL = 1, 2
 
 
 def create_app(config: Settings | None = None) -> Flask:
@@ -58,7 +64,15 @@ def create_app(config: Settings | None = None) -> Flask:
     if prefix in ("/payment", "/health") or prefix.startswith("/payment/"):
         raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
                           "use e.g. /callback/<token>")
+    for name, entries in (("TRUSTED_CALLBACK_IPS", settings.trusted_callback_ips),
+                          ("TRUSTED_PROXIES", settings.trusted_proxies)):
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name} has {entry!r}, which is not an IP address or CIDR network") from None
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["MPESA_SETTINGS"] = settings
     app.json.ensure_ascii = False
@@ -162,6 +176,8 @@ def json_object() -> tuple[dict | None, str | None]:
         data = json.loads(raw.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"the body is not valid JSON ({exc})"
+    if has_lone_surrogate(data):
+        return None, "the body is not valid JSON text (a lone \\ud800-\\udfff escape)"
     if not isinstance(data, dict):
         return None, f"the body must be a JSON object, not {type(data).__name__}"
     return data, None
@@ -192,7 +208,29 @@ def status(checkout_request_id: str):
     payment = _manager().status(checkout_request_id)
     if payment is None:
         return unknown_payment(checkout_request_id)
-    return jsonify({**notification_for(payment), "payment": payment.to_dict()})
+    return jsonify({**notification(payment), "payment": payment.to_dict()})
+
+
+def notification(payment: Payment, timed_out: bool = False) -> dict:
+    """The seed's notification, plus how the outcome was learnt when it was not a plain callback."""
+    body = timeout_notification(payment.checkout_request_id) if timed_out else notification_for(payment)
+    queries = f"{payment.query_attempts} STK Quer{'y' if payment.query_attempts == 1 else 'ies'}"
+    note = None
+    if payment.verification == AWAITING and payment.status == PENDING:
+        note = "A success callback arrived; confirming it with M-Pesa (STK Query) before reporting it"
+    elif payment.verification == CONFIRMED:
+        note = "Success callback confirmed by STK Query"
+    elif payment.verification == CONTRADICTED:
+        note = "A success callback was contradicted and is kept for review; it was not counted as paid"
+    elif payment.settled_by == "query":
+        note = f"Settled by STK Query: no callback arrived ({queries})"
+    elif payment.settled_by == RECONCILER:
+        note = f"No final answer from M-Pesa after {queries}; kept for review"
+    if payment.status == COMPLETED and (payment.verification == CONFIRMED or payment.settled_by == "query"):
+        body["payment_details"] = {**body["payment_details"], "VerifiedBy": "STK Query"}
+    if note:
+        body["note"] = note
+    return body
 
 
 def wait(checkout_request_id: str):
@@ -203,8 +241,7 @@ def wait(checkout_request_id: str):
     payment = _manager().wait(checkout_request_id, timeout)
     if payment is None:
         return unknown_payment(checkout_request_id)
-    body = timeout_notification(payment.checkout_request_id) if payment.status == PENDING \
-        else notification_for(payment)
+    body = notification(payment, timed_out=payment.status == PENDING)
     return jsonify({**body, "payment": payment.to_dict()})
 
 
@@ -285,6 +322,19 @@ def masked_callback_url(settings: Settings) -> str:
     return settings.callback_url.replace(token, token[:4] + "…") if token else settings.callback_url
 
 
+def startup_problems(settings: Settings) -> list[str]:
+    """What must stop a sandbox or production server: start.sh's preflight checks, and more."""
+    if settings.mpesa_env == "simulator":
+        return []
+    found = preflight.problems(settings)
+    committed = (dotenv_values(settings.root / ".env").get("MPESA_CALLBACK_URL") or "").strip() \
+        if (settings.root / ".env").is_file() else ""
+    committed_token = committed.rstrip("/").rsplit("/", 1)[-1] if committed else ""
+    if committed_token and committed_token == settings.callback_token and not any("committed" in p for p in found):
+        found.append("MPESA_CALLBACK_URL still has the committed example token; put your own in .env.local")
+    return found
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="M-Pesa callback server (Daraja callbacks + /payment/* API)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
@@ -303,23 +353,37 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         settings = settings or Settings.from_env()
         if args.db:
             settings = settings.replace(payments_db=Path(args.db).resolve())
+        problems = startup_problems(settings)
+        if problems:
+            for problem in problems:
+                print(f"Configuration error: {problem}", file=sys.stderr)
+            print(f"Refusing to start with MPESA_ENV={settings.mpesa_env}: fix .env.local "
+                  "(see docs/callback_server.md, \"Setting up the callback URL\").", file=sys.stderr)
+            return EXIT_CALLBACK_URL
         settings, key_source = ensure_api_key(settings)
         app = create_app(settings)
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_CONFIG
     for problem in callback_url_problems(settings):
         log.warning("MPESA_CALLBACK_URL: %s", problem)
-    counts = app.extensions["callback_manager"].store.counts()
+    manager = app.extensions["callback_manager"]
+    counts = manager.store.counts()
     print(f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
           f"{settings.callback_token[:4]}… (MPESA_CALLBACK_URL {masked_callback_url(settings)}, token masked)\n"
           f"Store: SQLite {settings.payments_db} (WAL, synchronous=FULL): "
           f"{sum(counts['payments'].values())} payments, {sum(counts['callbacks'].values())} raw callbacks\n"
           f"API key for /payment/* (Authorization: Bearer ...): {key_source}\n"
+          f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
+          f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
           f"Callback server on http://{args.host}:{args.port} (waitress, {args.threads} threads)", flush=True)
-    serve(app, host=args.host, port=args.port, threads=args.threads,
-          connection_limit=args.threads + 100, channel_timeout=MAX_WAIT_SECONDS + 60,
-          asyncore_use_poll=True, ident="callback-server")
+    reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
+    try:
+        serve(app, host=args.host, port=args.port, threads=args.threads,
+              connection_limit=args.threads + 100, channel_timeout=MAX_WAIT_SECONDS + 60,
+              asyncore_use_poll=True, ident="callback-server")
+    finally:
+        reconciler.stop()
     return 0
 
 

@@ -8,8 +8,10 @@ DESIGN.md "Payment life":
   conflict and flagged for review, never applied;
 - a success callback whose amount or phone differs from the registration, or that has no
   receipt, makes the payment `unknown` and flagged for review, never `completed`;
-- `unknown` without a review flag (an unrecognised result code) is not final: later evidence,
-  a callback or an STK Query, may still settle it.
+- `unknown` without a review flag (an unrecognised result code), or set by the reconciler when
+  STK Query never gave a final answer, is not final: a later callback or STK Query may settle it;
+- with `verify_success_by_query`, a success callback is held (`verification` "awaiting") until an
+  STK Query confirms it (`settle_from_query`); the payment stays pending meanwhile.
 Waiters sleep on a per-payment `threading.Event` set right after the settling commit.
 """
 from __future__ import annotations
@@ -19,8 +21,9 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 from .config import Settings
 from .outcomes import COMPLETED, FAILED, PENDING, UNKNOWN, classify, normalize_code
@@ -34,6 +37,11 @@ CHECKOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 MAX_TEXT_FIELD = 100
 MISMATCH_REASON = "callback does not match the registered payment (amount/phone)"
 NO_RECEIPT_REASON = "success callback without an M-Pesa receipt number"
+# Verification of success callbacks by STK Query (payments.verification).
+AWAITING, CONFIRMED, CONTRADICTED, UNCONFIRMED = "awaiting", "confirmed", "contradicted", "unconfirmed"
+AWAITING_NOTE = "success callback held until STK Query confirms it"
+# settled_by of an `unknown` set by the reconciler when STK Query never gave a final answer.
+RECONCILER = "reconciler"
 # "[STK_CB - ]Request cancelled by user" (2017-2019 wording)
 _DESC_PREFIX = re.compile(r"^\s*\[[A-Za-z_]+\s*-\s*\]\s*")
 
@@ -109,6 +117,15 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def has_lone_surrogate(value: Any) -> bool:
+    """Parsed JSON holds a lone `\\ud800`-`\\udfff` escape: text that SQLite cannot store as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_callback(body: bytes) -> StkCallback:
     """Parse a raw STK callback body, or raise `InvalidCallback` saying what is wrong."""
     try:
@@ -121,6 +138,8 @@ def parse_callback(body: bytes) -> StkCallback:
         data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise InvalidCallback(f"body is not valid JSON ({exc})") from None
+    if has_lone_surrogate(data):
+        raise InvalidCallback("body has a lone surrogate escape (\\ud800-\\udfff), which is not text")
     stk = data.get("Body") if isinstance(data, dict) else None
     stk = stk.get("stkCallback") if isinstance(stk, dict) else None
     if not isinstance(stk, dict):
@@ -130,7 +149,8 @@ def parse_callback(body: bytes) -> StkCallback:
         raise InvalidCallback("CheckoutRequestID is missing or not text")
     checkout_id = checkout_id.strip()
     raw_code = stk.get("ResultCode")
-    if isinstance(raw_code, Decimal) and raw_code.is_finite() and raw_code == raw_code.to_integral_value():
+    if (isinstance(raw_code, Decimal) and raw_code.is_finite() and raw_code == raw_code.to_integral_value()
+            and raw_code.adjusted() < 20):  # int() of 1E+999999999 would never end
         raw_code = int(raw_code)
     if isinstance(raw_code, bool) or not isinstance(raw_code, (int, str)) or not str(raw_code).strip():
         raise InvalidCallback("ResultCode is missing or not a number or text", checkout_id)
@@ -206,8 +226,14 @@ def _evidence(callback: StkCallback, payment: Payment) -> _Evidence:
 
 
 def _is_open(payment: Payment) -> bool:
-    """Still waiting for evidence: pending, or unknown without anything a person must review."""
-    return payment.status == PENDING or (payment.status == UNKNOWN and not payment.review)
+    """Still waiting for evidence: pending, or unknown without anything a person must review
+    (or only the reconciler's "no final answer", which a late callback may still settle)."""
+    return payment.status == PENDING or (
+        payment.status == UNKNOWN and (not payment.review or payment.settled_by == RECONCILER))
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(note for note in notes if note) or None
 
 
 class _Waiters:
@@ -226,7 +252,14 @@ class CallbackManager:
         self.settings = settings
         self._lock = threading.Lock()
         self._waiters: dict[str, _Waiters] = {}
+        # Called with a checkout id after a success callback is held for verification (the
+        # reconciler sets it); without it, held payments wait for the reconciler's next start.
+        self.on_unverified_success: Callable[[str], None] | None = None
         self.recover()
+
+    @property
+    def verify_successes(self) -> bool:
+        return bool(self.settings and self.settings.verify_success_by_query)
 
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
                  description: Any = "", merchant_request_id: Any = None) -> Registration:
@@ -261,6 +294,7 @@ class CallbackManager:
         log.info("registered %s: %s KES (%s)", checkout_id, amount, payment.status)
         if settled:
             self._wake(checkout_id)
+        self._request_verification(payment)
         return Registration(payment, True)
 
     def _validate(self, checkout_request_id, phone_number, amount, description, merchant_request_id):
@@ -361,13 +395,34 @@ class CallbackManager:
                  f" ({note})" if note else "")
         if settled:
             self._wake(checkout_id)
+        if payment is not None:
+            self._request_verification(payment)
         return CallbackResult(callback_id, outcome, note, checkout_id, payment)
+
+    def _request_verification(self, payment: Payment) -> None:
+        """Hand a held success to the verifier, after the commit (never on the request's time)."""
+        if payment.verification == AWAITING and _is_open(payment) and self.on_unverified_success:
+            try:
+                self.on_unverified_success(payment.checkout_request_id)
+            except Exception:  # the callback is stored; the reconciler's scan finds it anyway
+                log.exception("payment %s: could not queue its verification", payment.checkout_request_id)
 
     def _apply(self, tx: Transaction, payment: Payment, callback: StkCallback,
                callback_id: int) -> tuple[str, str | None, bool]:
         """Apply one parsed callback to `payment` inside `tx`: (outcome, note, settled now?)."""
         evidence = _evidence(callback, payment)
+        if payment.verification == AWAITING and _is_open(payment):
+            return self._apply_while_awaiting(tx, payment, callback, evidence, callback_id)
         same = evidence.state == payment.status and evidence.receipt == payment.receipt
+        if _is_open(payment) and evidence.state == COMPLETED and self.verify_successes:
+            tx.update_payment(
+                payment.checkout_request_id, result_code=callback.result_code,
+                result_desc=callback.result_desc, receipt=evidence.receipt,
+                transaction_date=evidence.transaction_date, paid_phone=evidence.paid_phone,
+                paid_amount=evidence.paid_amount, callback_id=callback_id, verification=AWAITING,
+                query_attempts=0)
+            log.info("payment %s: %s", payment.checkout_request_id, AWAITING_NOTE)
+            return APPLIED, AWAITING_NOTE, False
         if _is_open(payment) and not same:
             tx.update_payment(
                 payment.checkout_request_id, status=evidence.state, result_code=callback.result_code,
@@ -392,6 +447,29 @@ class CallbackManager:
         tx.update_payment(payment.checkout_request_id,
                           review="; ".join(filter(None, (payment.review, f"callback #{callback_id}: {note}"))))
         return CONFLICT, note, False
+
+    def _apply_while_awaiting(self, tx: Transaction, payment: Payment, callback: StkCallback,
+                              evidence: _Evidence, callback_id: int) -> tuple[str, str | None, bool]:
+        """A callback for a payment whose success callback waits for STK Query's confirmation."""
+        checkout_id = payment.checkout_request_id
+        if evidence.state == COMPLETED and evidence.receipt == payment.receipt:
+            return DUPLICATE, "same success callback; still awaiting STK Query", False
+        held = f"success callback #{payment.callback_id} (receipt {payment.receipt}) was awaiting STK Query"
+        if evidence.state == COMPLETED:
+            note = f"{held}; callback #{callback_id} says success with receipt {evidence.receipt}; not applied"
+            log.warning("payment %s: conflicting success callback #%d", checkout_id, callback_id)
+            tx.update_payment(checkout_id, review=_joined(payment.review, note))
+            return CONFLICT, note, False
+        # A failure (or unknown) answer contradicts the unconfirmed success: it wins, for review.
+        note = f"{held} when callback #{callback_id} said {evidence.state} (ResultCode {callback.result_code})"
+        log.warning("payment %s needs review: a failure callback contradicts a held success callback",
+                    checkout_id)
+        tx.update_payment(
+            checkout_id, status=evidence.state, result_code=callback.result_code,
+            result_desc=callback.result_desc, reason=evidence.reason, receipt=None, transaction_date=None,
+            paid_phone=None, paid_amount=None, settled_by="callback", callback_id=callback_id,
+            settled_at=utcnow(), verification=CONTRADICTED, review=_joined(payment.review, note))
+        return APPLIED, note, True
 
     def status(self, checkout_request_id: str) -> Payment | None:
         return self.store.payment(checkout_request_id)
@@ -434,12 +512,20 @@ class CallbackManager:
         if waiters is not None:
             waiters.event.set()
 
-    def pending_older_than(self, seconds: float, include_unknown: bool = False) -> list[Payment]:
+    def pending_older_than(self, seconds: float, include_unknown: bool = False,
+                           now: datetime | None = None) -> list[Payment]:
         """Payments still waiting for an outcome after `seconds`, for an STK Query reconciler."""
-        found = self.store.pending_older_than(seconds)
+        found = self.store.pending_older_than(seconds, now)
         if include_unknown:
-            found += [p for p in self.store.payments_with_status(UNKNOWN) if _is_open(p)]
+            cutoff = ((now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)).astimezone(timezone.utc)
+            found += [p for p in self.store.payments_with_status(
+                UNKNOWN, created_before=cutoff.isoformat(timespec="milliseconds")) if _is_open(p)]
         return found
+
+    def awaiting_verification(self) -> list[Payment]:
+        """Open payments whose success callback still waits for STK Query's confirmation."""
+        return [p for status in (PENDING, UNKNOWN) for p in self.store.payments_with_status(status)
+                if p.verification == AWAITING and _is_open(p)]
 
     def settle_from_query(self, checkout_request_id: str, state: str, result_code: Any = None,
                           result_desc: str | None = None, reason: str | None = None) -> Payment:
@@ -451,10 +537,29 @@ class CallbackManager:
             payment = tx.payment(checkout_request_id)
             if payment is None:
                 raise UnknownPayment(checkout_request_id)
-            if state == PENDING:
-                return payment
+            awaiting = payment.verification == AWAITING and _is_open(payment)
+            if state == PENDING or (awaiting and state == UNKNOWN):
+                return payment  # no final answer: the reconciler asks again later
             code = normalize_code(result_code) or None
-            if _is_open(payment):
+            if awaiting and state == COMPLETED:
+                payment = tx.update_payment(
+                    checkout_request_id, status=COMPLETED, reason=None, settled_by="callback",
+                    verification=CONFIRMED, settled_at=utcnow(),
+                    review=None if payment.settled_by == RECONCILER else payment.review)
+                settled = True
+            elif awaiting:
+                note = (f"success callback #{payment.callback_id} (receipt {payment.receipt}) contradicted by "
+                        f"STK Query (ResultCode {code}: {result_desc or reason}): forged or mistaken; "
+                        "not completed")
+                log.warning("payment %s needs review: STK Query contradicts its success callback",
+                            checkout_request_id)
+                payment = tx.update_payment(
+                    checkout_request_id, status=state, result_code=code, result_desc=result_desc,
+                    reason=reason, receipt=None, transaction_date=None, paid_phone=None, paid_amount=None,
+                    settled_by="query", settled_at=utcnow(), verification=CONTRADICTED,
+                    review=_joined(payment.review, note))
+                settled = True
+            elif _is_open(payment):
                 payment = tx.update_payment(checkout_request_id, status=state, result_code=code,
                                             result_desc=result_desc, reason=reason, settled_by="query",
                                             settled_at=utcnow())
@@ -466,6 +571,34 @@ class CallbackManager:
                                             review="; ".join(filter(None, (payment.review, note))))
         log.info("query %s: %s (ResultCode %s)", checkout_request_id, payment.status, result_code)
         if settled:
+            self._wake(checkout_request_id)
+        return payment
+
+    def record_query(self, checkout_request_id: str, result: str, at: str | None = None) -> Payment:
+        """Count one STK Query sent by the reconciler and what it answered (shown in the record)."""
+        with self.store.transaction() as tx:
+            payment = tx.payment(checkout_request_id)
+            if payment is None:
+                raise UnknownPayment(checkout_request_id)
+            return tx.update_payment(checkout_request_id, query_attempts=payment.query_attempts + 1,
+                                     last_query_at=at or utcnow(), last_query_result=result[:300])
+
+    def give_up(self, checkout_request_id: str, reason: str) -> Payment:
+        """No final answer from STK Query: `unknown` for a person to review; a late callback still counts."""
+        settled = False
+        with self.store.transaction() as tx:
+            payment = tx.payment(checkout_request_id)
+            if payment is None:
+                raise UnknownPayment(checkout_request_id)
+            if _is_open(payment):
+                held = payment.verification == AWAITING
+                payment = tx.update_payment(
+                    checkout_request_id, status=UNKNOWN, reason=reason, settled_by=RECONCILER,
+                    settled_at=utcnow(), review=_joined(payment.review, reason),
+                    verification=UNCONFIRMED if held else payment.verification)
+                settled = True
+        if settled:
+            log.warning("payment %s needs review: %s", checkout_request_id, reason)
             self._wake(checkout_request_id)
         return payment
 

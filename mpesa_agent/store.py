@@ -61,12 +61,16 @@ CREATE TABLE IF NOT EXISTS payments (
     transaction_date TEXT,
     paid_phone TEXT,
     paid_amount TEXT,                     -- exact Decimal text from the callback, e.g. '1.00'
-    settled_by TEXT,                      -- 'callback' or 'query'
+    settled_by TEXT,                      -- 'callback', 'query' or 'reconciler' (gave up: unknown)
     review TEXT,                          -- why a person should look at this payment
     callback_id INTEGER REFERENCES callbacks (id),
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    settled_at TEXT
+    settled_at TEXT,
+    query_attempts INTEGER NOT NULL DEFAULT 0,  -- STK Queries sent by the reconciler
+    last_query_at TEXT,
+    last_query_result TEXT,
+    verification TEXT                     -- success callback vs STK Query: awaiting/confirmed/contradicted
 );
 CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, created_at);
 """
@@ -74,7 +78,11 @@ CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, created_at);
 _PAYMENT_UPDATABLE = frozenset({
     "merchant_request_id", "status", "result_code", "result_desc", "reason", "receipt",
     "transaction_date", "paid_phone", "paid_amount", "settled_by", "review", "callback_id",
-    "settled_at"})
+    "settled_at", "query_attempts", "last_query_at", "last_query_result", "verification"})
+# Columns added after the first release: (name, definition) for ALTER TABLE on older databases.
+_ADDED_PAYMENT_COLUMNS = (
+    ("query_attempts", "INTEGER NOT NULL DEFAULT 0"), ("last_query_at", "TEXT"),
+    ("last_query_result", "TEXT"), ("verification", "TEXT"))
 _REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
@@ -104,6 +112,10 @@ class Payment:
     created_at: str
     updated_at: str
     settled_at: str | None
+    query_attempts: int = 0
+    last_query_at: str | None = None
+    last_query_result: str | None = None
+    verification: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -207,6 +219,15 @@ class Store:
         self._anchor = self._open()
         self._anchor.execute("PRAGMA journal_mode=WAL")
         self._anchor.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database made before the reconciler columns existed up to date (additive only)."""
+        with self.transaction() as tx:
+            present = {row[1] for row in tx.conn.execute("PRAGMA table_info(payments)")}
+            for name, definition in _ADDED_PAYMENT_COLUMNS:
+                if name not in present:
+                    tx.conn.execute(f"ALTER TABLE payments ADD COLUMN {name} {definition}")
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
@@ -279,8 +300,9 @@ class Store:
         with self._connection() as conn:
             return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at", args).fetchall()]
 
-    def pending_older_than(self, seconds: float) -> list[Payment]:
-        cutoff = (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat(timespec="milliseconds")
+    def pending_older_than(self, seconds: float, now: datetime | None = None) -> list[Payment]:
+        now = now or datetime.now(timezone.utc)
+        cutoff = (now - timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat(timespec="milliseconds")
         return self.payments_with_status("pending", created_before=cutoff)
 
     def counts(self) -> dict:
