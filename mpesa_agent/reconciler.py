@@ -147,25 +147,24 @@ class Reconciler:
         now = self.clock()
         found = {p.checkout_request_id: p for p in self.manager.pending_older_than(
             self.settings.reconcile_after, include_unknown=True, now=datetime.fromtimestamp(now, timezone.utc))}
-        with self._lock:
-            held, self._to_verify = self._to_verify, set()
         if not self._scanned_held:  # after a restart: held success callbacks nobody has queried yet
-            held |= {p.checkout_request_id for p in self.manager.awaiting_verification()}
+            for payment in self.manager.awaiting_verification():
+                self.verify_soon(payment.checkout_request_id)
             self._scanned_held = True
+        with self._lock:
+            held = set(self._to_verify)  # kept until confirmed or contradicted (see _forget)
         for checkout_id in held - found.keys():
             payment = self.manager.status(checkout_id)
-            if payment is not None:
+            if payment is None:
+                self._forget(checkout_id)
+            else:
                 found[checkout_id] = payment
         due = []
         for payment in found.values():
             if not self._needs_query(payment):
-                continue
-            at = self._due_at(payment)
-            if at <= now:
+                self._forget(payment.checkout_request_id)
+            elif (at := self._due_at(payment)) <= now:
                 due.append((at, payment))
-            elif payment.verification == AWAITING:
-                with self._lock:
-                    self._to_verify.add(payment.checkout_request_id)  # not in the deadline scan yet
         return sorted(due, key=lambda item: item[0])
 
     def _needs_query(self, payment: Payment) -> bool:
