@@ -219,7 +219,10 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return _status(chat, msg), None
     if msg.intent == RETRY:
         if chat.last_send:
-            return Call(SEND_TOOL, _send_args(chat.last_send)), None
+            # "Try again" after a failed prompt is itself the confirmation the repeat guard asks for.
+            failed = chat.last_result and chat.last_result[0] == SEND_TOOL \
+                and chat.last_result[1].get("payment_status") == "failed"
+            return Call(SEND_TOOL, {**_send_args(chat.last_send), **({"confirm_repeat": True} if failed else {})}), None
         return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
     if msg.intent == SEND or (chat.draft and msg.starts_with_purpose):
         return _fill(chat, msg)

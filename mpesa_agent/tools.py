@@ -232,6 +232,8 @@ class Payments:
         if result.state == FAILED:
             return notes.failure_notification(checkout_id, result.reason or result.result_desc)
         if result.state == PENDING:
+            if result.reason and not quiet:  # e.g. Daraja does not know this ID
+                return notes.pending_notification(checkout_id, f"⏳ No final answer yet: {result.reason}.")
             return notes.pending_notification(checkout_id)
         return notes.unknown_notification(checkout_id, result.reason or result.result_desc)
 

@@ -230,8 +230,13 @@ def test_failure_hints_for_daraja_wordings(reason, hint):
 def test_try_again_after_a_failure_resends_the_same_request():
     first, second = converse("send 500 to 0712345678 for lunch", "try again",
                              send_results=[failure("Request cancelled by user")])
-    assert second.calls == [send_call(context="lunch")]
+    assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
     assert "Completed successfully!" in second.text
+
+
+def test_try_again_after_a_success_still_meets_the_repeat_guard():
+    first, second = converse("send 500 to 0712345678 for lunch", "try again")
+    assert second.calls == [send_call(context="lunch")]
 
 
 @pytest.mark.parametrize("result", [timeout(), pending()])
