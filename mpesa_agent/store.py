@@ -3,19 +3,23 @@
 Durability: WAL journal with `synchronous=FULL`, so a commit is on disk before it returns, and a
 200 answered to Daraja after a commit survives a process crash *and* a power cut (`NORMAL` would
 survive a crash but may lose the last commits on power loss). Each commit costs one fsync of
-the WAL; callbacks are rare, so that price is paid gladly.
+the WAL (~0.5 ms here), so writes are group-committed: one writer connection, and a write
+transaction is a SAVEPOINT inside the open batch; the first thread to finish its block commits
+the batch with everything done so far and the others wait for that commit, so concurrent
+callbacks and registrations share one fsync and nobody returns before their work is on disk.
+Writers queue on a Python lock instead of SQLite's busy handler, which sleeps up to 100 ms.
 
-Threads: a connection per operation, not per thread. Waitress runs hundreds of threads for
-long-poll waiters and most never touch the database; a connection each would hold ~3 file
-descriptors per thread. One extra "anchor" connection stays open so the WAL is not checkpointed
-and deleted every time the last operation closes. State changes run in `BEGIN IMMEDIATE`
-transactions, which take the write lock up front, so read-then-write decisions cannot race.
+Reads use a small pool of connections (opening one costs ~0.1 ms): waitress runs hundreds of
+threads for long-poll waiters and most never touch the database. The writer stays open, so the
+WAL is not checkpointed and deleted every time the last reader closes. Batches run in
+`BEGIN IMMEDIATE`, which takes the write lock up front, so read-then-write decisions cannot race.
 Money is INTEGER (registered amounts) or exact Decimal text (amounts read from callbacks).
 """
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,6 +28,7 @@ from typing import Iterator, Mapping
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 15.0
+IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 
 # Outcomes of a raw callback. "received" means stored but not yet applied (a crash in between):
 # such callbacks are processed again when the server starts.
@@ -210,15 +215,30 @@ class Transaction:
         return [_callback(row) for row in rows]
 
 
+class _Batch:
+    """Write transactions that share one commit (one fsync)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self):
+        self.done, self.error = False, None
+
+
 class Store:
     """The payments database at `path` (parent folders are created; the schema on first use)."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._anchor = self._open()
-        self._anchor.execute("PRAGMA journal_mode=WAL")
-        self._anchor.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        self._writer = self._open()  # the only connection that writes (see the module docstring)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        self._write_lock = threading.Lock()  # held while a block runs on the writer, or a batch commits
+        self._writing_thread: int | None = None
+        self._batch: _Batch | None = None  # the open batch: blocks done, not yet committed
+        self._commits = threading.Condition()
+        self._committing = False
+        self._idle_readers: list[sqlite3.Connection] = []
         self._add_missing_columns()
 
     def _add_missing_columns(self) -> None:
@@ -239,27 +259,101 @@ class Store:
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        conn = self._open()
+        """A read connection from the pool (list.pop/append are atomic)."""
+        try:
+            conn = self._idle_readers.pop()
+        except IndexError:
+            conn = self._open()
         try:
             yield conn
         finally:
-            conn.close()
+            if conn.in_transaction or len(self._idle_readers) >= IDLE_READERS_KEPT:
+                conn.close()
+            else:
+                self._idle_readers.append(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """A write transaction: committed (and on disk) when the block ends, rolled back on error."""
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        if self._writing_thread == threading.get_ident():
+            raise RuntimeError("Store.transaction() inside another one in the same thread")
+        failure = None
+        with self._write_lock:
+            self._writing_thread = threading.get_ident()
             try:
-                yield Transaction(conn)
-            except BaseException:
-                if conn.in_transaction:  # SQLite may already have rolled back (disk full, ...)
-                    conn.execute("ROLLBACK")
+                if self._batch is None:
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    self._batch = _Batch()
+                batch = self._batch
+                try:
+                    self._writer.execute("SAVEPOINT tx")
+                    yield Transaction(self._writer)
+                    self._writer.execute("RELEASE tx")
+                except BaseException as exc:
+                    failure = exc
+                    self._undo(batch, exc)
+            finally:
+                self._writing_thread = None
+        try:
+            self._commit(batch)  # after a failure too: the batch may hold others' work, and must not stay open
+        except sqlite3.Error:
+            if failure is None:
                 raise
-            conn.execute("COMMIT")
+        if failure is not None:
+            raise failure
+
+    def _undo(self, batch: "_Batch", exc: BaseException) -> None:
+        """Roll back one failed block (write lock held); if that is impossible, the whole batch."""
+        try:
+            self._writer.execute("ROLLBACK TO tx")
+            self._writer.execute("RELEASE tx")
+            return
+        except sqlite3.Error:  # SQLite already rolled back everything (disk full, I/O error), or worse
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+        self._batch = None
+        self._finish(batch, exc)
+
+    def _commit(self, batch: "_Batch") -> None:
+        """Return once `batch` is on disk: commit it (with whatever joined it) unless another thread is."""
+        with self._commits:
+            while not batch.done and self._committing:
+                self._commits.wait()
+            leader = not batch.done
+            self._committing = self._committing or leader
+        if leader:
+            current, error = None, None
+            try:
+                with self._write_lock:
+                    current, self._batch = self._batch, None
+                    if current is not None:
+                        try:
+                            self._writer.execute("COMMIT")
+                        except BaseException as exc:
+                            error = exc
+                            if self._writer.in_transaction:
+                                self._writer.execute("ROLLBACK")
+            finally:
+                with self._commits:
+                    self._committing = False
+                    if current is not None:
+                        current.done, current.error = True, error
+                    self._commits.notify_all()
+        if batch.error is not None:
+            raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
+
+    def _finish(self, batch: "_Batch", error: BaseException) -> None:
+        with self._commits:
+            batch.done, batch.error = True, error
+            self._commits.notify_all()
 
     def close(self) -> None:
-        self._anchor.close()
+        with self._write_lock:
+            if self._batch is not None and self._writer.in_transaction:
+                self._writer.execute("COMMIT")
+            self._writer.close()
+        while self._idle_readers:
+            self._idle_readers.pop().close()
 
     def record_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None) -> int:
