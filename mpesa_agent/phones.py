@@ -61,5 +61,6 @@ def parse_amount(raw: object, maximum: int | None = None) -> int:
     if value < 1:
         raise InvalidAmount(f"Amount must be at least 1 KES, got {raw}")
     if maximum is not None and value > maximum:
-        raise InvalidAmount(f"Amount {int(value):,} KES is above the limit of {maximum:,} KES")
+        shown = f"{int(value):,}" if value.adjusted() < 20 else f"{value:E}"  # int() of 1E+999999999 never ends
+        raise InvalidAmount(f"Amount {shown} KES is above the limit of {maximum:,} KES")
     return int(value)
