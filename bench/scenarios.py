@@ -14,7 +14,7 @@ from mpesa_agent import tools
 from mpesa_agent.daraja import DarajaClient
 
 from .client import Connection
-from .stack import AUTH, HOST, Stack, callback_path, rss_bytes, thread_count
+from .stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
 
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 WAIT_TIMEOUT = 60
@@ -162,13 +162,14 @@ async def callback_ingestion(stack: Stack, run: int, callbacks: int, senders: in
         code, body = await conn.request("POST", callback_path(), callback_body(checkout_id))
         return time.perf_counter() - sent, code == 200 and json.loads(body) == ACCEPTED
 
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(stack.server_pid), time.perf_counter()
     results = await _fan_out(stack, senders, ids, post)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(stack.server_pid) - cpu
     _, after = await api.json("GET", "/health")
     await api.close()
     stored = after["callbacks"].get("applied", 0) - before["callbacks"].get("applied", 0)
     return {**summary_ms([r[0] for r in results]), "per_s": callbacks / elapsed,
+            "server_cpu_ms": cpu / callbacks * 1000,
             "errors": sum(not r[1] for r in results) + (stored != callbacks), "stored": stored}
 
 
@@ -181,11 +182,11 @@ async def registrations(stack: Stack, run: int, count: int, clients: int = 32) -
         return time.perf_counter() - sent, status == 201
 
     ids = [f"ws_CO_reg_{run}_{n}" for n in range(count)]
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(stack.server_pid), time.perf_counter()
     results = await _fan_out(stack, clients, ids, register)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(stack.server_pid) - cpu
     return {**summary_ms([r[0] for r in results]), "per_s": count / elapsed,
-            "errors": sum(not r[1] for r in results)}
+            "server_cpu_ms": cpu / count * 1000, "errors": sum(not r[1] for r in results)}
 
 
 _phones = itertools.count(1)
