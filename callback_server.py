@@ -34,6 +34,7 @@ from mpesa_agent.config import (MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
                                 callback_url_problems)
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.notifications import notification_for, timeout_notification
+from mpesa_agent.openapi import openapi_spec
 from mpesa_agent.outcomes import COMPLETED, PENDING
 from mpesa_agent.reconciler import Reconciler
 from mpesa_agent.store import INVALID, Payment, Store
@@ -84,6 +85,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.add_url_rule("/payment/status/<checkout_request_id>", "status", status, methods=["GET"])
     app.add_url_rule("/payment/wait/<checkout_request_id>", "wait", wait, methods=["GET"])
     app.add_url_rule("/health", "health", health, methods=["GET"])
+    app.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi_spec(prefix)), methods=["GET"])
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
@@ -379,9 +381,11 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"Callback server on http://{args.host}:{args.port} (waitress, {args.threads} threads)", flush=True)
     reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
     try:
+        # clear_untrusted_proxy_headers=False: waitress 3 would otherwise drop X-Forwarded-For
+        # before the app sees it; client_address() decides which hops to believe (TRUSTED_PROXIES).
         serve(app, host=args.host, port=args.port, threads=args.threads,
               connection_limit=args.threads + 100, channel_timeout=MAX_WAIT_SECONDS + 60,
-              asyncore_use_poll=True, ident="callback-server")
+              asyncore_use_poll=True, ident="callback-server", clear_untrusted_proxy_headers=False)
     finally:
         reconciler.stop()
     return 0
