@@ -1,0 +1,285 @@
+"""OpenAPI 3.1 description of the callback server's API, served at `GET /openapi.json`.
+
+Built in code because the callback route's path comes from MPESA_CALLBACK_URL: the document names
+the path prefix, and the secret token is a path parameter, never a value in it.
+tests/test_openapi.py keeps it true: every route is described, and real answers validate.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .callback_manager import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
+
+TEXT_OR_NULL = {"type": ["string", "null"]}
+STATES = ["pending", "completed", "failed", "unknown"]
+EXAMPLE_ID = "ws_CO_191220191020363925"
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "description": "Every error of the server except the callback route's 400/403 (CallbackRejected).",
+        "required": ["status", "error"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"const": "error"},
+            "error": {"type": "string", "minLength": 1, "description": "What is wrong, in plain words."},
+            "fields": {
+                "description": "400 on register: each bad field and why; 409: the fields that differ.",
+                "oneOf": [{"type": "object", "additionalProperties": {"type": "string"}},
+                          {"type": "array", "items": {"type": "string"}}],
+            },
+            "checkout_request_id": {"type": "string", "description": "404: the id (first 100 characters)."},
+            "db": {"type": "string", "description": "503: the database file."},
+        },
+    },
+    "Payment": {
+        "type": "object",
+        "description": "The stored payment record.",
+        "required": ["checkout_request_id", "merchant_request_id", "phone_number", "amount", "description",
+                     "status", "result_code", "result_desc", "reason", "receipt", "transaction_date",
+                     "paid_phone", "paid_amount", "settled_by", "review", "callback_id", "created_at",
+                     "updated_at", "settled_at"],
+        "additionalProperties": False,
+        "properties": {
+            "checkout_request_id": {"type": "string"},
+            "merchant_request_id": TEXT_OR_NULL,
+            "phone_number": {"type": "string", "pattern": r"^254\d{9}$", "description": "MSISDN 2547XXXXXXXX"},
+            "amount": {"type": "integer", "minimum": 1, "description": "Whole KES, as registered."},
+            "description": {"type": "string"},
+            "status": {"enum": STATES},
+            "result_code": TEXT_OR_NULL,
+            "result_desc": TEXT_OR_NULL,
+            "reason": TEXT_OR_NULL,
+            "receipt": TEXT_OR_NULL,
+            "transaction_date": TEXT_OR_NULL,
+            "paid_phone": TEXT_OR_NULL,
+            "paid_amount": {"type": ["string", "null"], "description": "Exact decimal text from the callback."},
+            "settled_by": TEXT_OR_NULL,
+            "review": {"type": ["string", "null"], "description": "Why a person should look at this payment."},
+            "callback_id": {"type": ["integer", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+            "settled_at": {"type": ["string", "null"], "format": "date-time"},
+            "query_attempts": {"type": "integer", "minimum": 0, "description": "STK Queries the reconciler sent."},
+            "last_query_at": {"type": ["string", "null"], "format": "date-time"},
+            "last_query_result": TEXT_OR_NULL,
+            "verification": {"enum": ["awaiting", "confirmed", "contradicted", "unconfirmed", None]},
+        },
+    },
+    "PaymentDetails": {
+        "type": "object",
+        "required": ["Amount", "MpesaReceiptNumber", "TransactionDate", "PhoneNumber"],
+        "additionalProperties": False,
+        "properties": {
+            "Amount": {"type": ["integer", "string", "null"], "description": "Whole KES as a number, else exact text."},
+            "MpesaReceiptNumber": TEXT_OR_NULL,
+            "TransactionDate": {"type": ["integer", "string", "null"]},
+            "PhoneNumber": {"type": ["integer", "string", "null"]},
+            "VerifiedBy": {"const": "STK Query"},
+        },
+    },
+    "RegisterRequest": {
+        "type": "object",
+        "required": ["checkout_request_id", "phone_number", "amount"],
+        "properties": {
+            "checkout_request_id": {"type": "string", "pattern": CHECKOUT_ID_PATTERN.pattern,
+                                    "description": "Daraja's CheckoutRequestID from the STK Push answer."},
+            "phone_number": {"type": ["string", "integer"],
+                             "description": "Any usual Kenyan form (0712345678, +254 712 345 678, ...)."},
+            "amount": {"type": ["integer", "number", "string"],
+                       "description": 'Whole KES, 1 to PAYMENT_MAX_AMOUNT: 500, "500", "1,500", 500.0.'},
+            "description": {"type": ["string", "null"], "maxLength": MAX_TEXT_FIELD},
+            "merchant_request_id": {"type": ["string", "null"], "maxLength": MAX_TEXT_FIELD},
+        },
+        "examples": [{"checkout_request_id": EXAMPLE_ID, "phone_number": "0712345678", "amount": 500,
+                      "description": "lunch", "merchant_request_id": "29115-34620561-1"}],
+    },
+    "Registered": {
+        "type": "object",
+        "required": ["status", "created", "checkout_request_id", "payment_status", "payment"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"const": "registered"},
+            "created": {"type": "boolean", "description": "false: the same registration again (201 vs 200)."},
+            "checkout_request_id": {"type": "string"},
+            "payment_status": {"enum": STATES},
+            "payment": {"$ref": "#/components/schemas/Payment"},
+        },
+    },
+    "StkCallback": {
+        "type": "object",
+        "description": "Daraja's STK callback; keys it does not know are ignored.",
+        "required": ["Body"],
+        "properties": {"Body": {"type": "object", "required": ["stkCallback"], "properties": {"stkCallback": {
+            "type": "object",
+            "required": ["CheckoutRequestID", "ResultCode"],
+            "properties": {
+                "MerchantRequestID": {"type": "string"},
+                "CheckoutRequestID": {"type": "string"},
+                "ResultCode": {"type": ["integer", "string"]},
+                "ResultDesc": {"type": "string"},
+                "CallbackMetadata": {"type": "object", "properties": {"Item": {"type": "array", "items": {
+                    "type": "object", "required": ["Name"], "properties": {"Name": {"type": "string"}}}}}},
+            },
+        }}}},
+        "examples": [{"Body": {"stkCallback": {
+            "MerchantRequestID": "29115-34620561-1", "CheckoutRequestID": EXAMPLE_ID, "ResultCode": 1032,
+            "ResultDesc": "Request cancelled by user"}}}],
+    },
+    "CallbackAccepted": {
+        "type": "object", "required": ["ResultCode", "ResultDesc"], "additionalProperties": False,
+        "properties": {"ResultCode": {"const": 0}, "ResultDesc": {"const": "Accepted"}},
+    },
+    "CallbackRejected": {
+        "type": "object", "required": ["ResultCode", "ResultDesc"], "additionalProperties": False,
+        "description": "Daraja's shape, for people testing by hand (Daraja ignores the answer).",
+        "properties": {"ResultCode": {"const": 1}, "ResultDesc": {"type": "string", "pattern": "^Rejected: ."}},
+    },
+    "Health": {
+        "type": "object",
+        "required": ["status", "db", "payments", "callbacks", "waiting"],
+        "additionalProperties": False,
+        "properties": {
+            "status": {"const": "ok"},
+            "db": {"type": "string"},
+            "payments": {"type": "object", "description": "Payments per status.",
+                         "propertyNames": {"enum": STATES}, "additionalProperties": {"type": "integer"}},
+            "callbacks": {"type": "object", "description": "Raw callbacks per outcome.",
+                          "additionalProperties": {"type": "integer"}},
+            "waiting": {"type": "integer", "minimum": 0, "description": "Long-poll waiters right now."},
+        },
+    },
+}
+
+
+def _notification(status: str, payment_status: str, **extra: Any) -> dict:
+    """One notification shape (the seed's JSON) plus the stored record."""
+    properties = {"status": {"const": status}, "message": {"type": "string", "minLength": 1},
+                  "payment_status": {"const": payment_status}, "checkout_request_id": {"type": "string"},
+                  **extra, "note": {"type": "string", "description": "How the outcome was learnt, if not plainly."},
+                  "payment": {"$ref": "#/components/schemas/Payment"}}
+    required = ["status", "message", "payment_status", "checkout_request_id", *extra, "payment"]
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
+
+
+SCHEMAS.update({
+    "Success": _notification("success", "completed", payment_details={"$ref": "#/components/schemas/PaymentDetails"}),
+    "Failed": _notification("failed", "failed", error_message={"type": "string"}),
+    "Unknown": _notification("unknown", "unknown", reason={"type": "string"}),
+    "Pending": _notification("pending", "pending"),
+    "Timeout": _notification("timeout", "pending"),
+})
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(description: str, schema: dict, **extra: Any) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
+
+
+def _error(description: str) -> dict:
+    return _json(description, _ref("Error"))
+
+
+UNAUTHORIZED = _json("Missing or wrong API key.", _ref("Error"), headers={
+    "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}})
+CHECKOUT_ID = {"name": "checkout_request_id", "in": "path", "required": True, "schema": {"type": "string"},
+               "description": "The CheckoutRequestID given at registration.", "example": EXAMPLE_ID}
+BEARER = [{"bearerAuth": []}]
+
+
+def openapi_spec(callback_prefix: str = "/callback") -> dict:
+    """The document for a server whose callbacks arrive at `<callback_prefix>/<token>`."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "M-Pesa callback server",
+            "version": "1.0.0",
+            "description": "Receives Daraja's STK Push callbacks and serves the /payment/* API "
+                           "(see docs/callback_server.md). /payment/* needs `Authorization: Bearer "
+                           "<CALLBACK_API_KEY>`. Every answer is JSON.",
+        },
+        "paths": {
+            "/payment/register": {"post": {
+                "operationId": "register",
+                "summary": "Track a payment by its CheckoutRequestID; the same registration again is safe.",
+                "security": BEARER,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RegisterRequest")}}},
+                "responses": {
+                    "201": _json("Registered.", _ref("Registered")),
+                    "200": _json("Already registered the same way (no change).", _ref("Registered")),
+                    "400": _error("Not a JSON object, or a field is missing or wrong (`fields` names each)."),
+                    "401": UNAUTHORIZED,
+                    "409": _error("The id is registered with a different phone, amount, description or "
+                                  "merchant id (`fields` lists them)."),
+                    "413": _error("The body is over 64 KiB."),
+                },
+            }},
+            "/payment/status/{checkout_request_id}": {"get": {
+                "operationId": "status",
+                "summary": "The notification for the payment's current state, with the stored record.",
+                "security": BEARER,
+                "parameters": [CHECKOUT_ID],
+                "responses": {
+                    "200": _json("The payment.", {"oneOf": [_ref(n) for n in ("Success", "Failed", "Unknown",
+                                                                                 "Pending")]}),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No payment registered with this id."),
+                },
+            }},
+            "/payment/wait/{checkout_request_id}": {"get": {
+                "operationId": "wait",
+                "summary": "Long-poll: answers as soon as the payment leaves pending, else at the timeout.",
+                "security": BEARER,
+                "parameters": [CHECKOUT_ID, {
+                    "name": "timeout", "in": "query", "required": False,
+                    "schema": {"type": "number", "default": 120},
+                    "description": "Seconds to wait, clamped to 0-300; not a finite number is 400."}],
+                "responses": {
+                    "200": _json("Settled, or still pending at the timeout (`status` timeout).",
+                                 {"oneOf": [_ref(n) for n in ("Success", "Failed", "Unknown", "Timeout")]}),
+                    "400": _error("timeout is not a number."),
+                    "401": UNAUTHORIZED,
+                    "404": _error("The id is still not registered at the end of the wait."),
+                },
+            }},
+            f"{callback_prefix}/{{token}}": {"post": {
+                "operationId": "callback",
+                "summary": "Daraja's STK callback: stored, then applied; 200 only after the commit.",
+                "security": [],
+                "parameters": [{"name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+                                "description": "The secret last segment of MPESA_CALLBACK_URL."}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("StkCallback")}}},
+                "responses": {
+                    "200": _json("Stored and applied (or parked, a duplicate or a conflict).", _ref("CallbackAccepted")),
+                    "400": _json("Not an STK callback; stored as invalid.", _ref("CallbackRejected")),
+                    "403": _json("Source not in TRUSTED_CALLBACK_IPS; stored as rejected.", _ref("CallbackRejected")),
+                    "404": _error("Wrong token (stored as rejected), the same answer as any unknown path."),
+                    "413": _error("The body is over 64 KiB; not stored."),
+                    "500": _error("The body could not be stored; Daraja did not get Accepted."),
+                },
+            }},
+            "/health": {"get": {
+                "operationId": "health",
+                "summary": "Proves the database answers; counts payments and callbacks. No key needed.",
+                "security": [],
+                "responses": {
+                    "200": _json("OK.", _ref("Health")),
+                    "503": _error("The database cannot be read."),
+                },
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "security": [],
+                "responses": {"200": _json("OpenAPI 3.1.", {"type": "object", "required": ["openapi", "paths"]})},
+            }},
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
+                                               "description": "CALLBACK_API_KEY (from .env.local)."}},
+            "schemas": SCHEMAS,
+        },
+    }

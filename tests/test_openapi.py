@@ -1,0 +1,145 @@
+"""The OpenAPI document at /openapi.json stays true: every route is in it and every documented
+answer is produced by a real request and validates against the document's schema."""
+import re
+import sqlite3
+
+import pytest
+import schemathesis
+from jsonschema import Draft202012Validator, FormatChecker
+
+from callback_server import create_app
+from mpesa_agent.openapi import openapi_spec
+from test_callback_manager import callback_body
+
+TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL
+AUTH = {"Authorization": "Bearer test-api-key"}
+REGISTRATION = {"checkout_request_id": "ws_CO_1", "phone_number": "0712345678", "amount": 500, "description": "lunch"}
+CALLBACK = "/callback/{token}"
+REGISTER, STATUS, WAIT = "/payment/register", "/payment/status/{checkout_request_id}", "/payment/wait/{checkout_request_id}"
+
+
+@pytest.fixture
+def app(settings):
+    app = create_app(settings)
+    yield app
+    app.extensions["callback_manager"].store.close()
+
+
+def documented(spec: dict) -> set[tuple[str, str]]:
+    return {(path, method.upper()) for path, operations in spec["paths"].items() for method in operations}
+
+
+def routes(app) -> set[tuple[str, str]]:
+    """Flask's rules as OpenAPI paths: `<checkout_request_id>` -> `{checkout_request_id}`."""
+    return {(re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method)
+            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+            for method in rule.methods - {"HEAD", "OPTIONS"}}
+
+
+@pytest.mark.parametrize("callback_url, callback_path", [
+    (f"http://127.0.0.1:8001/callback/{TOKEN}", CALLBACK),
+    (f"https://pay.example.com/hooks/daraja/{TOKEN}", "/hooks/daraja/{token}"),
+])
+def test_every_route_is_in_the_document_and_nothing_else(settings, callback_url, callback_path):
+    app = create_app(settings.replace(callback_url=callback_url))
+    spec = app.test_client().get("/openapi.json").get_json()
+    assert documented(spec) == routes(app)
+    assert (callback_path, "POST") in documented(spec)
+    app.extensions["callback_manager"].store.close()
+
+
+def test_the_document_is_valid_openapi_3_1_served_without_a_key_and_without_the_token(app):
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    spec = response.get_json()
+    assert spec == openapi_spec("/callback") and spec["openapi"].startswith("3.1")
+    assert TOKEN not in response.get_data(as_text=True) and "test-api-key" not in response.get_data(as_text=True)
+    for schema in spec["components"]["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    loaded = schemathesis.openapi.from_dict(spec)  # schemathesis refuses a document it cannot use
+    assert len(list(loaded.get_all_operations())) == len(documented(spec))
+    for path, operations in spec["paths"].items():
+        for operation in operations.values():
+            bearer = operation["security"] == [{"bearerAuth": []}]
+            assert bearer == path.startswith("/payment/"), path
+            assert ("401" in operation["responses"]) == bearer, path
+
+
+def check(spec: dict, path: str, method: str, response) -> None:
+    """The status is documented for this operation and the JSON body validates against its schema."""
+    responses = spec["paths"][path][method.lower()]["responses"]
+    answer = responses.get(str(response.status_code))
+    assert answer is not None, f"{method} {path}: {response.status_code} is not documented"
+    assert response.mimetype == "application/json", (method, path, response.status_code)
+    schema = {**answer["content"]["application/json"]["schema"], "components": spec["components"]}
+    Draft202012Validator(schema, format_checker=FormatChecker()).validate(response.get_json())
+    for header in answer.get("headers", {}):
+        assert header in response.headers, (method, path, response.status_code, header)
+
+
+def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatch):
+    """Each (operation, status) in the document, produced by a real request and validated."""
+    spec = openapi_spec("/callback")
+    client = app.test_client()
+    manager = app.extensions["callback_manager"]
+    seen: set[tuple[str, str, str]] = set()
+
+    def call(path: str, method: str, url: str, client=client, **kwargs):
+        response = client.open(url, method=method, **kwargs)
+        check(spec, path, method, response)
+        seen.add((path, method, str(response.status_code)))
+        return response
+
+    def post_callback(body: bytes, token=TOKEN, **kwargs):
+        return call(CALLBACK, "POST", f"/callback/{token}", data=body, content_type="application/json", **kwargs)
+
+    assert call(REGISTER, "POST", REGISTER, json=REGISTRATION, headers=AUTH).status_code == 201
+    assert call(REGISTER, "POST", REGISTER, json=REGISTRATION, headers=AUTH).status_code == 200
+    for body in ({**REGISTRATION, "amount": "five"}, {"amount": 5}, "not json", [1]):
+        kwargs = {"data": body} if isinstance(body, str) else {"json": body}
+        assert call(REGISTER, "POST", REGISTER, headers=AUTH, **kwargs).status_code == 400
+    assert call(REGISTER, "POST", REGISTER, json={**REGISTRATION, "amount": 600}, headers=AUTH).status_code == 409
+    assert call(REGISTER, "POST", REGISTER, json=REGISTRATION).status_code == 401
+    assert call(REGISTER, "POST", REGISTER, data=b"x" * 70_000, headers=AUTH).status_code == 413
+
+    outcomes = {"ws_CO_paid": {}, "ws_CO_cancelled": {"result_code": 1032}, "ws_CO_odd": {"result_code": 7777},
+                "ws_CO_mismatch": {"amount": 5}, "ws_CO_query": None}
+    for checkout_id, changes in outcomes.items():
+        call(REGISTER, "POST", REGISTER, json={**REGISTRATION, "checkout_request_id": checkout_id}, headers=AUTH)
+        if changes is not None:
+            assert post_callback(callback_body(checkout_request_id=checkout_id, **changes)).status_code == 200
+    manager.settle_from_query("ws_CO_query", "completed", 0, "The service request is processed successfully.")
+    assert post_callback(callback_body(checkout_request_id="ws_CO_parked")).status_code == 200
+    assert post_callback(b'{"Body": {}}').status_code == 400
+    assert post_callback(callback_body(), token="wrong").status_code == 404
+    assert post_callback(b"{" + b" " * 70_000 + b"}").status_code == 413
+
+    statuses = {}
+    for checkout_id in ("ws_CO_1", *outcomes):
+        statuses[checkout_id] = call(STATUS, "GET", f"/payment/status/{checkout_id}", headers=AUTH).get_json()["status"]
+        call(WAIT, "GET", f"/payment/wait/{checkout_id}?timeout=0", headers=AUTH)
+    assert statuses == {"ws_CO_1": "pending", "ws_CO_paid": "success", "ws_CO_cancelled": "failed",
+                        "ws_CO_odd": "unknown", "ws_CO_mismatch": "unknown", "ws_CO_query": "success"}
+    for path, url in ((STATUS, "/payment/status/ws_CO_nobody"), (WAIT, "/payment/wait/ws_CO_nobody?timeout=0")):
+        assert call(path, "GET", url, headers=AUTH).status_code == 404
+        assert call(path, "GET", url, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert call(WAIT, "GET", "/payment/wait/ws_CO_1?timeout=soon", headers=AUTH).status_code == 400
+    assert call("/health", "GET", "/health").status_code == 200
+    assert call("/openapi.json", "GET", "/openapi.json").status_code == 200
+
+    guarded = create_app(settings.replace(trusted_callback_ips=("196.201.212.0/24",)))
+    assert post_callback(callback_body(), client=guarded.test_client(),
+                         environ_base={"REMOTE_ADDR": "6.6.6.6"}).status_code == 403
+    guarded.extensions["callback_manager"].store.close()
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(manager.store, "record_callback", broken)
+    assert post_callback(callback_body()).status_code == 500
+    monkeypatch.setattr(manager.store, "counts", broken)
+    assert call("/health", "GET", "/health").status_code == 503
+
+    every = {(path, method.upper(), status) for path, operations in spec["paths"].items()
+             for method, operation in operations.items() for status in operation["responses"]}
+    assert seen == every
