@@ -2,7 +2,6 @@
 import asyncio
 import logging
 import sqlite3
-import threading
 import time
 from datetime import datetime
 
@@ -310,13 +309,13 @@ def test_the_thread_settles_and_stops(settings, manager):
     daraja = FakeDaraja(time.time, ws_CO_1=[final("1032", "Request cancelled by user")])
     reconciler = Reconciler(manager, daraja, settings.replace(reconcile_after=0),
                             schedule=Schedule(tick=0.05)).start()
+    thread = reconciler._thread
     try:
-        assert manager.wait("ws_CO_1", 5).status == "failed"
+        assert thread.daemon and manager.wait("ws_CO_1", 5).status == "failed"
     finally:
         started = time.monotonic()
         reconciler.stop()
-    assert time.monotonic() - started < 1
-    assert not any(t.name == "reconciler" for t in threading.enumerate())
+    assert time.monotonic() - started < 1 and not thread.is_alive()
 
 
 def test_a_database_from_before_the_reconciler_columns_is_upgraded(tmp_path):
