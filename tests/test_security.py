@@ -17,7 +17,6 @@ import pytest
 import requests
 from dotenv import dotenv_values
 
-import callback_server
 from callback_server import address_in, client_address, create_app
 from mpesa_agent import tools
 from mpesa_agent.config import ConfigError, Settings
