@@ -676,6 +676,8 @@ def server_restart_mid_wait(stack: Stack) -> Row:
         if code == 0 and not during_outage:
             row.check(bool((result.get("payment_details") or {}).get("MpesaReceiptNumber")),
                       f"{phone}: no receipt, so not from the callback: {brief(result)}")
+        later = asyncio.run(tools.check_payment_status_realtime(checkout_id))
+        row.check(later.get("status") == want, f"{phone}: a later status check said {brief(later)}")
     tally(row, stack, *("254" + phone[1:] for phone, _, _ in cases))
     return row
 

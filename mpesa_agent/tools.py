@@ -55,6 +55,9 @@ class Payments:
         self._lock = threading.Lock()
         self._pushes: dict[str, deque] = defaultdict(deque)  # msisdn -> (time, amount)
         self._sent: dict[str, tuple[str, int, str]] = {}  # checkout id -> (msisdn, amount, context)
+        # Final outcomes this process learned by STK Query while the callback server could not
+        # tell; the server's record catches up when its reconciler queries.
+        self._queried: dict[str, dict] = {}
 
     async def send(self, phone_number, amount, context: str = "", wait_for_completion: bool = True,
                    confirm_repeat: bool = False) -> dict:
@@ -92,7 +95,10 @@ class Payments:
             return error(f"{checkout_id!r} is not a payment ID; it looks like ws_CO_2611202612..."
                          if checkout_id else "Which payment? Give its checkout request ID (ws_CO_...).")
         try:
-            return await asyncio.to_thread(self.tracking.status, checkout_id)
+            result = await asyncio.to_thread(self.tracking.status, checkout_id)
+            if result.get("payment_status") == PENDING and checkout_id in self._queried:
+                return self._queried[checkout_id]
+            return result
         except TrackingRejected as exc:
             if exc.status_code != 404:
                 return error(f"The callback server refused the status check: {exc}",
@@ -225,17 +231,21 @@ class Payments:
                 log.warning("query %s failed: %s", checkout_id, exc)
                 return notes.pending_notification(checkout_id)
             return error(f"Could not check {checkout_id}: {exc}", checkout_request_id=checkout_id)
-        msisdn, amount, context = self._sent.get(checkout_id, ("", None, ""))
-        if result.state == COMPLETED:
-            details = {**notes.payment_details(amount, phone_number=msisdn), "VerifiedBy": "STK Query"}
-            return notes.success_notification(checkout_id, amount, msisdn, context, details)
-        if result.state == FAILED:
-            return notes.failure_notification(checkout_id, result.reason or result.result_desc)
+        if result.state in (COMPLETED, FAILED):
+            self._queried[checkout_id] = notification = self._query_notification(checkout_id, result)
+            return notification
         if result.state == PENDING:
             if result.reason and not quiet:  # e.g. Daraja does not know this ID
                 return notes.pending_notification(checkout_id, f"⏳ No final answer yet: {result.reason}.")
             return notes.pending_notification(checkout_id)
         return notes.unknown_notification(checkout_id, result.reason or result.result_desc)
+
+    def _query_notification(self, checkout_id: str, result) -> dict:
+        msisdn, amount, context = self._sent.get(checkout_id, ("", None, ""))
+        if result.state == COMPLETED:
+            details = {**notes.payment_details(amount, phone_number=msisdn), "VerifiedBy": "STK Query"}
+            return notes.success_notification(checkout_id, amount, msisdn, context, details)
+        return notes.failure_notification(checkout_id, result.reason or result.result_desc)
 
 
 def _account_reference(context: str) -> str:
