@@ -29,7 +29,7 @@ from mpesa_agent.outcomes import COMPLETED, FAILED, UNKNOWN
 TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL
 API_KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CURRENT = "ws_CO_CURRENT"  # replaced by the id of the payment registered for each example
+CURRENT = "ws_CO_CURRENT"  # replaced by the id of a payment still pending (Server.pending_payment)
 PHONE, MSISDN, AMOUNT = "0712345678", "254712345678", 500
 GENERATED: Counter = Counter()
 FUZZ_TESTS = 9
@@ -162,7 +162,7 @@ def callback_bodies(checkout_ids=st.just(CURRENT)):
         st.binary(max_size=300), json_values.map(encode), st.just(b""), st.just(b"   \n"))
 
 
-# --- the server, on a tmp_path database ---------------------------------------------------
+# --- the server, through Flask's test client ------------------------------------------------
 
 class ErrorLog(logging.Handler):
     """Collects ERROR records: the server logs every exception it catches at ERROR."""
@@ -215,7 +215,9 @@ def server(settings):
         logger.addHandler(errors)
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as folder:
         app = create_app(settings.replace(payments_db=Path(folder) / "payments.db"))
-        yield Server(app, errors)
+        server = Server(app, errors)
+        yield server
+        server.db.close()
         app.extensions["callback_manager"].store.close()
     for logger in loggers:
         logger.removeHandler(errors)
