@@ -14,7 +14,7 @@ import requests
 from mpesa_agent import tools
 from mpesa_agent.config import Settings
 from mpesa_agent.tracking import TrackingClient
-from tests.processes import Process, base_env, free_port
+from tests.processes import Stack, free_port
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 API_KEY = "integration-test-key"
@@ -24,25 +24,8 @@ FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Simulator and callback server as real processes; yields their settings."""
-    tmp = tmp_path_factory.mktemp("stack")
-    sim_port, cb_port = free_port(), free_port()
-    env = base_env(
-        MPESA_ENV="simulator", MPESA_CONSUMER_KEY="it-key", MPESA_CONSUMER_SECRET="it-secret",
-        MPESA_BASE_URL=f"http://127.0.0.1:{sim_port}",
-        MPESA_CALLBACK_URL=f"http://127.0.0.1:{cb_port}/callback/{TOKEN}",
-        CALLBACK_SERVER_URL=f"http://127.0.0.1:{cb_port}", CALLBACK_API_KEY=API_KEY,
-        PAYMENTS_DB=tmp / "payments.db", SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_WAIT_SECONDS="8",
-    )
-    simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], env,
-                        f"http://127.0.0.1:{sim_port}/simulator/transactions", tmp / "simulator.log").start()
-    server = Process(["callback_server.py", "--port", str(cb_port)], env,
-                     f"http://127.0.0.1:{cb_port}/health", tmp / "server.log").start()
-    settings = Settings.from_env(env, load_files=False)
-    try:
-        yield settings
-    finally:
-        server.stop()
-        simulator.stop()
+    with Stack(tmp_path_factory.mktemp("stack"), token=TOKEN, api_key=API_KEY, PAYMENT_WAIT_SECONDS="8") as stack:
+        yield stack.settings
 
 
 @pytest.fixture

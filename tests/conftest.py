@@ -4,6 +4,7 @@ import threading
 import pytest
 from werkzeug.serving import make_server
 
+from callback_server import create_app
 from mpesa_agent.config import Settings
 from mpesa_agent.simulator import create_app as create_simulator
 
@@ -50,3 +51,16 @@ def start_simulator(settings):
         app.extensions["simulator"].reset()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def app(settings):
+    """The callback server's Flask app on the `settings` fixture's tmp_path database."""
+    app = create_app(settings)
+    yield app
+    app.extensions["callback_manager"].store.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()

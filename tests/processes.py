@@ -69,3 +69,44 @@ def base_env(**overrides) -> dict:
     env.update({k: str(v) for k, v in overrides.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+class Stack:
+    """A simulator and a callback server as real processes on 127.0.0.1, sharing one environment.
+
+    `env` adds or overrides variables (`PAYMENT_WAIT_SECONDS="8"`); `settings` is what the
+    agent's tools in this process should use to reach them.
+    """
+
+    def __init__(self, folder: Path, *, token: str = "0123456789abcdef0123456789abcdef",
+                 api_key: str = "stack-test-key", server_args: tuple[str, ...] = (), **env):
+        self.folder = folder
+        self.sim_port, self.port = free_port(), free_port()
+        self.env = base_env(**{
+            "MPESA_ENV": "simulator", "MPESA_CONSUMER_KEY": "stack-key", "MPESA_CONSUMER_SECRET": "stack-secret",
+            "MPESA_BASE_URL": f"http://127.0.0.1:{self.sim_port}",
+            "MPESA_CALLBACK_URL": f"http://127.0.0.1:{self.port}/callback/{token}",
+            "CALLBACK_SERVER_URL": f"http://127.0.0.1:{self.port}", "CALLBACK_API_KEY": api_key,
+            "PAYMENTS_DB": folder / "payments.db", "SIMULATOR_CALLBACK_DELAY": "0.2", **env})
+        self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(self.sim_port)], self.env,
+                                 f"http://127.0.0.1:{self.sim_port}/simulator/health", folder / "simulator.log")
+        self.server = Process(["callback_server.py", "--port", str(self.port), *server_args], self.env,
+                              f"http://127.0.0.1:{self.port}/health", folder / "server.log")
+
+    @property
+    def settings(self):
+        from mpesa_agent.config import Settings
+        return Settings.from_env(self.env, load_files=False)
+
+    def __enter__(self) -> "Stack":
+        self.simulator.start()
+        try:
+            self.server.start()
+        except BaseException:
+            self.simulator.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop()
+        self.simulator.stop()

@@ -17,13 +17,6 @@ CALLBACK = "/callback/{token}"
 REGISTER, STATUS, WAIT = "/payment/register", "/payment/status/{checkout_request_id}", "/payment/wait/{checkout_request_id}"
 
 
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["callback_manager"].store.close()
-
-
 def documented(spec: dict) -> set[tuple[str, str]]:
     return {(path, method.upper()) for path, operations in spec["paths"].items() for method in operations}
 

@@ -10,13 +10,12 @@ import requests
 
 from callback_server import create_app
 from mpesa_agent import tools
-from mpesa_agent.config import Settings
 from mpesa_agent.daraja import StkQueryResult
 from mpesa_agent.errors import DarajaServerError, ThrottledError, TransportError
 from mpesa_agent.outcomes import classify
 from mpesa_agent.reconciler import Reconciler, Schedule
 from mpesa_agent.store import Store
-from processes import Process, base_env, free_port
+from processes import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 
 MINUTE = 60
@@ -345,21 +344,9 @@ def test_a_database_from_before_the_reconciler_columns_is_upgraded(tmp_path):
 def test_real_processes_a_lost_callback_is_settled_by_the_servers_reconciler(tmp_path, monkeypatch):
     """Simulator + callback server (RECONCILE_AFTER_SECONDS=1) + the agent's tool, as real processes."""
     monkeypatch.setattr(tools, "_payments", tools._payments)  # restored after the test
-    sim_port, cb_port = free_port(), free_port()
-    env = base_env(
-        MPESA_ENV="simulator", MPESA_CONSUMER_KEY="rc-key", MPESA_CONSUMER_SECRET="rc-secret",
-        MPESA_BASE_URL=f"http://127.0.0.1:{sim_port}",
-        MPESA_CALLBACK_URL=f"http://127.0.0.1:{cb_port}/callback/{'ab' * 16}",
-        CALLBACK_SERVER_URL=f"http://127.0.0.1:{cb_port}", CALLBACK_API_KEY="rc-api-key",
-        PAYMENTS_DB=tmp_path / "payments.db", SIMULATOR_CALLBACK_DELAY="0.1", RECONCILE_AFTER_SECONDS="1",
-        PAYMENT_WAIT_SECONDS="15")
-    simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], env,
-                        f"http://127.0.0.1:{sim_port}/simulator/health", tmp_path / "simulator.log").start()
-    server = Process(["callback_server.py", "--port", str(cb_port)], env,
-                     f"http://127.0.0.1:{cb_port}/health", tmp_path / "server.log")
-    try:
-        server.start()
-        settings = Settings.from_env(env, load_files=False)
+    with Stack(tmp_path, token="ab" * 16, api_key="rc-api-key", SIMULATOR_CALLBACK_DELAY="0.1",
+               RECONCILE_AFTER_SECONDS="1", PAYMENT_WAIT_SECONDS="15") as stack:
+        settings, server = stack.settings, stack.server
         for phone, code in (("0722000222", 0), ("0722000333", 1032)):
             requests.post(f"{settings.base_url}/simulator/rules", timeout=5, json={
                 "phone": phone, "result_code": code, "delay": 0, "lose_callback": True}).raise_for_status()
@@ -373,6 +360,3 @@ def test_real_processes_a_lost_callback_is_settled_by_the_servers_reconciler(tmp
         assert cancelled["status"] == "failed" and cancelled["error_message"] == "Request cancelled by user"
         assert cancelled["payment"]["settled_by"] == "query"
         assert "reconcile " + paid["checkout_request_id"] + ": query 1: completed" in server.log()
-    finally:
-        server.stop()
-        simulator.stop()

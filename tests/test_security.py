@@ -21,24 +21,12 @@ from callback_server import address_in, client_address, create_app
 from mpesa_agent import tools
 from mpesa_agent.config import ConfigError, Settings
 from mpesa_agent.daraja import DarajaClient
-from processes import ROOT, Process, base_env, free_port
+from processes import ROOT, Process, Stack, base_env, free_port
 from test_callback_manager import callback_body
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # conftest's MPESA_CALLBACK_URL
 CALLBACK = f"/callback/{TOKEN}"
 AUTH = {"Authorization": "Bearer test-api-key"}
-
-
-@pytest.fixture
-def app(settings):
-    app = create_app(settings)
-    yield app
-    app.extensions["callback_manager"].store.close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
 
 
 def register(client, checkout_id="ws_CO_1", phone="0712345678", amount=500):
@@ -146,25 +134,11 @@ def secret_stack(tmp_path):
         "passkey": secrets.token_hex(32), "callback_token": secrets.token_hex(16),
         "api_key": secrets.token_urlsafe(24),
     }
-    sim_port, cb_port = free_port(), free_port()
-    env = base_env(
-        MPESA_ENV="simulator", MPESA_CONSUMER_KEY=values["consumer_key"],
-        MPESA_CONSUMER_SECRET=values["consumer_secret"], MPESA_SHORTCODE="600100", MPESA_PASSKEY=values["passkey"],
-        MPESA_BASE_URL=f"http://127.0.0.1:{sim_port}",
-        MPESA_CALLBACK_URL=f"http://127.0.0.1:{cb_port}/callback/{values['callback_token']}",
-        CALLBACK_SERVER_URL=f"http://127.0.0.1:{cb_port}", CALLBACK_API_KEY=values["api_key"],
-        PAYMENTS_DB=tmp_path / "payments.db", SIMULATOR_CALLBACK_DELAY="0.1", PAYMENT_WAIT_SECONDS="8",
-        RECONCILE_AFTER_SECONDS="1")
-    simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], env,
-                        f"http://127.0.0.1:{sim_port}/simulator/health", tmp_path / "simulator.log").start()
-    server = Process(["callback_server.py", "--port", str(cb_port)], env,
-                     f"http://127.0.0.1:{cb_port}/health", tmp_path / "server.log")
-    try:
-        server.start()
-        yield Settings.from_env(env, load_files=False), values, (simulator, server)
-    finally:
-        server.stop()
-        simulator.stop()
+    with Stack(tmp_path, token=values["callback_token"], api_key=values["api_key"],
+               MPESA_CONSUMER_KEY=values["consumer_key"], MPESA_CONSUMER_SECRET=values["consumer_secret"],
+               MPESA_SHORTCODE="600100", MPESA_PASSKEY=values["passkey"], SIMULATOR_CALLBACK_DELAY="0.1",
+               PAYMENT_WAIT_SECONDS="8", RECONCILE_AFTER_SECONDS="1") as stack:
+        yield stack.settings, values, (stack.simulator, stack.server)
 
 
 def test_no_secret_appears_in_any_log_or_answer(secret_stack, caplog, monkeypatch):

@@ -11,7 +11,7 @@ from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.errors import ThrottledError
 from mpesa_agent.reconciler import Reconciler, Schedule
 from mpesa_agent.tracking import TrackingClient
-from processes import Process, base_env, free_port
+from processes import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 from test_reconciler import Clock, FakeDaraja, created, final, pending
 
@@ -219,24 +219,9 @@ API_KEY = "verification-test-key"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("verify")
-    sim_port, cb_port = free_port(), free_port()
-    env = base_env(
-        MPESA_ENV="simulator", MPESA_CONSUMER_KEY="vf-key", MPESA_CONSUMER_SECRET="vf-secret",
-        MPESA_BASE_URL=f"http://127.0.0.1:{sim_port}",
-        MPESA_CALLBACK_URL=f"http://127.0.0.1:{cb_port}/callback/{TOKEN}",
-        CALLBACK_SERVER_URL=f"http://127.0.0.1:{cb_port}", CALLBACK_API_KEY=API_KEY,
-        PAYMENTS_DB=tmp / "payments.db", SIMULATOR_CALLBACK_DELAY="0.2", VERIFY_SUCCESS_BY_QUERY="true",
-    )
-    simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], env,
-                        f"http://127.0.0.1:{sim_port}/simulator/health", tmp / "simulator.log").start()
-    server = Process(["callback_server.py", "--port", str(cb_port)], env,
-                     f"http://127.0.0.1:{cb_port}/health", tmp / "server.log").start()
-    try:
-        yield Settings.from_env(env, load_files=False), server
-    finally:
-        server.stop()
-        simulator.stop()
+    with Stack(tmp_path_factory.mktemp("verify"), token=TOKEN, api_key=API_KEY,
+               VERIFY_SUCCESS_BY_QUERY="true") as stack:
+        yield stack.settings, stack.server
 
 
 def push_and_register(settings: Settings, phone: str, amount: int = 250):
