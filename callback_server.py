@@ -2,15 +2,16 @@
 
     python callback_server.py [--host 127.0.0.1] [--port 8001] [--db PATH] [--threads 200]
 
-Served by waitress. Each long-poll waiter (`GET /payment/wait/...`) holds one thread for up to
-300 s, so `--threads` is the number of concurrent waiters plus a margin for callbacks and
-status checks. A reconciler thread settles payments whose callback never came by STK Query
+Served by cheroot (chosen by measurement: docs/benchmark.md). Each long-poll waiter
+(`GET /payment/wait/...`) holds one thread for up to 300 s, so `--threads` is the number of
+concurrent waiters plus a margin for callbacks and status checks. A reconciler thread settles payments whose callback never came by STK Query
 (and confirms success callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
 """
 from __future__ import annotations
 
 import argparse
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -23,8 +24,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from dotenv import dotenv_values
+from cheroot import server as cheroot_server
+from cheroot import wsgi as cheroot_wsgi
 from flask import Flask, current_app, jsonify, request
-from waitress import serve
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent import preflight
@@ -45,6 +47,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
 DEFAULT_THREADS = 200
 MAX_BODY_BYTES = 64 * 1024  # a real callback is under 1 KiB
+MAX_HEADER_BYTES = 64 * 1024
+SOCKET_TIMEOUT = 30  # seconds a connection may sit idle or stall mid-request (not the long-poll itself)
 DEFAULT_WAIT_SECONDS = 120
 MAX_WAIT_SECONDS = 300
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
@@ -325,16 +329,10 @@ def masked_callback_url(settings: Settings) -> str:
 
 
 def startup_problems(settings: Settings) -> list[str]:
-    """What must stop a sandbox or production server: start.sh's preflight checks, and more."""
+    """What must stop a sandbox or production server: the same checks as start.sh's preflight."""
     if settings.mpesa_env == "simulator":
         return []
-    found = preflight.problems(settings)
-    committed = (dotenv_values(settings.root / ".env").get("MPESA_CALLBACK_URL") or "").strip() \
-        if (settings.root / ".env").is_file() else ""
-    committed_token = committed.rstrip("/").rsplit("/", 1)[-1] if committed else ""
-    if committed_token and committed_token == settings.callback_token and not any("committed" in p for p in found):
-        found.append("MPESA_CALLBACK_URL still has the committed example token; put your own in .env.local")
-    return found
+    return preflight.problems(settings)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -348,7 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    """Run the server with waitress (`settings` for tests; normally read from the environment)."""
+    """Run the server with cheroot (`settings` for tests; normally read from the environment)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -378,17 +376,41 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
-          f"Callback server on http://{args.host}:{args.port} (waitress, {args.threads} threads)", flush=True)
+          f"Callback server on http://{args.host}:{args.port} (cheroot, {args.threads} threads)", flush=True)
+    server = wsgi_server(app, args.host, args.port, args.threads)
     reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
     try:
-        # clear_untrusted_proxy_headers=False: waitress 3 would otherwise drop X-Forwarded-For
-        # before the app sees it; client_address() decides which hops to believe (TRUSTED_PROXIES).
-        serve(app, host=args.host, port=args.port, threads=args.threads,
-              connection_limit=args.threads + 100, channel_timeout=MAX_WAIT_SECONDS + 60,
-              asyncore_use_poll=True, ident="callback-server", clear_untrusted_proxy_headers=False)
+        server.start()
+    except KeyboardInterrupt:
+        pass
     finally:
+        server.stop()
         reconciler.stop()
     return 0
+
+
+def wsgi_server(app: Flask, host: str, port: int, threads: int) -> cheroot_wsgi.Server:
+    """cheroot: a fixed pool of `threads` workers; idle keep-alive connections wait in epoll, not in a thread."""
+    # Repeated X-Forwarded-For lines are joined (as the RFC allows), not last-one-wins, so
+    # client_address() sees every hop and believes only those TRUSTED_PROXIES added.
+    if b"X-Forwarded-For" not in cheroot_server.comma_separated_headers:
+        cheroot_server.comma_separated_headers.append(b"X-Forwarded-For")
+    server = cheroot_wsgi.Server((host, port), buffered_chunked_bodies(app), numthreads=threads, max=threads,
+                                 request_queue_size=1024, timeout=SOCKET_TIMEOUT, server_name="callback-server")
+    server.max_request_header_size = MAX_HEADER_BYTES
+    return server
+
+
+def buffered_chunked_bodies(app: Flask):
+    """Give the app a chunked body with a Content-Length (as waitress did), so that one over
+    MAX_BODY_BYTES is a 413 instead of being cut short silently by werkzeug's stream limit."""
+    def middleware(environ, start_response):
+        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+            del environ["wsgi.input_terminated"], environ["HTTP_TRANSFER_ENCODING"]  # werkzeug ignores the length otherwise
+        return app(environ, start_response)
+    return middleware
 
 
 if __name__ == "__main__":
