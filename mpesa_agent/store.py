@@ -342,15 +342,22 @@ class Store:
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
 
-    def _finish(self, batch: "_Batch", error: BaseException) -> None:
+    def _finish(self, batch: "_Batch", error: BaseException | None) -> None:
         with self._commits:
             batch.done, batch.error = True, error
             self._commits.notify_all()
 
     def close(self) -> None:
+        """Commit what is pending and close every connection."""
         with self._write_lock:
-            if self._batch is not None and self._writer.in_transaction:
-                self._writer.execute("COMMIT")
+            batch, self._batch = self._batch, None
+            if batch is not None:
+                try:
+                    self._writer.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._finish(batch, exc)
+                else:
+                    self._finish(batch, None)
             self._writer.close()
         while self._idle_readers:
             self._idle_readers.pop().close()
