@@ -88,7 +88,7 @@ def fsync_ms(folder: Path, count: int = 200) -> dict:
     try:
         for _ in range(count):
             started = time.perf_counter()
-            os.pwrite(fd, b"x" * 4096, 0)
+            os.write(fd, b"x" * 4096)  # appended, like WAL frames
             os.fsync(fd)
             took.append((time.perf_counter() - started) * 1000)
     finally:
