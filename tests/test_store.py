@@ -109,3 +109,42 @@ def test_many_threads_write_at_once_without_losing_anything(store):
         thread.join()
     assert errors == []
     assert store.counts() == {"payments": {"pending": 160}, "callbacks": {RECEIVED: 160}}
+
+
+def test_group_commit_keeps_each_failure_to_itself_and_returns_only_once_on_disk(store):
+    """Concurrent transactions share commits; a failing one rolls back alone; a return means committed."""
+    durable, errors = [], []
+
+    def work(n):
+        other = sqlite3.connect(store.path)  # a separate connection sees only committed data
+        for i in range(30):
+            checkout_id = f"ws_CO_{n}_{i}"
+            try:
+                with store.transaction() as tx:
+                    tx.insert_payment(checkout_id, "254712345678", 1 + i, "", None)
+                    if i % 4 == 0:
+                        raise ValueError("refused")
+            except ValueError:
+                continue
+            if other.execute("SELECT 1 FROM payments WHERE checkout_request_id = ?", (checkout_id,)).fetchone():
+                durable.append(checkout_id)
+            else:
+                errors.append(checkout_id)
+        other.close()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.checkout_request_id for p in store.payments_with_status("pending")) == sorted(durable)
+    assert len(durable) == 16 * 22
+
+
+def test_a_transaction_inside_another_in_one_thread_is_refused_not_deadlocked(store):
+    with pytest.raises(RuntimeError, match="inside another"), store.transaction():
+        with store.transaction():
+            pass  # pragma: no cover
+    add_payment(store)  # the writer is usable again
+    assert store.payment("ws_CO_1").status == "pending"
