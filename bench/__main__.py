@@ -55,6 +55,15 @@ def raise_fd_limit() -> int:
     return soft
 
 
+def busy_cpu_seconds() -> tuple[float, float]:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process and its reaped children)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait
+    own = sum(getattr(resource.getrusage(who), name) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for name in ("ru_utime", "ru_stime"))
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
 def measure(results: dict, key: str, function, *args) -> None:
     """Run one scenario; a crash is reported in the table instead of stopping the benchmark."""
     try:
@@ -104,7 +113,8 @@ def table(results: dict, args: argparse.Namespace) -> list[tuple[str, str, str, 
     waiters = f"{args.waiters:,}"
     add(ROWS[0], "one", ms, "p99 <= 10 ms", lambda s: s["p99"] <= 10)
     add(ROWS[1].format(waiters=waiters), "many", ms, "p99 <= 50 ms", lambda s: s["p99"] <= 50)
-    add(ROWS[2], "many", lambda s: f"{s['held']:,.0f} held, {s['answered']:,.0f} answered; RSS "
+    add(ROWS[2], "many", lambda s: f"{s['held']:,.0f} held, {s['answered']:,.0f} answered (one callback at a time "
+                                   f"in {s['wake_all_s']:.1f} s); RSS "
                                    f"{s['rss_idle_mib']:.0f} -> {s['rss_held_mib']:.0f} MiB, "
                                    f"{s['kib_per_waiter']:.0f} KiB/waiter, {s['threads']:.0f} threads",
         f"{waiters} with no error", lambda s: s["answered"] == s["held"] == args.waiters)
@@ -165,17 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     fds = raise_fd_limit()
     load_before = os.getloadavg()[0]
+    busy_before, own_before = busy_cpu_seconds()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mpesa-bench-") as tmp:
         disk = fsync_ms(Path(tmp))
         results = run_benchmark(args, Path(tmp))
     rows = table(results, args)
     elapsed = time.perf_counter() - started
+    busy_after, own_after = busy_cpu_seconds()
+    others = max(0.0, (busy_after - busy_before) - (own_after - own_before)) / elapsed / (os.cpu_count() or 1)
     print(f"\nM-Pesa callback tracking benchmark: median of {args.runs} run(s), {elapsed:.0f} s in all")
     print(f"Machine: {os.cpu_count()} cores, shared by the load generator (this process: asyncio, raw "
           f"sockets) and the server processes; Python {platform.python_version()}, SQLite "
-          f"{sqlite3.sqlite_version}, open-file limit {fds}; load average {load_before:.1f} before, "
-          f"{os.getloadavg()[0]:.1f} after (above ~1 means other work competed for the cores)")
+          f"{sqlite3.sqlite_version}, open-file limit {fds}; load average {load_before:.1f} before the run, and "
+          f"other processes used {others:.0%} of the cores during it (they compete with the figures below)")
     print(f"Disk: write+fsync p50 {disk['p50']:.2f} / p99 {disk['p99']:.2f} ms (synchronous=FULL: a callback "
           "waits for 2 commits, a registration for 1; concurrent ones share them by group commit)")
     widths = [max(len(row[i]) for row in rows + [("figure", "measured", "target", "")]) for i in range(4)]
