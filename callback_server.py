@@ -4,8 +4,9 @@
 
 Served by cheroot (chosen by measurement: docs/benchmark.md). Each long-poll waiter
 (`GET /payment/wait/...`) holds one thread for up to 300 s, so `--threads` is the number of
-concurrent waiters plus a margin for callbacks and status checks. A reconciler thread settles payments whose callback never came by STK Query
-(and confirms success callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
+concurrent waiters plus a margin for callbacks and status checks. A reconciler thread settles
+payments whose callback never came by STK Query (and confirms success callbacks with
+VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ import sys
 from decimal import Decimal
 from pathlib import Path
 
-from dotenv import dotenv_values
 from cheroot import server as cheroot_server
 from cheroot import wsgi as cheroot_wsgi
+from dotenv import dotenv_values
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -406,7 +407,11 @@ def buffered_chunked_bodies(app: Flask):
     MAX_BODY_BYTES is a 413 instead of being cut short silently by werkzeug's stream limit."""
     def middleware(environ, start_response):
         if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
-            body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            try:
+                body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+            except (ValueError, OSError) as exc:  # a malformed chunk: nothing reaches the app or the store
+                start_response("400 Bad Request", [("Content-Type", "application/json"), ("Connection", "close")])
+                return [json.dumps({"status": "error", "error": f"bad chunked body: {str(exc)[:80]}"}).encode()]
             environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
             del environ["wsgi.input_terminated"], environ["HTTP_TRANSFER_ENCODING"]  # werkzeug ignores the length otherwise
         return app(environ, start_response)
