@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--waiters", type=int, default=1000, help="concurrent long-poll waiters (1000)")
     parser.add_argument("--callbacks", type=int, default=2000, help="callbacks posted by 32 senders, per run (2000)")
     parser.add_argument("--registrations", type=int, default=2000, help="registrations by 32 clients, per run (2000)")
+    parser.add_argument("--cpu-requests", type=int, default=300, help="404s and callbacks timed one at a time (300)")
     parser.add_argument("--tool-calls", type=int, default=20, help="send-tool calls, per run (20)")
     parser.add_argument("--status-sizes", default="10000,1000000", help="stored payments for the status figure")
     parser.add_argument("--status-samples", type=int, default=2000, help="status requests per size, per run (2000)")
@@ -157,6 +158,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict:
             measure(results, "many", scenarios.concurrent_waiters, stack, run, args.waiters)
             measure(results, "ingest", scenarios.callback_ingestion, stack, run, args.callbacks)
             measure(results, "register", scenarios.registrations, stack, run, args.registrations)
+            measure(results, "cpu", scenarios.cpu_per_request, stack, run, args.cpu_requests)
             measure(results, "tool", scenarios.tool_overhead, stack, run, args.tool_calls)
             measure(results, "ttk", scenarios.time_to_know, stack, run, args.ttk_samples, args.queries)
     for size in status_sizes(args):
@@ -194,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     widths = [max(len(row[i]) for row in rows + [("figure", "measured", "target", "")]) for i in range(4)]
     for row in [("figure", "measured", "target", ""), tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")
+    cpu = median_of(results["cpu"])
+    if "failed" not in cpu:
+        print(f"Server CPU per request, one at a time: {cpu['floor_ms']:.2f} ms for a 404 (cheroot + Flask alone), "
+              f"{cpu['callback_ms']:.2f} ms for a callback; one Python process serves about 1 / that per second.")
     print("Time-to-know by polling is modelled on the measured STK Query latency, with the customer acting "
           f"{polling.CUSTOMER_ACTS[0]:g}-{polling.CUSTOMER_ACTS[1]:g} s after the push (uniform); see docs/benchmark.md.")
     return 0

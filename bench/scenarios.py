@@ -189,6 +189,22 @@ async def registrations(stack: Stack, run: int, count: int, clients: int = 32) -
             "server_cpu_ms": cpu / count * 1000, "errors": sum(not r[1] for r in results)}
 
 
+async def cpu_per_request(stack: Stack, run: int, count: int) -> dict:
+    """Server CPU per request, one at a time: a 404 (HTTP server + Flask only) and a callback."""
+    ids = [f"ws_CO_cpu_{run}_{n}" for n in range(count)]
+    await _register_all(stack, ids)
+    conn, pid = await _api(stack), stack.server_pid
+    cpu = cpu_seconds(pid)
+    for _ in ids:
+        await conn.request("GET", "/no-such-path")
+    floor, cpu = cpu_seconds(pid) - cpu, cpu_seconds(pid)
+    for checkout_id in ids:
+        await conn.request("POST", callback_path(), callback_body(checkout_id))
+    callback = cpu_seconds(pid) - cpu
+    await conn.close()
+    return {"floor_ms": floor / count * 1000, "callback_ms": callback / count * 1000}
+
+
 _phones = itertools.count(1)
 
 

@@ -7,7 +7,7 @@ from processes import ROOT
 
 TINY = ["--runs", "1", "--latency-samples", "3", "--waiters", "10", "--callbacks", "40", "--registrations", "40",
         "--tool-calls", "2", "--status-sizes", "100,1000", "--status-samples", "20", "--ttk-samples", "2",
-        "--queries", "3"]
+        "--queries", "3", "--cpu-requests", "5"]
 
 
 def test_the_benchmark_runs_and_prints_every_row():
@@ -24,4 +24,4 @@ def test_the_benchmark_runs_and_prints_every_row():
         row = next((line for line in lines if line.startswith(f"| {label}")), None)
         assert row is not None, f"no row {label!r} in:\n{out}"
         assert "FAILED" not in row, f"{row}\n{done.stderr[-3000:]}"
-    assert "10 held, 10 answered" in out
+    assert "10 held, 10 answered" in out and "Server CPU per request, one at a time:" in out
