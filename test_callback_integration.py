@@ -137,5 +137,29 @@ def test_bad_input_is_an_error_dict_not_an_exception(payments):
     assert status("not an id!")["status"] == "error"
 
 
+def test_many_waiting_payments_do_not_stall_other_tool_calls(payments, stack):
+    phones = [f"07550001{n:02d}" for n in range(10)]
+    for phone in phones:
+        simulator_rule(stack, phone=phone, delay=2.5)
+    done: list[str] = []
+
+    async def scenario():
+        async def send_one(phone):
+            await tools.send_instant_payment_with_tracking(phone, 30, "load")
+            done.append("send")
+
+        async def check_one():
+            while not requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # let every send reach its long-poll
+            await tools.check_payment_status_realtime("ws_CO_unknown_to_everyone")
+            done.append("status")
+
+        await asyncio.gather(*(send_one(phone) for phone in phones), check_one())
+
+    asyncio.run(scenario())
+    assert done[0] == "status", "a status check waited behind the long-polls"
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-v"]))

@@ -46,6 +46,12 @@ def display_phone(msisdn: str) -> str:
     return "0" + msisdn[3:] if msisdn.startswith("254") and len(msisdn) == 12 else msisdn
 
 
+def masked_phone(msisdn: str) -> str:
+    """`254712345678` -> `0712***678`: enough to tell payments apart in a log, not to call."""
+    local = display_phone(msisdn)
+    return local[:4] + "***" + local[-3:] if len(local) >= 10 else "***"
+
+
 def parse_amount(raw: object, maximum: int | None = None) -> int:
     """Return a whole-KES amount >= 1 (and <= `maximum`); reject cents, not round them."""
     if isinstance(raw, bool) or raw is None or raw == "":

@@ -6,27 +6,43 @@ They never raise at the model: every problem comes back as a dict with a message
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import re
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import notifications as notes
+from .callback_manager import CHECKOUT_ID_PATTERN
 from .config import Settings
 from .daraja import DarajaClient
 from .errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
                      RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError)
 from .outcomes import COMPLETED, FAILED, PENDING
-from .phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
+from .phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
 from .tracking import TrackingClient, TrackingRejected, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
 REPEAT_WINDOW = 120  # Daraja's rule 17: same amount to the same phone within 2 minutes
 RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback server
-_CHECKOUT_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+REMEMBERED_PAYMENTS = 10_000  # per process, for STK Query fallbacks; the oldest are forgotten
+# Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
+# cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
+_BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="mpesa-tools")
+
+
+async def _blocking(function, *args):
+    """Run blocking HTTP off the event loop, on the tools' own thread pool."""
+    return await asyncio.get_running_loop().run_in_executor(_BLOCKING, functools.partial(function, *args))
+
+
+def _remember(memory: dict, key: str, value) -> None:
+    memory[key] = value
+    while len(memory) > REMEMBERED_PAYMENTS:
+        memory.pop(next(iter(memory)))
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,14 @@ class Payments:
         if refusal:
             return refusal
         try:
-            ack = await asyncio.to_thread(
+            ack = await _blocking(
                 self.daraja.stk_push, msisdn, amount, _account_reference(context),
                 context or "Payment", self.settings.callback_url)
         except DarajaError as exc:
             return self._push_failed(msisdn, amount, exc)
         checkout_id = ack.checkout_request_id
-        self._sent[checkout_id] = (msisdn, amount, context)
-        log.info("push %s accepted for %s KES %d", checkout_id, display_phone(msisdn), amount)
+        _remember(self._sent, checkout_id, (msisdn, amount, context))
+        log.info("push %s accepted for %s KES %d", checkout_id, masked_phone(msisdn), amount)
         registered = await self._register(ack, msisdn, amount, context)
         if not wait_for_completion:
             return notes.pending_notification(
@@ -91,11 +107,11 @@ class Payments:
 
     async def status(self, checkout_request_id) -> dict:
         checkout_id = str(checkout_request_id or "").strip()
-        if not _CHECKOUT_ID.match(checkout_id):
+        if not CHECKOUT_ID_PATTERN.match(checkout_id):
             return error(f"{checkout_id!r} is not a payment ID; it looks like ws_CO_2611202612..."
                          if checkout_id else "Which payment? Give its checkout request ID (ws_CO_...).")
         try:
-            result = await asyncio.to_thread(self.tracking.status, checkout_id)
+            result = await _blocking(self.tracking.status, checkout_id)
             if result.get("payment_status") == PENDING and checkout_id in self._queried:
                 return self._queried[checkout_id]
             return result
@@ -133,7 +149,7 @@ class Payments:
     def _push_failed(self, msisdn: str, amount: int, exc: DarajaError) -> dict:
         phone = display_phone(msisdn)
         if isinstance(exc, OutcomeUnknownError):
-            log.warning("push to %s: outcome unknown (%s); not re-sending", phone, exc)
+            log.warning("push to %s: outcome unknown (%s); not re-sending", masked_phone(msisdn), exc)
             return notes.unknown_notification(
                 None, f"M-Pesa did not confirm the request to {phone} ({exc.error_message or 'no answer'}). "
                       "It may still reach the phone, so I will not re-send it by myself; ask the customer "
@@ -161,7 +177,7 @@ class Payments:
 
     async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
         try:
-            await asyncio.to_thread(self.tracking.register, ack.checkout_request_id, msisdn, amount,
+            await _blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
                                     context, ack.merchant_request_id)
             return True
         except TrackingUnavailable as exc:
@@ -181,9 +197,9 @@ class Payments:
             remaining = max(0.0, deadline - self.clock())
             try:
                 if down_since is None:
-                    result = await asyncio.to_thread(self.tracking.wait, checkout_id, remaining)
+                    result = await _blocking(self.tracking.wait, checkout_id, remaining)
                 else:  # a quick look: is the server back?
-                    result = await asyncio.to_thread(self.tracking.status, checkout_id)
+                    result = await _blocking(self.tracking.status, checkout_id)
             except TrackingRejected as exc:
                 log.warning("wait %s refused (%s); falling back to STK Query", checkout_id, exc)
                 return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
@@ -223,7 +239,7 @@ class Payments:
 
     async def _query_once(self, checkout_id: str, quiet: bool = False) -> dict:
         try:
-            result = await asyncio.to_thread(self.daraja.stk_query, checkout_id)
+            result = await _blocking(self.daraja.stk_query, checkout_id)
         except ThrottledError:
             return notes.pending_notification(checkout_id)
         except DarajaError as exc:
@@ -232,7 +248,8 @@ class Payments:
                 return notes.pending_notification(checkout_id)
             return error(f"Could not check {checkout_id}: {exc}", checkout_request_id=checkout_id)
         if result.state in (COMPLETED, FAILED):
-            self._queried[checkout_id] = notification = self._query_notification(checkout_id, result)
+            notification = self._query_notification(checkout_id, result)
+            _remember(self._queried, checkout_id, notification)
             return notification
         if result.state == PENDING:
             if result.reason and not quiet:  # e.g. Daraja does not know this ID
@@ -302,7 +319,10 @@ async def send_instant_payment_with_tracking(phone_number: str, amount: int, con
 
 
 async def check_payment_status_realtime(checkout_request_id: str) -> dict:
-    """Get a payment's current status from the real-time callback system (no M-Pesa API call).
+    """Get a payment's current status from the real-time callback system.
+
+    The answer comes from the callback server's record, with no M-Pesa API call; only if that
+    server is unreachable or does not know the payment is M-Pesa asked (STK Query).
 
     Args:
         checkout_request_id: The payment's ID from the send result, e.g. "ws_CO_26112026125423123712345678".

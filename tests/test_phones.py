@@ -1,6 +1,7 @@
 import pytest
 
-from mpesa_agent.phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
+from mpesa_agent.phones import (InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone,
+                                parse_amount)
 
 
 @pytest.mark.parametrize("raw, msisdn", [
@@ -35,3 +36,8 @@ def test_parse_amount_takes_whole_shillings(raw, amount):
 def test_parse_amount_rejects(raw, message):
     with pytest.raises(InvalidAmount, match=message):
         parse_amount(raw, maximum=100)
+
+
+def test_masked_phone_keeps_numbers_out_of_logs():
+    assert masked_phone("254712345678") == "0712***678"
+    assert masked_phone("") == "***"

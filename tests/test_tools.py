@@ -67,6 +67,6 @@ def test_bad_input_is_refused_before_any_call(payments, phone, amount, words):
     assert result["status"] == "error" and words in result["message"]
 
 
-@pytest.mark.parametrize("checkout_id", ["", "   ", "not an id!", "x" * 65])
+@pytest.mark.parametrize("checkout_id", ["", "   ", "not an id!", "x" * 101, "ws_CO_1/../x"])
 def test_status_refuses_what_is_not_an_id(payments, checkout_id):
     assert asyncio.run(payments.status(checkout_id))["status"] == "error"
