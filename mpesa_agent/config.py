@@ -29,15 +29,20 @@ class ConfigError(ValueError):
 
 
 def read_environment(root: Path = PROJECT_ROOT, environ: Mapping[str, str] | None = None) -> dict:
-    """Merge `.env` < `.env.local` < the process environment into one dict."""
+    """Merge `.env` < `.env.local` < the process environment into one dict.
+
+    `MPESA_ENV_FILES` (comma-separated, default `.env,.env.local`) names the files; tests set it
+    to `.env` so that a developer's `.env.local` cannot change what they run.
+    """
+    environ = os.environ if environ is None else environ
     merged: dict[str, str] = {}
-    for name in (".env", ".env.local"):
+    for name in _list(environ.get("MPESA_ENV_FILES") or ".env,.env.local"):
         path = root / name
         if path.is_file():
             merged.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     # An empty variable counts as unset: `adk web` copies .env (with its empty CALLBACK_API_KEY)
     # into the environment, which must not hide the key in .env.local.
-    merged.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+    merged.update({k: v for k, v in environ.items() if v != ""})
     return merged
 
 

@@ -16,14 +16,10 @@ import asyncio
 import itertools
 import json
 import logging
-import os
 import queue
 import random
 import shutil
-import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +33,9 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from . import tools
-from .config import PROJECT_ROOT, SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
+from .config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
 from .daraja import DarajaClient
+from .processes import Process, base_env, free_port
 from .tracking import TrackingClient
 
 TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
@@ -93,64 +90,6 @@ class Row:
 
 # --- processes -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Child:
-    """A subprocess serving HTTP on 127.0.0.1, its output appended to a log file."""
-
-    def __init__(self, args: list[str], env: dict, ready_url: str, log_path: Path):
-        self.args, self.env, self.ready_url, self.log_path = args, env, ready_url, log_path
-        self.popen: subprocess.Popen | None = None
-
-    def start(self, timeout: float = STARTUP_TIMEOUT) -> "Child":
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen([sys.executable, *self.args], cwd=PROJECT_ROOT, env=self.env,
-                                          stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.args[0]} exited with {self.popen.returncode}; see {self.log_path}")
-            try:
-                requests.get(self.ready_url, timeout=1)
-                return self
-            except requests.RequestException:
-                time.sleep(0.03)
-        self.kill()
-        raise RuntimeError(f"{self.args[0]} not ready after {timeout:g} s; see {self.log_path}")
-
-    @property
-    def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def kill(self) -> None:
-        """kill -9: no clean shutdown, like a crash or a power cut of the process."""
-        if self.running:
-            self.popen.send_signal(signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self) -> None:
-        if self.running:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-def child_env(**values) -> dict:
-    """This process's environment without any payment settings, plus `values`."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_",
-                                "TRUSTED_", "RECONCILE_", "VERIFY_"))}
-    env.update({k: str(v) for k, v in values.items()})
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 class Stack:
     """A callback server, and with `simulator=True` the Daraja simulator, on free ports in `folder`.
 
@@ -164,7 +103,7 @@ class Stack:
         self.url, self.sim_url = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{sim_port}"
         self.callback_url = f"{self.url}/callback/{TOKEN}"
         # Every setting the processes use is given here, so a developer's .env.local cannot change it.
-        self.env = child_env(
+        self.env = base_env(
             MPESA_ENV="simulator", MPESA_CONSUMER_KEY=CONSUMER_KEY, MPESA_CONSUMER_SECRET=CONSUMER_SECRET,
             MPESA_SHORTCODE=SANDBOX_SHORTCODE, MPESA_PASSKEY=SANDBOX_PASSKEY, MPESA_PARTY_B=SANDBOX_SHORTCODE,
             MPESA_TRANSACTION_TYPE="CustomerPayBillOnline", MPESA_BASE_URL=self.sim_url,
@@ -174,9 +113,9 @@ class Stack:
             TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false", RECONCILE_AFTER_SECONDS=3600,
             SIMULATOR_CALLBACK_DELAY=0.2)
         self.settings = Settings.from_env(self.env, load_files=False)
-        self.server = Child(["callback_server.py", "--port", str(server_port), "--threads", str(threads)],
+        self.server = Process(["callback_server.py", "--port", str(server_port), "--threads", str(threads)],
                             self.env, f"{self.url}/health", folder / "callback_server.log")
-        self.simulator = Child(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], self.env,
+        self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], self.env,
                                f"{self.sim_url}/simulator/health", folder / "simulator.log") if simulator else None
 
     def __enter__(self) -> "Stack":

@@ -13,7 +13,8 @@ from mpesa_agent.simulator import create_app as create_simulator
 def _clean_environment(monkeypatch):
     """No test sees the developer's MPESA_*/CALLBACK_*/GOOGLE_* variables."""
     for name in list(os.environ):
-        if name.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_")):
+        if name.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_", "TRUSTED_",
+                            "RECONCILE_", "VERIFY_")):
             monkeypatch.delenv(name, raising=False)
 
 

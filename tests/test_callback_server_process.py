@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from processes import Process, base_env, free_port
+from mpesa_agent.processes import Process, base_env, free_port
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
 

@@ -15,7 +15,7 @@ from mpesa_agent.errors import DarajaServerError, ThrottledError, TransportError
 from mpesa_agent.outcomes import classify
 from mpesa_agent.reconciler import Reconciler, Schedule
 from mpesa_agent.store import Store
-from processes import Stack
+from mpesa_agent.processes import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 
 MINUTE = 60

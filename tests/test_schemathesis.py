@@ -8,7 +8,7 @@ import math
 import pytest
 from hypothesis import HealthCheck, settings
 
-from processes import Process, base_env, free_port
+from mpesa_agent.processes import Process, base_env, free_port
 
 schemathesis = pytest.importorskip("schemathesis")  # requirements.txt: Python 3.11+ only
 

@@ -11,7 +11,7 @@ from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.errors import ThrottledError
 from mpesa_agent.reconciler import Reconciler, Schedule
 from mpesa_agent.tracking import TrackingClient
-from processes import Stack
+from mpesa_agent.processes import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 from test_reconciler import Clock, FakeDaraja, created, final, pending
 

@@ -1,4 +1,5 @@
-"""Real processes on 127.0.0.1 for integration tests: free ports, start, wait, kill."""
+"""Real processes on 127.0.0.1 for tests, the reliability report and the benchmark: free ports,
+start, wait, kill -9."""
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from .config import PROJECT_ROOT as ROOT, Settings
 
 
 def free_port() -> int:
@@ -44,14 +45,18 @@ class Process:
         self.stop()
         raise RuntimeError(f"{self.args} not ready after {timeout}s:\n{self.log()}")
 
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
     def kill(self) -> None:
         """kill -9: no clean shutdown, like a crash or a power cut of the process."""
-        if self.popen and self.popen.poll() is None:
+        if self.running:
             self.popen.send_signal(signal.SIGKILL)
             self.popen.wait(10)
 
     def stop(self) -> None:
-        if self.popen and self.popen.poll() is None:
+        if self.running:
             self.popen.terminate()
             try:
                 self.popen.wait(10)
@@ -65,7 +70,9 @@ class Process:
 def base_env(**overrides) -> dict:
     """The parent's environment without the developer's payment settings, plus `overrides`."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_"))}
+           if not k.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_",
+                                "TRUSTED_", "RECONCILE_", "VERIFY_"))}
+    env["MPESA_ENV_FILES"] = ".env"  # never the developer's .env.local
     env.update({k: str(v) for k, v in overrides.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -94,8 +101,7 @@ class Stack:
                               f"http://127.0.0.1:{self.port}/health", folder / "server.log")
 
     @property
-    def settings(self):
-        from mpesa_agent.config import Settings
+    def settings(self) -> Settings:
         return Settings.from_env(self.env, load_files=False)
 
     def __enter__(self) -> "Stack":
