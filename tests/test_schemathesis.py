@@ -6,11 +6,10 @@ checked for no 5xx, a documented status code, and a body that matches the docume
 import math
 
 import pytest
+import schemathesis
 from hypothesis import HealthCheck, settings
 
 from mpesa_agent.processes import Process, base_env, free_port
-
-schemathesis = pytest.importorskip("schemathesis")  # requirements.txt: Python 3.11+ only
 
 TOKEN = "5c4e3a7d5c4e3a7d5c4e3a7d5c4e3a7d"
 API_KEY = "schemathesis-test-key"
