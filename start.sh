@@ -10,7 +10,6 @@ mkdir -p logs data
 config=$($PY -m mpesa_agent.preflight) || { echo "Fix the settings above (.env / .env.local) and run ./start.sh again."; exit 1; }
 eval "$config"
 ADK_PORT=${ADK_PORT:-8000}
-SIM_PORT=$($PY -c "from urllib.parse import urlsplit;print(urlsplit('$DARAJA_URL').port or 8002)")
 
 pids=()
 stop() {
@@ -60,5 +59,5 @@ Ready. Chat: http://127.0.0.1:$ADK_PORT/dev-ui/?app=mpesa_agent
 Try: "Send 500 to 0712345678 for lunch" (an STK Push asks that phone's owner to pay your shortcode).
 Logs: logs/simulator.log, logs/callback_server.log, logs/adk_web.log. Ctrl-C stops everything.
 MSG
-wait -n "${pids[@]}" || true
+wait -n || true
 echo "A process stopped; see logs/."

@@ -4,7 +4,9 @@
 """
 from __future__ import annotations
 
+import shlex
 import sys
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -15,6 +17,13 @@ def problems(settings: Settings) -> list[str]:
     """Everything that must stop a start: the callback URL's rules, and for real Daraja the
     credentials and a callback token of your own (not the example committed in `.env`)."""
     found = callback_url_problems(settings)
+    if settings.mpesa_env == "simulator" and settings.callback_url:
+        # Locally, the simulator posts to MPESA_CALLBACK_URL: it must be the server we start.
+        callback_port = urlsplit(settings.callback_url).port or 80
+        server_port = urlsplit(settings.callback_server_url).port or 80
+        if callback_port != server_port:
+            found.append(f"MPESA_CALLBACK_URL (port {callback_port}) and CALLBACK_SERVER_URL (port {server_port}) "
+                         "must name the same callback server")
     if settings.mpesa_env != "simulator":
         if not settings.consumer_key or not settings.consumer_secret or settings.consumer_key.startswith("simulator-"):
             found.append("MPESA_CONSUMER_KEY and MPESA_CONSUMER_SECRET must be your Daraja app's, in .env.local")
@@ -36,10 +45,11 @@ def main() -> int:
         print(f"Configuration error: {problem}", file=sys.stderr)
     if found:
         return 1
-    port = settings.callback_server_url.rsplit(":", 1)[-1].split("/")[0]
-    print(f"MPESA_ENV={settings.mpesa_env}")
-    print(f"DARAJA_URL={settings.base_url}")
-    print(f"CALLBACK_PORT={port if port.isdigit() else 8001}")
+    values = {"MPESA_ENV": settings.mpesa_env, "DARAJA_URL": settings.base_url,
+              "SIM_PORT": urlsplit(settings.base_url).port or 8002,
+              "CALLBACK_PORT": urlsplit(settings.callback_server_url).port or 8001}
+    for name, value in values.items():
+        print(f"{name}={shlex.quote(str(value))}")
     return 0
 
 

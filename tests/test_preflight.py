@@ -1,0 +1,32 @@
+import shlex
+
+from mpesa_agent import preflight
+from mpesa_agent.config import Settings
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+
+
+def settings(**values) -> Settings:
+    return Settings.from_env({"MPESA_CALLBACK_URL": f"http://127.0.0.1:8001/callback/{TOKEN}", **values},
+                             load_files=False)
+
+
+def test_simulator_callbacks_must_reach_the_server_we_start():
+    assert preflight.problems(settings()) == []
+    found = preflight.problems(settings(CALLBACK_SERVER_URL="http://127.0.0.1:9001"))
+    assert found and "same callback server" in found[0]
+
+
+def test_real_daraja_needs_real_credentials():
+    found = preflight.problems(settings(MPESA_ENV="sandbox", MPESA_CALLBACK_URL=f"https://pay.example.com/callback/{TOKEN}"))
+    assert any("MPESA_CONSUMER_KEY" in problem for problem in found)
+
+
+def test_output_is_safe_for_the_shell(monkeypatch, capsys):
+    monkeypatch.setenv("MPESA_BASE_URL", "http://127.0.0.1:8002/x;touch pwned")
+    monkeypatch.setenv("MPESA_CALLBACK_URL", f"http://127.0.0.1:8001/callback/{TOKEN}")
+    monkeypatch.setenv("MPESA_ENV_FILES", ".env")
+    assert preflight.main() == 0
+    values = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert shlex.split(values["DARAJA_URL"]) == ["http://127.0.0.1:8002/x;touch pwned"]
+    assert values["SIM_PORT"] == "8002" and values["CALLBACK_PORT"] == "8001"
