@@ -331,7 +331,7 @@ def test_allow_list_is_off_by_default(client, settings):
 
 
 def test_real_server_joins_repeated_forwarded_headers_and_takes_the_rightmost(tmp_path):
-    """A client's own X-Forwarded-For plus the proxy's: waitress joins them; the proxy's hop wins."""
+    """A client's own X-Forwarded-For plus the proxy's: the server joins them; the proxy's hop wins."""
     port = free_port()
     env = base_env(MPESA_ENV="simulator", CALLBACK_API_KEY="xff-key",
                    MPESA_CALLBACK_URL=f"http://127.0.0.1:{port}/callback/{TOKEN}",
