@@ -352,14 +352,13 @@ def test_callback_and_registration_racing_always_meet(manager):
 
 def test_waiter_is_woken_by_a_callback_in_another_thread(manager):
     register(manager)
-    started = time.monotonic()
     thread, results = in_thread(manager.wait, "ws_CO_1", 10)
     time.sleep(0.2)
     assert manager.waiting() == 1
     ingest(manager, callback_body())
     thread.join(5)
+    assert not thread.is_alive(), "woken by the callback, not by its 10 s timeout"
     assert results[0].status == "completed"
-    assert time.monotonic() - started < 2
     assert manager.waiting() == 0
 
 
@@ -379,18 +378,18 @@ def test_waiter_on_an_unregistered_id_is_woken_when_registration_matches_a_parke
     ingest(manager, callback_body())  # parked: nobody registered it yet
     time.sleep(0.1)
     assert thread.is_alive()
-    started = time.monotonic()
     register(manager)
     thread.join(5)
-    assert results[0].status == "completed" and time.monotonic() - started < 1
+    assert not thread.is_alive(), "woken by the registration, not by its 10 s timeout"
+    assert results[0].status == "completed"
 
 
 def test_wait_on_a_settled_payment_returns_at_once(manager):
     register(manager)
     ingest(manager, callback_body())
     started = time.monotonic()
-    assert manager.wait("ws_CO_1", 10).status == "completed"
-    assert time.monotonic() - started < 0.5
+    assert manager.wait("ws_CO_1", 60).status == "completed"
+    assert time.monotonic() - started < 30, "answered without waiting for the timeout"
 
 
 def test_wait_times_out_pending_and_a_late_callback_still_settles(manager):

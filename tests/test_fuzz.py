@@ -31,6 +31,8 @@ API_KEY = "test-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 CURRENT = "ws_CO_CURRENT"  # replaced by the id of a payment still pending (Server.pending_payment)
 PHONE, MSISDN, AMOUNT = "0712345678", "254712345678", 500
+# Not a speed target: a bound that catches a hang (1e999999999 once took for ever) on a busy CI.
+HANG_LIMIT = 10.0
 GENERATED: Counter = Counter()
 FUZZ_TESTS = 9
 # A failing example of 60 KiB is worth reporting even though its repr is large.
@@ -306,7 +308,7 @@ def check_parse(body: bytes):
             exc.checkout_request_id.encode("utf-8")  # stored in callbacks.checkout_request_id
         return None
     finally:
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < HANG_LIMIT
     assert isinstance(parsed, StkCallback)
     assert parsed.checkout_request_id and parsed.checkout_request_id == parsed.checkout_request_id.strip()
     assert len(parsed.checkout_request_id) <= 200
@@ -352,7 +354,7 @@ def test_callback_route_with_the_right_token(server, settled, body, oversize, sl
     started = time.monotonic()
     response = server.client.post(f"/callback/{TOKEN}{slash}", data=body, headers=headers,
                                   content_type="application/json")
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < HANG_LIMIT
     assert_no_errors_logged(server)
     after, stored = server.payments(), server.callbacks(last_id)
     if len(body) > MAX_BODY_BYTES:
@@ -519,7 +521,7 @@ def test_wait_with_a_timeout(server, settled, checkout_id, headers, timeout):
     started = time.monotonic()
     response = server.client.get(f"/payment/wait/{segment(checkout_id)}", headers=headers,
                                  query_string={} if timeout is None else {"timeout": timeout})
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < HANG_LIMIT
     assert_no_errors_logged(server)
     assert server.payments() == before  # a wait never changes the payment
     if not authorized(headers):
@@ -599,7 +601,7 @@ def test_parser_refuses_numbers_and_text_it_cannot_handle(body, words):
     started = time.monotonic()
     with pytest.raises(InvalidCallback, match=words):
         parse_callback(body)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < HANG_LIMIT
 
 
 @pytest.mark.parametrize("body", [HUGE_CODE % b"1E+5000", HUGE_CODE % b"1e999999999", SURROGATE, SURROGATE_DESC])
@@ -622,7 +624,7 @@ def test_register_refuses_text_and_amounts_it_cannot_handle(server, changes, wor
     body = encode({"checkout_request_id": "ws_CO_r1", "phone_number": PHONE, "amount": AMOUNT, **changes})
     started = time.monotonic()
     response = server.client.post("/payment/register", data=body, content_type="application/json", headers=AUTH)
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < HANG_LIMIT
     assert response.status_code == 400 and words in response.get_json()["error"]
     assert server.payments() == {} and server.errors.take() == []
 
