@@ -78,6 +78,20 @@ def base_env(**overrides) -> dict:
     return env
 
 
+def callback_server(folder: Path, *, api_key: str, token: str, path: str = "/callback",
+                    args: tuple[str, ...] = (), **env) -> Process:
+    """The callback server alone on a free port, its database and log in `folder`; `.url` is
+    where it listens. Not started: call `start()`."""
+    port = free_port()
+    env = base_env(**{"MPESA_ENV": "simulator", "CALLBACK_API_KEY": api_key,
+                      "MPESA_CALLBACK_URL": f"http://127.0.0.1:{port}{path}/{token}",
+                      "PAYMENTS_DB": folder / "payments.db", **env})
+    process = Process(["callback_server.py", "--port", str(port), *args], env,
+                      f"http://127.0.0.1:{port}/health", folder / "server.log")
+    process.url = f"http://127.0.0.1:{port}"
+    return process
+
+
 class Stack:
     """A simulator and a callback server as real processes on 127.0.0.1, sharing one environment.
 

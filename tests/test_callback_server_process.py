@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from mpesa_agent.processes import Process, base_env, free_port
+from mpesa_agent.processes import callback_server
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
 
@@ -17,12 +17,7 @@ ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = base_env(MPESA_ENV="simulator", CALLBACK_API_KEY=API_KEY,
-                   MPESA_CALLBACK_URL=f"http://127.0.0.1:{port}/hooks/daraja/{TOKEN}")
-    args = ["callback_server.py", "--port", str(port), "--db", str(tmp_path / "payments.db"), "--threads", "64"]
-    process = Process(args, env, f"http://127.0.0.1:{port}/health", tmp_path / "server.log")
-    process.url = f"http://127.0.0.1:{port}"
+    process = callback_server(tmp_path, api_key=API_KEY, token=TOKEN, path="/hooks/daraja", args=("--threads", "64"))
     yield process.start()
     process.stop()
 

@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from mpesa_agent.processes import Process, base_env, free_port
+from mpesa_agent.processes import callback_server
 
 TOKEN = "5c4e3a7d5c4e3a7d5c4e3a7d5c4e3a7d"
 API_KEY = "schemathesis-test-key"
@@ -22,12 +22,7 @@ LONGEST_WAIT = 0.05  # seconds; the long-poll would otherwise hold a case for up
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("schemathesis")
-    port = free_port()
-    env = base_env(MPESA_ENV="simulator", CALLBACK_API_KEY=API_KEY,
-                   MPESA_CALLBACK_URL=f"http://127.0.0.1:{port}/callback/{TOKEN}")
-    args = ["callback_server.py", "--port", str(port), "--db", str(folder / "payments.db"), "--threads", "16"]
-    process = Process(args, env, f"http://127.0.0.1:{port}/health", folder / "server.log")
-    process.url = f"http://127.0.0.1:{port}"
+    process = callback_server(folder, api_key=API_KEY, token=TOKEN, args=("--threads", "16"))
     yield process.start()
     process.stop()
 
