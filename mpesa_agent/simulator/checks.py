@@ -103,13 +103,13 @@ def check_credentials(shortcode: str, password: str, timestamp: str, passkeys: d
     passkey = passkeys.get(shortcode)
     if passkey is None:
         raise Rejected(500, "500.001.1001", "Merchant does not exist", f"no passkey for shortcode {shortcode}")
-    expected = base64.b64encode(f"{shortcode}{passkey}{timestamp}".encode()).decode()
-    if not hmac.compare_digest(password.encode(), expected.encode()):
+    if not hmac.compare_digest(password.encode(), make_password(shortcode, passkey, timestamp).encode()):
         raise Rejected(500, "500.001.1001", "Wrong credentials",
                        "Password is not base64(BusinessShortCode + passkey + Timestamp)")
 
 
 def make_password(shortcode: str, passkey: str, timestamp: str) -> str:
+    """Daraja's Password: base64(BusinessShortCode + passkey + Timestamp)."""
     return base64.b64encode(f"{shortcode}{passkey}{timestamp}".encode()).decode()
 
 
