@@ -239,7 +239,7 @@ def json_object() -> tuple[dict | None, str | None]:
         data = json.loads(raw.decode("utf-8-sig"), parse_float=Decimal, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, f"the body is not valid JSON ({exc})"
-    if has_lone_surrogate(data):
+    if b"\\u" in raw and has_lone_surrogate(data):  # valid UTF-8 holds no surrogate: only an escape can
         return None, "the body is not valid JSON text (a lone \\ud800-\\udfff escape)"
     if not isinstance(data, dict):
         return None, f"the body must be a JSON object, not {type(data).__name__}"
