@@ -95,57 +95,82 @@ def create_app(config: Settings | None = None) -> Flask:
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
-    app.wsgi_app = callback_fast_path(app, prefix)
+    app.wsgi_app = fast_paths(app, prefix)
     return app
 
 
-def callback_fast_path(app: Flask, prefix: str):
-    """Daraja's POST to the right token, answered without Flask's request machinery.
+def fast_paths(app: Flask, prefix: str):
+    """Daraja's callback and /payment/register, answered without Flask's request machinery.
 
-    The callback is the hot path (docs/benchmark.md): here it costs one environ lookup, the
-    body read, `CallbackManager.ingest` and a prebuilt ACK. Only the plain case is taken: POST to
-    exactly `{prefix}/<token>` with a Content-Length within MAX_BODY_BYTES, from an allowed
-    source. Anything else (wrong token, trailing slash, too large, chunked, refused source) goes
-    to the Flask app, which answers it as before. The same rules hold: the raw body is committed
-    by `ingest` before the 200, an invalid body is a JSON 400, an error a logged JSON 500.
+    They are the hot paths (docs/benchmark.md): here each costs an environ lookup, one read of
+    the body, the same handler code and a JSON answer (prebuilt for the callback's ACK). Only the
+    plain case is taken: POST to exactly `{prefix}/<token>` (token compared in constant time) or
+    `/payment/register` with a valid Bearer key, a Content-Length within MAX_BODY_BYTES and, for
+    callbacks, an allowed source. Anything else (wrong token or key, trailing slash, too large,
+    chunked, refused source, other routes) goes to the Flask app, which answers it as before.
+    The rules are the same: the raw callback is committed by `ingest` before the 200, an invalid
+    body is a JSON 400, an unexpected error a logged JSON 500 (the rule in the log, no token).
     """
     flask_app = app.wsgi_app
     settings: Settings = app.config["MPESA_SETTINGS"]
     route, rule = prefix + "/", f"{prefix}/<token>"
-    token = settings.callback_token.encode()
+    token, api_key = settings.callback_token.encode(), settings.callback_api_key.encode()
     ack = app.json.response(ACCEPTED)
     ack_body = ack.get_data()
     ack_headers = [("Content-Type", ack.content_type), ("Content-Length", str(len(ack_body)))]
 
+    def answer(environ, start_response, body: dict, code: int):
+        response = app.json.response(body)
+        response.status_code = code
+        return response(environ, start_response)
+
+    def read_body(environ, length: str) -> bytes | None:
+        body = environ["wsgi.input"].read(int(length))
+        return body if len(body) == int(length) else None  # None: the client went away mid-body
+
+    def authorized(environ) -> bool:
+        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        return scheme.lower() == "bearer" and bool(key.strip()) and hmac.compare_digest(
+            key.strip().encode("utf-8", "surrogatepass"), api_key)
+
     def wsgi_app(environ, start_response):
         path = environ.get("PATH_INFO", "")
         length = environ.get("CONTENT_LENGTH", "")
-        if (environ.get("REQUEST_METHOD") != "POST" or not path.startswith(route)
-                or not hmac.compare_digest(path[len(route):].encode("utf-8", "surrogatepass"), token)
-                or not length.isdigit() or int(length) > MAX_BODY_BYTES or environ.get("wsgi.input_terminated")):
+        if (environ.get("REQUEST_METHOD") != "POST" or not length.isdigit() or int(length) > MAX_BODY_BYTES
+                or environ.get("wsgi.input_terminated")):
+            return flask_app(environ, start_response)
+        if path == "/payment/register" and authorized(environ):
+            manager, where = app.extensions["callback_manager"], "/payment/register"
+            body = read_body(environ, length)
+            if body is None:
+                return answer(environ, start_response, error_body(ClientDisconnected.description), 400)
+            try:
+                return answer(environ, start_response, *registration_answer(body, manager))
+            except Exception as exc:
+                return unexpected(environ, start_response, where, exc)
+        if not path.startswith(route) or not hmac.compare_digest(
+                path[len(route):].encode("utf-8", "surrogatepass"), token):
             return flask_app(environ, start_response)
         source = environ_client_address(environ, settings)
         if settings.trusted_callback_ips and not address_in(source, settings.trusted_callback_ips):
             return flask_app(environ, start_response)  # recorded as rejected and answered 403 there
-        body = environ["wsgi.input"].read(int(length))
-        if len(body) < int(length):  # the client went away mid-body: nothing is stored (as werkzeug does)
-            response = app.json.response({"status": "error", "error": ClientDisconnected.description})
-            response.status_code = ClientDisconnected.code
-            return response(environ, start_response)
+        body = read_body(environ, length)
+        if body is None:  # nothing is stored, as with werkzeug
+            return answer(environ, start_response, error_body(ClientDisconnected.description), 400)
         try:
             result = app.extensions["callback_manager"].ingest(body, dict(EnvironHeaders(environ)), source)
         except Exception as exc:
-            log.exception("unexpected error in POST %s", rule)
-            response = app.json.response({"status": "error", "error": f"internal error ({type(exc).__name__}); "
-                                                                      "see the callback server's log"})
-            response.status_code = 500
-            return response(environ, start_response)
+            return unexpected(environ, start_response, rule, exc)
         if result.outcome == INVALID:
-            response = app.json.response({"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"})
-            response.status_code = 400
-            return response(environ, start_response)
+            return answer(environ, start_response, {"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"}, 400)
         start_response("200 OK", ack_headers)
         return [ack_body]
+
+    def unexpected(environ, start_response, where: str, exc: Exception):
+        log.exception("unexpected error in POST %s", where)
+        return answer(environ, start_response, error_body(
+            f"internal error ({type(exc).__name__}); see the callback server's log"), 500)
+
     return wsgi_app
 
 
@@ -158,7 +183,11 @@ def _manager() -> CallbackManager:
 
 
 def error(status_code: int, message: str, **extra):
-    return jsonify({"status": "error", "error": message, **extra}), status_code
+    return jsonify(error_body(message, **extra)), status_code
+
+
+def error_body(message: str, **extra) -> dict:
+    return {"status": "error", "error": message, **extra}
 
 
 def receive_callback(token: str):
@@ -230,9 +259,8 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not allowed")
 
 
-def json_object() -> tuple[dict | None, str | None]:
+def json_object(raw: bytes) -> tuple[dict | None, str | None]:
     """The request body as a JSON object (floats as exact Decimal), or why it is not one."""
-    raw = request.get_data(cache=True)
     if not raw.strip():
         return None, "the body is empty; send a JSON object"
     try:
@@ -247,24 +275,30 @@ def json_object() -> tuple[dict | None, str | None]:
 
 
 def register():
-    data, problem = json_object()
+    body, code = registration_answer(request.get_data(cache=True), _manager())
+    return jsonify(body), code
+
+
+def registration_answer(raw: bytes, manager: CallbackManager) -> tuple[dict, int]:
+    """POST /payment/register's JSON answer and status code, for the Flask view and the fast path."""
+    data, problem = json_object(raw)
     if problem:
-        return error(400, problem)
+        return error_body(problem), 400
     missing = [name for name in REQUIRED_FIELDS if data.get(name) in (None, "")]
     if missing:
-        return error(400, f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
-                     fields={name: "required" for name in missing})
+        return error_body(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+                          fields={name: "required" for name in missing}), 400
     try:
-        payment, created = _manager().register(
+        payment, created = manager.register(
             data["checkout_request_id"], data["phone_number"], data["amount"],
             data.get("description"), data.get("merchant_request_id"))
     except InvalidRegistration as exc:
-        return error(400, str(exc), fields=exc.problems)
+        return error_body(str(exc), fields=exc.problems), 400
     except RegistrationConflict as exc:
-        return error(409, str(exc), fields=exc.fields)
+        return error_body(str(exc), fields=exc.fields), 409
     body = {"status": "registered", "created": created, "checkout_request_id": payment.checkout_request_id,
             "payment_status": payment.status, "payment": payment.to_dict()}
-    return jsonify(body), 201 if created else 200
+    return body, 201 if created else 200
 
 
 def status(checkout_request_id: str):

@@ -181,7 +181,12 @@ class Transaction:
             "INSERT INTO payments (checkout_request_id, merchant_request_id, phone_number, amount,"
             " description, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
             (checkout_request_id, merchant_request_id, phone_number, int(amount), description, now, now))
-        return self.payment(checkout_request_id)
+        return Payment(  # what SELECT would read back (the row's defaults), without reading it
+            checkout_request_id=checkout_request_id, merchant_request_id=merchant_request_id,
+            phone_number=phone_number, amount=int(amount), description=description, status="pending",
+            result_code=None, result_desc=None, reason=None, receipt=None, transaction_date=None,
+            paid_phone=None, paid_amount=None, settled_by=None, review=None, callback_id=None,
+            created_at=now, updated_at=now, settled_at=None)
 
     def update_payment(self, checkout_request_id: str, **changes) -> Payment:
         unknown = set(changes) - _PAYMENT_UPDATABLE

@@ -148,3 +148,11 @@ def test_a_transaction_inside_another_in_one_thread_is_refused_not_deadlocked(st
             pass  # pragma: no cover
     add_payment(store)  # the writer is usable again
     assert store.payment("ws_CO_1").status == "pending"
+
+
+def test_insert_payment_returns_exactly_what_is_stored_and_to_dict_has_every_field(store):
+    with store.transaction() as tx:
+        payment = tx.insert_payment("ws_CO_9", "254712345678", 7, "", "29115-1")
+    assert store.payment("ws_CO_9") == payment
+    assert list(payment.to_dict()) == list(payment.__dataclass_fields__)
+    assert payment.to_dict()["merchant_request_id"] == "29115-1" and payment.to_dict()["query_attempts"] == 0
