@@ -430,3 +430,28 @@ def test_main_prints_where_callbacks_go_with_the_token_masked(settings, monkeypa
 def test_main_explains_a_bad_configuration(settings, capsys):
     assert main([], settings=settings.replace(callback_url="")) == 1
     assert "Configuration error: MPESA_CALLBACK_URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", [CALLBACK, "/payment/register"])
+def test_a_body_shorter_than_its_content_length_is_400_and_stores_nothing(app, path):
+    from werkzeug.test import EnvironBuilder
+    environ = EnvironBuilder(path=path, method="POST", headers=AUTH, data=b"").get_environ()
+    environ.update({"wsgi.input": io.BytesIO(callback_body()[:50]), "CONTENT_LENGTH": str(len(callback_body()))})
+    answers = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: answers.append(status)))
+    assert answers == ["400 BAD REQUEST"] and json.loads(body)["status"] == "error"
+    store = app.extensions["callback_manager"].store
+    assert store.callbacks() == [] and store.counts()["payments"] == {}
+
+
+def test_the_fast_paths_answer_like_flask(app, client):
+    """Callback ACK and registration bodies/headers as the Flask views made them."""
+    response = register(client)
+    assert (response.status_code, response.content_type) == (201, "application/json")
+    assert response.get_json()["payment"]["checkout_request_id"] == "ws_CO_1"
+    assert register(client).status_code == 200
+    assert register(client, amount=501).status_code == 409
+    ack = post_callback(client, callback_body())
+    assert (ack.status_code, ack.content_type, ack.get_data()) == (
+        200, "application/json", b'{"ResultCode":0,"ResultDesc":"Accepted"}\n')
+    assert client.post("/payment/register", json=payload(), headers={"Authorization": "Bearer nope"}).status_code == 401
