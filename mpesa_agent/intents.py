@@ -89,6 +89,11 @@ _STATUS_WORDS = re.compile(
     r"wamelipa|ameshalipa|ashalipa|amelipia|imefaulu|iko aje|imeweza)\b",
     re.IGNORECASE,
 )
+_NOT_A_PAYMENT = re.compile(
+    r"^\s*(?:how|why|where|when|what|can i|should i)\b|"
+    r"\b(?:joke|poem|story|song|email|e-mail|sms|text message|letter|photo|picture|file|link|recipe)s?\b",
+    re.IGNORECASE,
+)
 _RETRY_WORDS = re.compile(
     r"^(?:please\s+)?(?:try (?:it )?again|retry|resend|re-send|send (?:it )?again|again|jaribu tena|tuma tena|tena)\b",
     re.IGNORECASE,
@@ -178,6 +183,8 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
         return RETRY
     if _ABOUT.search(text) and not slots.has_slots:
         return HELP
+    if send and not slots.has_slots and _NOT_A_PAYMENT.search(text):
+        return OTHER  # "send me a joke", "how do I pay my KPLC bill?": the words, not the wish
     if send and (not status or send.start() < status.start()):
         return SEND
     if status:

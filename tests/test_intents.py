@@ -140,7 +140,9 @@ def test_understand_checkout_ids(text, checkout_id):
     ("no", NO), ("hapana", NO), ("cancel", NO), ("No.", NO), ("don't send", NO), ("never mind", NO),
     ("try again", RETRY), ("send it again", RETRY), ("retry", RETRY), ("tuma tena", RETRY), ("jaribu tena", RETRY),
     ("write me a poem", OTHER), ("what's the weather", OTHER), ("tell me a joke", OTHER), ("for lunch", OTHER),
-    ("how much is 2+2", OTHER), ("what is 5 times 3", OTHER), ("tell me about the 2024 election", OTHER),
+    ("how much is 2+2", OTHER), ("send me a joke", OTHER), ("how do I pay my KPLC bill?", OTHER),
+    ("can I transfer money to my bank?", OTHER), ("send 300 to 0712345678 for the photo shoot", SEND),
+    ("what is 5 times 3", OTHER), ("tell me about the 2024 election", OTHER),
     ("who pays?", HELP), ("what is mpesa", HELP), ("what is an STK push?", HELP),
 ])
 def test_understand_short_replies(text, intent):
