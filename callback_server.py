@@ -158,11 +158,12 @@ def fast_paths(app: Flask, prefix: str):
         if body is None:  # nothing is stored, as with werkzeug
             return answer(environ, start_response, error_body(ClientDisconnected.description), 400)
         try:
-            result = app.extensions["callback_manager"].ingest(body, dict(EnvironHeaders(environ)), source)
+            reply, code = callback_answer(app.extensions["callback_manager"], body, dict(EnvironHeaders(environ)),
+                                          source)
         except Exception as exc:
             return unexpected(environ, start_response, rule, exc)
-        if result.outcome == INVALID:
-            return answer(environ, start_response, {"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"}, 400)
+        if code != 200:
+            return answer(environ, start_response, reply, code)
         start_response("200 OK", ack_headers)
         return [ack_body]
 
@@ -202,10 +203,16 @@ def receive_callback(token: str):
     if _settings().trusted_callback_ips and not address_in(source, _settings().trusted_callback_ips):
         manager.record_rejected(body, headers, source, f"source {source} is not in TRUSTED_CALLBACK_IPS")
         return jsonify({"ResultCode": 1, "ResultDesc": "Rejected: source address not allowed"}), 403
+    answer, code = callback_answer(manager, body, headers, source)
+    return jsonify(answer), code
+
+
+def callback_answer(manager: CallbackManager, body: bytes, headers: dict, source: str) -> tuple[dict, int]:
+    """Store and apply a callback whose token and source passed; Daraja's answer to it."""
     result = manager.ingest(body, headers, source)
     if result.outcome == INVALID:
-        return jsonify({"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"}), 400
-    return jsonify(ACCEPTED)
+        return {"ResultCode": 1, "ResultDesc": f"Rejected: {result.note}"}, 400
+    return ACCEPTED, 200
 
 
 def client_address(settings: Settings) -> str:

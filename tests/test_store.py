@@ -102,11 +102,7 @@ def test_many_threads_write_at_once_without_losing_anything(store):
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work, 16)
     assert errors == []
     assert store.counts() == {"payments": {"pending": 160}, "callbacks": {RECEIVED: 160}}
 
@@ -132,11 +128,7 @@ def test_group_commit_keeps_each_failure_to_itself_and_returns_only_once_on_disk
                 errors.append(checkout_id)
         other.close()
 
-    threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(work, 16)
     assert errors == []
     assert sorted(p.checkout_request_id for p in store.payments_with_status("pending")) == sorted(durable)
     assert len(durable) == 16 * 22
@@ -156,3 +148,12 @@ def test_insert_payment_returns_exactly_what_is_stored_and_to_dict_has_every_fie
     assert store.payment("ws_CO_9") == payment
     assert list(payment.to_dict()) == list(payment.__dataclass_fields__)
     assert payment.to_dict()["merchant_request_id"] == "29115-1" and payment.to_dict()["query_attempts"] == 0
+
+
+def run_in_threads(work, count: int) -> None:
+    """work(0) .. work(count - 1), each in its own thread, all at once; returns when all are done."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
