@@ -32,16 +32,16 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from mpesa_agent import preflight
-from mpesa_agent.callback_manager import (AWAITING, CONFIRMED, CONTRADICTED, RECONCILER, CallbackManager,
+from mpesa_agent.server.manager import (AWAITING, CONFIRMED, CONTRADICTED, RECONCILER, CallbackManager,
                                           InvalidRegistration, RegistrationConflict, has_lone_surrogate)
 from mpesa_agent.config import (MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings,
                                 callback_url_problems)
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.notifications import notification_for, timeout_notification
-from mpesa_agent.openapi import openapi_spec
-from mpesa_agent.outcomes import COMPLETED, PENDING
-from mpesa_agent.reconciler import Reconciler
-from mpesa_agent.store import INVALID, Payment, Store
+from mpesa_agent.payments.notifications import notification_for, timeout_notification
+from mpesa_agent.server.openapi import openapi_spec
+from mpesa_agent.payments.states import COMPLETED, PENDING
+from mpesa_agent.server.reconciler import Reconciler
+from mpesa_agent.server.store import INVALID, Payment, Store
 
 log = logging.getLogger("callback_server")
 

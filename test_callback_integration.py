@@ -14,7 +14,7 @@ import requests
 from mpesa_agent import tools
 from mpesa_agent.config import Settings
 from mpesa_agent.tracking import TrackingClient
-from mpesa_agent.processes import Stack, free_port
+from harness import Stack, free_port
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 API_KEY = "integration-test-key"

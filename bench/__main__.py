@@ -21,8 +21,8 @@ import traceback
 from collections import defaultdict
 from pathlib import Path
 
-from . import polling, scenarios
-from .stack import Stack, bulk_load, fsync_ms
+from bench import polling, scenarios
+from bench.stack import Stack, bulk_load, fsync_ms
 
 # The rows of the table, in order (the smoke test checks that every one is printed).
 ROWS = ("notification latency, 1 waiter", "notification latency, {waiters} waiters", "concurrent waiters",

@@ -13,8 +13,8 @@ import requests
 from mpesa_agent import tools
 from mpesa_agent.daraja import DarajaClient
 
-from .client import Connection
-from .stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
+from bench.client import Connection
+from bench.stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
 
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 WAIT_TIMEOUT = 60

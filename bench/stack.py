@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from mpesa_agent.config import Settings
-from mpesa_agent.store import Store
-from mpesa_agent.processes import Process, base_env, free_port
+from mpesa_agent.server.store import Store
+from harness import Process, base_env, free_port
 
 HOST = "127.0.0.1"
 TOKEN = "be4c4b2e0c5d4f0f9e1ab3c7d2e8f6a1"

@@ -1,10 +1,10 @@
 """Wires the root agent: the two payment tools, the instruction, and the model choice."""
 from google.adk.agents import Agent
 
-from .config import Settings
-from .offline_model import OfflineModel
-from .prompts import DESCRIPTION, INSTRUCTION
-from .tools import check_payment_status_realtime, send_instant_payment_with_tracking
+from mpesa_agent.config import Settings
+from mpesa_agent.offline_model import OfflineModel
+from mpesa_agent.prompts import DESCRIPTION, INSTRUCTION
+from mpesa_agent.tools import check_payment_status_realtime, send_instant_payment_with_tracking
 
 settings = Settings.from_env()
 

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from .config import ConfigError, Settings, callback_url_problems
+from mpesa_agent.config import ConfigError, Settings, callback_url_problems
 
 
 def problems(settings: Settings) -> list[str]:

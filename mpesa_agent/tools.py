@@ -14,15 +14,15 @@ from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import notifications as notes
-from .callback_manager import CHECKOUT_ID_PATTERN
-from .config import Settings
-from .daraja import DarajaClient
-from .errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
+from mpesa_agent.payments import notifications as notes
+from mpesa_agent.server.manager import CHECKOUT_ID_PATTERN
+from mpesa_agent.config import Settings
+from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
                      RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError)
-from .outcomes import COMPLETED, FAILED, PENDING
-from .phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
-from .tracking import TrackingClient, TrackingRejected, TrackingUnavailable
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
+from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
+from mpesa_agent.tracking import TrackingClient, TrackingRejected, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 

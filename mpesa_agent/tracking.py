@@ -6,7 +6,7 @@ import time
 
 import requests
 
-from .config import Settings
+from mpesa_agent.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ import os
 import subprocess
 import sys
 
-from mpesa_agent.processes import ROOT
+from harness import ROOT
 
 TINY = ["--runs", "1", "--latency-samples", "3", "--waiters", "10", "--callbacks", "40", "--registrations", "40",
         "--tool-calls", "2", "--status-sizes", "100,1000", "--status-samples", "20", "--ttk-samples", "2",

@@ -6,10 +6,10 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-from mpesa_agent.callback_manager import (MISMATCH_REASON, NO_RECEIPT_REASON, CallbackManager,
+from mpesa_agent.server.manager import (MISMATCH_REASON, NO_RECEIPT_REASON, CallbackManager,
                                           InvalidCallback, InvalidRegistration, RegistrationConflict,
                                           UnknownPayment, parse_callback)
-from mpesa_agent.store import Store
+from mpesa_agent.server.store import Store
 
 # Verbatim copies of ../shared/daraja-samples/ (the repo must not depend on files outside it).
 # callback_success_docs_v3_amount_1.00_no_balance_item.json (Safaricom's docs: Amount 1.00, no Balance item)

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings, stra
 import callback_server
 from callback_server import create_app, ensure_api_key, main, wait_timeout
 from mpesa_agent.config import ConfigError
-from mpesa_agent.store import Store
+from mpesa_agent.server.store import Store
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_NO_RESPONSE,
                                    SAMPLE_NO_RESPONSE_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)

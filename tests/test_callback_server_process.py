@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from mpesa_agent.processes import callback_server
+from harness import callback_server
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
 

@@ -15,11 +15,11 @@ from responses.registries import FirstMatchRegistry, OrderedRegistry
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
 from mpesa_agent.config import SANDBOX_PASSKEY
-from mpesa_agent.daraja import (
+from mpesa_agent.daraja.client import (
     STK_PUSH_PATH, STK_QUERY_PATH, TOKEN_PATH, UNKNOWN_ID_REASON, DarajaClient, clean_account_reference,
     clean_description,
 )
-from mpesa_agent.errors import (
+from mpesa_agent.daraja.errors import (
     AuthenticationError, DarajaServerError, InvalidRequestError, OutcomeUnknownError, RequestRejectedError,
     SubscriberLockedError, ThrottledError, TransportError,
 )
@@ -462,7 +462,7 @@ def test_every_request_has_connect_and_read_timeouts(mock):
 
 
 def test_one_log_line_per_request_without_secrets(mock, caplog):
-    caplog.set_level(logging.INFO, logger="mpesa_agent.daraja")
+    caplog.set_level(logging.INFO, logger="mpesa_agent.daraja.client")
     add_token(mock)
     add_push(mock)
     push(make_client())

@@ -5,9 +5,9 @@ import pytest
 import requests
 
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.errors import (AuthenticationError, OutcomeUnknownError, SubscriberLockedError,
+from mpesa_agent.daraja.errors import (AuthenticationError, OutcomeUnknownError, SubscriberLockedError,
                                 ThrottledError)
-from mpesa_agent.outcomes import COMPLETED, FAILED, PENDING
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
 
 CALLBACK = "http://127.0.0.1:9/callback/0123456789abcdef0123456789abcdef"  # nobody listens: queries only
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mpesa_agent.errors import (
+from mpesa_agent.daraja.errors import (
     AuthenticationError, DarajaError, DarajaServerError, InvalidRequestError, OutcomeUnknownError,
     RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError, error_class,
 )

@@ -1,6 +1,6 @@
 import pytest
 
-from mpesa_agent.intents import HELP, NO, OTHER, RETRY, SEND, STATUS, YES, find_amount, find_phone, understand
+from mpesa_agent.offline_model.intents import HELP, NO, OTHER, RETRY, SEND, STATUS, YES, find_amount, find_phone, understand
 
 
 @pytest.mark.parametrize("text, amount", [

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from mpesa_agent.notifications import (exact_amount, failure_notification, notification_for,
+from mpesa_agent.payments.notifications import (exact_amount, failure_notification, notification_for,
                                        payment_details, pending_notification, success_notification,
                                        timeout_notification, unknown_notification)
 

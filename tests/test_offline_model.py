@@ -8,9 +8,9 @@ from google.adk.models import LlmRequest
 from google.adk.runners import InMemoryRunner, Runner
 from google.genai import types
 
-from mpesa_agent import notifications as notes
+from mpesa_agent.payments import notifications as notes
 from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel, reply_to_result
-from mpesa_agent.outcomes import FAILURE_REASONS
+from mpesa_agent.payments.states import FAILURE_REASONS
 
 SEND = "send_instant_payment_with_tracking"
 STATUS = "check_payment_status_realtime"

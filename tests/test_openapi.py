@@ -8,7 +8,7 @@ import schemathesis
 from jsonschema import Draft202012Validator, FormatChecker
 
 from callback_server import create_app
-from mpesa_agent.openapi import openapi_spec
+from mpesa_agent.server.openapi import openapi_spec
 from test_callback_manager import callback_body
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL

@@ -1,6 +1,6 @@
 import pytest
 
-from mpesa_agent.outcomes import COMPLETED, FAILED, PENDING, UNKNOWN, classify
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN, classify
 
 
 @pytest.mark.parametrize("code, state", [

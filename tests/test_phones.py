@@ -1,6 +1,6 @@
 import pytest
 
-from mpesa_agent.phones import (InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone,
+from mpesa_agent.payments.phones import (InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone,
                                 parse_amount)
 
 

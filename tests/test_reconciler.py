@@ -11,11 +11,11 @@ import requests
 from callback_server import create_app
 from mpesa_agent import tools
 from mpesa_agent.daraja import StkQueryResult
-from mpesa_agent.errors import DarajaServerError, ThrottledError, TransportError
-from mpesa_agent.outcomes import classify
-from mpesa_agent.reconciler import Reconciler, Schedule
-from mpesa_agent.store import Store
-from mpesa_agent.processes import Stack
+from mpesa_agent.daraja.errors import DarajaServerError, ThrottledError, TransportError
+from mpesa_agent.payments.states import classify
+from mpesa_agent.server.reconciler import Reconciler, Schedule
+from mpesa_agent.server.store import Store
+from harness import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 
 MINUTE = 60

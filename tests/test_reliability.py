@@ -1,11 +1,11 @@
 """The reliability scenarios at small sizes, with real processes: nothing lost, nothing applied
-twice, every payment in the right final state. `python -m mpesa_agent.reliability` runs them larger."""
+twice, every payment in the right final state. `python -m reliability` runs them larger."""
 import sqlite3
 
 import pytest
 
-from mpesa_agent import reliability
-from mpesa_agent.reliability import Row, audit, payments_for, read_db
+from reliability import report as reliability
+from reliability.report import Row, audit, payments_for, read_db
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from mpesa_agent.processes import callback_server
+from harness import callback_server
 
 TOKEN = "5c4e3a7d5c4e3a7d5c4e3a7d5c4e3a7d"
 API_KEY = "schemathesis-test-key"

@@ -21,7 +21,7 @@ from callback_server import address_in, client_address, create_app
 from mpesa_agent import tools
 from mpesa_agent.config import ConfigError
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.processes import ROOT, Process, Stack, base_env, free_port
+from harness import ROOT, Process, Stack, base_env, free_port
 from test_callback_manager import callback_body
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # conftest's MPESA_CALLBACK_URL

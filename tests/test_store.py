@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from mpesa_agent.store import APPLIED, PARKED, RECEIVED, Store
+from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, Store
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import requests
 from callback_server import create_app
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.errors import ThrottledError
-from mpesa_agent.reconciler import Reconciler, Schedule
+from mpesa_agent.daraja.errors import ThrottledError
+from mpesa_agent.server.reconciler import Reconciler, Schedule
 from mpesa_agent.tracking import TrackingClient
-from mpesa_agent.processes import Stack
+from harness import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 from test_reconciler import Clock, FakeDaraja, created, final, pending
 

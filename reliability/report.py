@@ -1,7 +1,7 @@
 """Fault and fuzz scenarios with real processes on 127.0.0.1: prove that nothing is lost.
 
-    python -m mpesa_agent.reliability           # modest sizes, well under a minute
-    python -m mpesa_agent.reliability --full    # the issue's sizes (2,000 callbacks x 5 kill points, ...)
+    python -m reliability           # modest sizes, well under a minute
+    python -m reliability --full    # the issue's sizes (2,000 callbacks x 5 kill points, ...)
 
 Every scenario starts its own callback server (and, where needed, the Daraja simulator) as
 subprocesses on free ports, with a database in a temporary folder, injects its faults, and then
@@ -32,11 +32,11 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from . import tools
-from .config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
-from .daraja import DarajaClient
-from .processes import Process, base_env, free_port
-from .tracking import TrackingClient
+from mpesa_agent import tools
+from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
+from mpesa_agent.daraja import DarajaClient
+from harness import Process, base_env, free_port
+from mpesa_agent.tracking import TrackingClient
 
 TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
 API_KEY = "reliability-api-key"
@@ -925,7 +925,7 @@ def run(sizes: Sizes = DEFAULT, folder: Path | None = None, seed: int | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mpesa_agent.reliability", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.split("\n")[0])
     parser.add_argument("--full", action="store_true",
                         help="the issue's sizes: 2,000 callbacks x 5 kill points, 100 payments per case, "
                              "5,000 fuzz inputs (a few minutes)")

@@ -14,8 +14,8 @@ from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from .intents import HELP, NO, RETRY, SEND, STATUS, YES, Message, understand
-from .phones import InvalidPhoneNumber, display_phone, normalize_phone
+from mpesa_agent.offline_model.intents import HELP, NO, RETRY, SEND, STATUS, YES, Message, understand
+from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 MODEL_NAME = "offline-mpesa"
 SEND_TOOL = "send_instant_payment_with_tracking"

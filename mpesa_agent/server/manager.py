@@ -25,10 +25,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, NamedTuple
 
-from .config import Settings
-from .outcomes import COMPLETED, FAILED, PENDING, UNKNOWN, classify, normalize_code
-from .phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
-from .store import (APPLIED, CONFLICT, DUPLICATE, INVALID, PARKED, RECEIVED, REJECTED, Payment,
+from mpesa_agent.config import Settings
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN, classify, normalize_code
+from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
+from mpesa_agent.server.store import (APPLIED, CONFLICT, DUPLICATE, INVALID, PARKED, RECEIVED, REJECTED, Payment,
                     RawCallback, Store, Transaction, utcnow)
 
 log = logging.getLogger(__name__)

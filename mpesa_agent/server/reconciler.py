@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
-from .callback_manager import AWAITING, RECONCILER, CallbackManager, UnknownPayment
-from .config import Settings
-from .daraja import DarajaClient, StkQueryResult
-from .errors import AuthenticationError, DarajaError, ThrottledError, TransportError
-from .outcomes import COMPLETED, FAILED, PENDING, UNKNOWN
-from .store import Payment
+from mpesa_agent.server.manager import AWAITING, RECONCILER, CallbackManager, UnknownPayment
+from mpesa_agent.config import Settings
+from mpesa_agent.daraja import DarajaClient, StkQueryResult
+from mpesa_agent.daraja.errors import AuthenticationError, DarajaError, ThrottledError, TransportError
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN
+from mpesa_agent.server.store import Payment
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from .config import PROJECT_ROOT as ROOT, Settings
+from mpesa_agent.config import PROJECT_ROOT as ROOT, Settings
 
 
 def free_port() -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 
-from .outcomes import COMPLETED, FAILED, PENDING, UNKNOWN
-from .phones import InvalidPhoneNumber, display_phone, normalize_phone
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN
+from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 PENDING_MESSAGE = "⏳ Waiting for the customer to approve the payment on their phone"
 TIMEOUT_MESSAGE = "⏱️ Payment initiated but completion status unknown"

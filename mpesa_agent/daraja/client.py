@@ -17,13 +17,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import requests
 from urllib3.exceptions import ConnectTimeoutError
 
-from . import outcomes
-from .config import Settings
-from .errors import (
+from mpesa_agent.payments import states as outcomes
+from mpesa_agent.config import Settings
+from mpesa_agent.daraja.errors import (
     AuthenticationError, DarajaError, DarajaServerError, InvalidRequestError, OutcomeUnknownError,
     RequestRejectedError, ThrottledError, TransportError, error_class,
 )
-from .phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
+from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0

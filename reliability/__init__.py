@@ -1,0 +1,1 @@
+"""The reliability report: `python -m reliability` (report.py has the scenarios)."""

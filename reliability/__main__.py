@@ -1,0 +1,5 @@
+import sys
+
+from reliability.report import main
+
+sys.exit(main())
