@@ -32,8 +32,9 @@ from werkzeug.datastructures import EnvironHeaders
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from mpesa_agent import preflight
+from mpesa_agent.payments.callbacks import has_lone_surrogate
 from mpesa_agent.server.manager import (AWAITING, CONFIRMED, CONTRADICTED, RECONCILER, CallbackManager,
-                                          InvalidRegistration, RegistrationConflict, has_lone_surrogate)
+                                          InvalidRegistration, RegistrationConflict)
 from mpesa_agent.config import (MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings,
                                 callback_url_problems)
 from mpesa_agent.daraja import DarajaClient

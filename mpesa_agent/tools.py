@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from mpesa_agent.payments import notifications as notes
-from mpesa_agent.server.manager import CHECKOUT_ID_PATTERN
+from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,

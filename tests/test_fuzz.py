@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
 
 from callback_server import MAX_BODY_BYTES, create_app, wait_timeout
-from mpesa_agent.server.manager import InvalidCallback, StkCallback, parse_callback
+from mpesa_agent.payments.callbacks import InvalidCallback, StkCallback, parse_callback
 from mpesa_agent.payments.states import COMPLETED, FAILED, UNKNOWN
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL

@@ -16,25 +16,23 @@ Waiters sleep on a per-payment `threading.Event` set right after the settling co
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping, NamedTuple
 
 from mpesa_agent.config import Settings
-from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN, classify, normalize_code
+from mpesa_agent.payments.callbacks import (CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD, InvalidCallback, StkCallback,
+                                             parse_callback)
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, UNKNOWN, normalize_code
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
 from mpesa_agent.server.store import (APPLIED, CONFLICT, DUPLICATE, INVALID, PARKED, RECEIVED, REJECTED, Payment,
                     RawCallback, Store, Transaction, utcnow)
 
 log = logging.getLogger(__name__)
 
-CHECKOUT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-MAX_TEXT_FIELD = 100
 MISMATCH_REASON = "callback does not match the registered payment (amount/phone)"
 NO_RECEIPT_REASON = "success callback without an M-Pesa receipt number"
 # Verification of success callbacks by STK Query (payments.verification).
@@ -42,8 +40,6 @@ AWAITING, CONFIRMED, CONTRADICTED, UNCONFIRMED = "awaiting", "confirmed", "contr
 AWAITING_NOTE = "success callback held until STK Query confirms it"
 # settled_by of an `unknown` set by the reconciler when STK Query never gave a final answer.
 RECONCILER = "reconciler"
-# "[STK_CB - ]Request cancelled by user" (2017-2019 wording)
-_DESC_PREFIX = re.compile(r"^\s*\[[A-Za-z_]+\s*-\s*\]\s*")
 
 
 class InvalidRegistration(ValueError):
@@ -68,27 +64,6 @@ class UnknownPayment(KeyError):
     """No payment is registered under this checkout request id."""
 
 
-class InvalidCallback(ValueError):
-    """The body is not a usable STK callback; `checkout_request_id` when it got that far."""
-
-    def __init__(self, why: str, checkout_request_id: str | None = None):
-        self.checkout_request_id = checkout_request_id
-        super().__init__(why)
-
-
-@dataclass(frozen=True)
-class StkCallback:
-    """What one STK callback says, read by field name and result code, never by position."""
-
-    checkout_request_id: str
-    merchant_request_id: str | None
-    result_code: str
-    result_desc: str
-    state: str
-    reason: str | None
-    items: dict = field(default_factory=dict)  # CallbackMetadata item Name -> Value (only with a Value)
-
-
 class Registration(NamedTuple):
     payment: Payment
     created: bool
@@ -111,68 +86,6 @@ class _Evidence:
     transaction_date: str | None = None
     paid_phone: str | None = None
     paid_amount: str | None = None
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def has_lone_surrogate(value: Any) -> bool:
-    """Parsed JSON holds a lone `\\ud800`-`\\udfff` escape: text that SQLite cannot store as UTF-8."""
-    try:
-        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def parse_callback(body: bytes) -> StkCallback:
-    """Parse a raw STK callback body, or raise `InvalidCallback` saying what is wrong."""
-    try:
-        text = bytes(body).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InvalidCallback("body is not UTF-8 text") from None
-    if not text.strip():
-        raise InvalidCallback("body is empty")
-    try:
-        data = json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidCallback(f"body is not valid JSON ({exc})") from None
-    if "\\u" in text and has_lone_surrogate(data):  # valid UTF-8 holds no surrogate: only an escape can
-        raise InvalidCallback("body has a lone surrogate escape (\\ud800-\\udfff), which is not text")
-    stk = data.get("Body") if isinstance(data, dict) else None
-    stk = stk.get("stkCallback") if isinstance(stk, dict) else None
-    if not isinstance(stk, dict):
-        raise InvalidCallback('body has no "Body": {"stkCallback": {...}} object')
-    checkout_id = stk.get("CheckoutRequestID")
-    if not isinstance(checkout_id, str) or not checkout_id.strip() or len(checkout_id) > 200:
-        raise InvalidCallback("CheckoutRequestID is missing or not text")
-    checkout_id = checkout_id.strip()
-    raw_code = stk.get("ResultCode")
-    if (isinstance(raw_code, Decimal) and raw_code.is_finite() and raw_code == raw_code.to_integral_value()
-            and raw_code.adjusted() < 20):  # int() of 1E+999999999 would never end
-        raw_code = int(raw_code)
-    if isinstance(raw_code, bool) or not isinstance(raw_code, (int, str)) or not str(raw_code).strip():
-        raise InvalidCallback("ResultCode is missing or not a number or text", checkout_id)
-    code = normalize_code(raw_code)
-    desc = _DESC_PREFIX.sub("", str(stk.get("ResultDesc") or "")).strip()
-    state, reason = classify(code, desc)
-    if state == PENDING:
-        raise InvalidCallback(f"ResultCode {code} (still processing) is not a final result", checkout_id)
-    merchant_id = stk.get("MerchantRequestID")
-    return StkCallback(checkout_id, str(merchant_id) if merchant_id is not None else None, code, desc,
-                       state, reason, _metadata_items(stk.get("CallbackMetadata")))
-
-
-def _metadata_items(metadata: Any) -> dict:
-    items = metadata.get("Item") if isinstance(metadata, dict) else None
-    if isinstance(items, dict):  # a single item not wrapped in a list
-        items = [items]
-    found = {}
-    for item in items if isinstance(items, list) else ():
-        if isinstance(item, dict) and isinstance(item.get("Name"), str) and "Value" in item:
-            found.setdefault(item["Name"], item["Value"])
-    return found
 
 
 def _exact(value: Any) -> Decimal | None:

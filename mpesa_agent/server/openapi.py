@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpesa_agent.server.manager import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
+from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
 
 TEXT_OR_NULL = {"type": ["string", "null"]}
 STATES = ["pending", "completed", "failed", "unknown"]
