@@ -1,3 +1,4 @@
+import hashlib
 import json
 import logging
 import threading
@@ -6,9 +7,10 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
+from mpesa_agent.payments.callbacks import InvalidCallback, parse_callback
 from mpesa_agent.server.manager import (MISMATCH_REASON, NO_RECEIPT_REASON, CallbackManager,
-                                          InvalidCallback, InvalidRegistration, RegistrationConflict,
-                                          UnknownPayment, parse_callback)
+                                        InvalidRegistration, RegistrationConflict,
+                                        UnknownPayment)
 from mpesa_agent.server.store import Store
 
 # Verbatim copies of ../shared/daraja-samples/ (the repo must not depend on files outside it).
@@ -65,7 +67,17 @@ SAMPLE_NO_RESPONSE = (b'{"Body":{"stkCallback":{"MerchantRequestID":"5dbd-4f93-a
 SAMPLE_NO_RESPONSE_ID = "ws_CO_220920261335362708374149"
 
 
-def make_stk_callback(checkout_request_id="ws_CO_1", result_code=0, amount=500, receipt="NLJ7RT61SV",
+RECEIPT_FOR_ID = object()  # make_stk_callback's default: receipt_for(checkout_request_id)
+
+
+def receipt_for(checkout_request_id: str) -> str:
+    """One M-Pesa receipt per payment (a receipt completes at most one): the seed's for ws_CO_1."""
+    if checkout_request_id == "ws_CO_1":
+        return "NLJ7RT61SV"
+    return "R" + hashlib.sha1(str(checkout_request_id).encode()).hexdigest()[:9].upper()
+
+
+def make_stk_callback(checkout_request_id="ws_CO_1", result_code=0, amount=500, receipt=RECEIPT_FOR_ID,
                       phone=254712345678, balance=True, extra=None, result_desc=None,
                       transaction_date=20191219102115, merchant_request_id="29115-34620561-1") -> dict:
     """An STK callback as Daraja sends it; success items only when result_code is 0."""
@@ -75,6 +87,7 @@ def make_stk_callback(checkout_request_id="ws_CO_1", result_code=0, amount=500, 
                                          if str(result_code) == "0" else "Request cancelled by user")}
     if str(result_code) == "0":
         items = [{"Name": "Amount", "Value": amount}] if amount is not None else []
+        receipt = receipt_for(checkout_request_id) if receipt is RECEIPT_FOR_ID else receipt
         items += [{"Name": "MpesaReceiptNumber", "Value": receipt}] if receipt is not None else []
         items += [{"Name": "Balance"}] if balance else []
         items += [{"Name": "TransactionDate", "Value": transaction_date}] if transaction_date is not None else []

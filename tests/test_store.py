@@ -3,7 +3,7 @@ import threading
 
 import pytest
 
-from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, Store
+from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, Store
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def add_payment(store, checkout_id="ws_CO_1", amount=500):
 
 def test_creates_folders_schema_wal_and_full_sync(store, tmp_path):
     assert (tmp_path / "nested" / "dir" / "payments.db").is_file()
-    assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "user_version": 1}
+    assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "user_version": SCHEMA_VERSION}
     assert store.counts() == {"payments": {}, "callbacks": {}}
 
 

@@ -1,36 +1,119 @@
-"""Daraja result codes mapped to payment states and reasons a person understands.
+"""The words of a payment's life: its states, who settled it, why, and the events it goes through.
 
-Map on `ResultCode` (number or string), never on `ResultDesc`, whose wording changes.
+Every one is a `StrEnum`, so it is stored and sent as its plain text ("completed") and compares
+equal to it. Daraja result codes map to a state and a reason on `ResultCode` (number or string),
+never on `ResultDesc`, whose wording changes.
 """
 from __future__ import annotations
 
-COMPLETED = "completed"
-FAILED = "failed"
-PENDING = "pending"
-UNKNOWN = "unknown"
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """Where a payment is: `pending` until evidence settles it (DESIGN.md "Payment life")."""
+
+    PENDING = "pending"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # an unrecognised result code, a lost push answer, no final answer from STK Query
+
+
+PENDING, COMPLETED, FAILED, UNKNOWN = State.PENDING, State.COMPLETED, State.FAILED, State.UNKNOWN
+
+
+class SettledBy(StrEnum):
+    """What settled a payment."""
+
+    CALLBACK = "callback"
+    QUERY = "query"
+    RECONCILER = "reconciler"  # gave up: STK Query never gave a final answer (the payment is `unknown`)
+
+
+class Verification(StrEnum):
+    """A success callback checked by STK Query (VERIFY_SUCCESS_BY_QUERY)."""
+
+    AWAITING = "awaiting"
+    CONFIRMED = "confirmed"
+    CONTRADICTED = "contradicted"
+    UNCONFIRMED = "unconfirmed"  # the reconciler gave up before STK Query answered
+
+
+class CallbackOutcome(StrEnum):
+    """What became of one raw callback; `received` = stored, not applied yet (a crash in between)."""
+
+    RECEIVED = "received"
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    PARKED = "parked"  # no registration yet: applied the moment it is registered
+    CONFLICT = "conflict"  # contradicts a final state: recorded for review, never applied
+    REJECTED = "rejected"  # wrong token or source: kept for review, never parsed as evidence
+    INVALID = "invalid"
+
+
+class EventType(StrEnum):
+    """The types of the event log (server/store.py `events`)."""
+
+    PAYMENT_REGISTERED = "payment.registered"
+    PAYMENT_COMPLETED = "payment.completed"
+    PAYMENT_FAILED = "payment.failed"
+    PAYMENT_UNKNOWN = "payment.unknown"
+    PAYMENT_CONFLICT = "payment.conflict"  # contradicting evidence recorded, not applied
+    PAYMENT_UPDATED = "payment.updated"  # anything else on the record: a receipt added, a query counted
+    CALLBACK_RECEIVED = "callback.received"
+    CALLBACK_PARKED = "callback.parked"
+
+
+SETTLED_EVENTS = {COMPLETED: EventType.PAYMENT_COMPLETED, FAILED: EventType.PAYMENT_FAILED,
+                  UNKNOWN: EventType.PAYMENT_UNKNOWN}
+
+
+class Reason(StrEnum):
+    """Why a payment failed or is unknown, in words a person understands (stored as this text)."""
+
+    INSUFFICIENT_BALANCE = "Insufficient M-Pesa balance"
+    BELOW_MINIMUM = "Declined: amount below the minimum allowed"
+    ABOVE_MAXIMUM = "Declined: amount above the maximum allowed"
+    DAILY_LIMIT = "Declined: daily transfer limit reached"
+    BALANCE_LIMIT = "Declined: account balance limit reached"
+    SAME_REQUEST = "Declined: the same amount was requested from this phone within 2 minutes"
+    SYSTEM_BUSY = "M-Pesa system busy, try again shortly"
+    SUBSCRIBER_LOCKED = "Another M-Pesa transaction is in progress on this phone; try again in 1-3 minutes"
+    EXPIRED = "The payment request expired before it was completed"
+    PROMPT_NOT_SENT = "M-Pesa could not send the payment prompt"
+    CANCELLED = "Request cancelled by user"
+    NOT_DELIVERED = "The payment prompt could not be delivered to the phone"
+    NO_RESPONSE = "No response from the customer (phone unreachable or prompt ignored)"
+    WRONG_PIN = "Wrong M-Pesa PIN entered"
+    NOT_PERMITTED = "Not permitted: wrong transaction type or receiving shortcode"
+    NO_SUCH_OPERATOR = "Not permitted: the receiving shortcode or operator does not exist"
+    PIN_LOCKED = "The customer's M-Pesa PIN is locked"
+    MISMATCH = "callback does not match the registered payment (amount/phone)"
+    NO_RECEIPT = "success callback without an M-Pesa receipt number"
+    RECEIPT_USED = "the M-Pesa receipt already completed another payment"
+
 
 STILL_PROCESSING_CODE = "4999"
 
 FAILURE_REASONS = {
-    "1": "Insufficient M-Pesa balance",
-    "2": "Declined: amount below the minimum allowed",
-    "3": "Declined: amount above the maximum allowed",
-    "4": "Declined: daily transfer limit reached",
-    "8": "Declined: account balance limit reached",
-    "17": "Declined: the same amount was requested from this phone within 2 minutes",
-    "26": "M-Pesa system busy, try again shortly",
-    "1001": "Another M-Pesa transaction is in progress on this phone; try again in 1-3 minutes",
-    "1019": "The payment request expired before it was completed",
-    "1025": "M-Pesa could not send the payment prompt",
-    "9999": "M-Pesa could not send the payment prompt",
-    "1031": "Request cancelled by user",
-    "1032": "Request cancelled by user",
-    "1036": "The payment prompt could not be delivered to the phone",
-    "1037": "No response from the customer (phone unreachable or prompt ignored)",
-    "2001": "Wrong M-Pesa PIN entered",
-    "2028": "Not permitted: wrong transaction type or receiving shortcode",
-    "SFC_IC0003": "Not permitted: the receiving shortcode or operator does not exist",
-    "8006": "The customer's M-Pesa PIN is locked",
+    "1": Reason.INSUFFICIENT_BALANCE,
+    "2": Reason.BELOW_MINIMUM,
+    "3": Reason.ABOVE_MAXIMUM,
+    "4": Reason.DAILY_LIMIT,
+    "8": Reason.BALANCE_LIMIT,
+    "17": Reason.SAME_REQUEST,
+    "26": Reason.SYSTEM_BUSY,
+    "1001": Reason.SUBSCRIBER_LOCKED,
+    "1019": Reason.EXPIRED,
+    "1025": Reason.PROMPT_NOT_SENT,
+    "9999": Reason.PROMPT_NOT_SENT,
+    "1031": Reason.CANCELLED,
+    "1032": Reason.CANCELLED,
+    "1036": Reason.NOT_DELIVERED,
+    "1037": Reason.NO_RESPONSE,
+    "2001": Reason.WRONG_PIN,
+    "2028": Reason.NOT_PERMITTED,
+    "SFC_IC0003": Reason.NO_SUCH_OPERATOR,
+    "8006": Reason.PIN_LOCKED,
 }
 
 
@@ -43,7 +126,7 @@ def normalize_code(result_code: object) -> str:
     return str(result_code).strip()
 
 
-def classify(result_code: object, result_desc: str = "") -> tuple[str, str | None]:
+def classify(result_code: object, result_desc: str = "") -> tuple[State, str | None]:
     """Return `(state, reason)`: completed, failed with a reason, pending (4999) or unknown."""
     code = normalize_code(result_code)
     if code == "0":

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
+from mpesa_agent.payments.record import TEXT_OR_NULL, json_schema as payment_schema
+from mpesa_agent.payments.states import State
 
-TEXT_OR_NULL = {"type": ["string", "null"]}
-STATES = ["pending", "completed", "failed", "unknown"]
+STATES = [str(state) for state in State]
 EXAMPLE_ID = "ws_CO_191220191020363925"
 
 SCHEMAS: dict[str, Any] = {
@@ -32,40 +33,7 @@ SCHEMAS: dict[str, Any] = {
             "db": {"type": "string", "description": "503: the database file."},
         },
     },
-    "Payment": {
-        "type": "object",
-        "description": "The stored payment record.",
-        "required": ["checkout_request_id", "merchant_request_id", "phone_number", "amount", "description",
-                     "status", "result_code", "result_desc", "reason", "receipt", "transaction_date",
-                     "paid_phone", "paid_amount", "settled_by", "review", "callback_id", "created_at",
-                     "updated_at", "settled_at"],
-        "additionalProperties": False,
-        "properties": {
-            "checkout_request_id": {"type": "string"},
-            "merchant_request_id": TEXT_OR_NULL,
-            "phone_number": {"type": "string", "pattern": r"^254\d{9}$", "description": "MSISDN 2547XXXXXXXX"},
-            "amount": {"type": "integer", "minimum": 1, "description": "Whole KES, as registered."},
-            "description": {"type": "string"},
-            "status": {"enum": STATES},
-            "result_code": TEXT_OR_NULL,
-            "result_desc": TEXT_OR_NULL,
-            "reason": TEXT_OR_NULL,
-            "receipt": TEXT_OR_NULL,
-            "transaction_date": TEXT_OR_NULL,
-            "paid_phone": TEXT_OR_NULL,
-            "paid_amount": {"type": ["string", "null"], "description": "Exact decimal text from the callback."},
-            "settled_by": TEXT_OR_NULL,
-            "review": {"type": ["string", "null"], "description": "Why a person should look at this payment."},
-            "callback_id": {"type": ["integer", "null"]},
-            "created_at": {"type": "string", "format": "date-time"},
-            "updated_at": {"type": "string", "format": "date-time"},
-            "settled_at": {"type": ["string", "null"], "format": "date-time"},
-            "query_attempts": {"type": "integer", "minimum": 0, "description": "STK Queries the reconciler sent."},
-            "last_query_at": {"type": ["string", "null"], "format": "date-time"},
-            "last_query_result": TEXT_OR_NULL,
-            "verification": {"enum": ["awaiting", "confirmed", "contradicted", "unconfirmed", None]},
-        },
-    },
+    "Payment": payment_schema(),
     "PaymentDetails": {
         "type": "object",
         "required": ["Amount", "MpesaReceiptNumber", "TransactionDate", "PhoneNumber"],

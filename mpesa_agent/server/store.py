@@ -18,23 +18,28 @@ Money is INTEGER (registered amounts) or exact Decimal text (amounts read from c
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Mapping
 
-SCHEMA_VERSION = 1
+from mpesa_agent.payments.record import FIELD_NAMES, FIELDS, UPDATABLE, Payment
+from mpesa_agent.payments.states import CallbackOutcome
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 1: payments and callbacks; 2: the event log, one receipt per completed payment
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
+MAX_EVENTS_PAGE = 1000
 
-# Outcomes of a raw callback. "received" means stored but not yet applied (a crash in between):
-# such callbacks are processed again when the server starts.
-RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = (
-    "received", "applied", "duplicate", "parked", "conflict", "rejected", "invalid")
-CALLBACK_OUTCOMES = (RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID)
+RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = CallbackOutcome
+CALLBACK_OUTCOMES = tuple(CallbackOutcome)
+PAYMENT_COLUMNS = ", ".join(FIELD_NAMES)  # in field order, so a row builds a Payment positionally
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS callbacks (
@@ -52,83 +57,39 @@ CREATE INDEX IF NOT EXISTS callbacks_by_checkout ON callbacks (checkout_request_
 CREATE INDEX IF NOT EXISTS callbacks_by_outcome ON callbacks (outcome);
 
 CREATE TABLE IF NOT EXISTS payments (
-    checkout_request_id TEXT PRIMARY KEY,
-    merchant_request_id TEXT,
-    phone_number TEXT NOT NULL,           -- MSISDN 2547XXXXXXXX
-    amount INTEGER NOT NULL CHECK (amount >= 1),  -- whole KES
-    description TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL DEFAULT 'pending'
-        CHECK (status IN ('pending', 'completed', 'failed', 'unknown')),
-    result_code TEXT,
-    result_desc TEXT,
-    reason TEXT,
-    receipt TEXT,
-    transaction_date TEXT,
-    paid_phone TEXT,
-    paid_amount TEXT,                     -- exact Decimal text from the callback, e.g. '1.00'
-    settled_by TEXT,                      -- 'callback', 'query' or 'reconciler' (gave up: unknown)
-    review TEXT,                          -- why a person should look at this payment
-    callback_id INTEGER REFERENCES callbacks (id),
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    settled_at TEXT,
-    query_attempts INTEGER NOT NULL DEFAULT 0,  -- STK Queries sent by the reconciler
-    last_query_at TEXT,
-    last_query_result TEXT,
-    verification TEXT                     -- success callback vs STK Query: awaiting/confirmed/contradicted
+    {("," + chr(10) + "    ").join(f"{f.name} {f.metadata['sql']}" for f in FIELDS)}
 );
 CREATE INDEX IF NOT EXISTS payments_by_status ON payments (status, created_at);
-"""
 
-_PAYMENT_UPDATABLE = frozenset({
-    "merchant_request_id", "status", "result_code", "result_desc", "reason", "receipt",
-    "transaction_date", "paid_phone", "paid_amount", "settled_by", "review", "callback_id",
-    "settled_at", "query_attempts", "last_query_at", "last_query_result", "verification"})
-# Columns added after the first release: (name, definition) for ALTER TABLE on older databases.
-_ADDED_PAYMENT_COLUMNS = (
-    ("query_attempts", "INTEGER NOT NULL DEFAULT 0"), ("last_query_at", "TEXT"),
-    ("last_query_result", "TEXT"), ("verification", "TEXT"))
+-- The event log: appended in the same transaction as the change it records, never changed.
+-- AUTOINCREMENT: ids strictly increase and are never reused, so a reader resumes "after id N".
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    checkout_request_id TEXT,
+    created_at TEXT NOT NULL,
+    data TEXT NOT NULL                    -- JSON: the payment after the change; for callbacks the callback too
+);
+CREATE INDEX IF NOT EXISTS events_by_checkout ON events (checkout_request_id, id);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id);
+CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_never_deleted BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""
+# One M-Pesa receipt completes at most one payment (lifecycle rule 3; this index is the backstop).
+RECEIPT_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS payments_by_completed_receipt ON payments (receipt)"
+                 " WHERE status = 'completed' AND receipt IS NOT NULL")
 _REDACTED_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+class NewerDatabase(RuntimeError):
+    """The database was written by a newer version of this program."""
 
 
 def utcnow() -> str:
     """UTC ISO-8601 with milliseconds: sorts as text, so SQL can compare it."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True)
-class Payment:
-    checkout_request_id: str
-    merchant_request_id: str | None
-    phone_number: str
-    amount: int
-    description: str
-    status: str
-    result_code: str | None
-    result_desc: str | None
-    reason: str | None
-    receipt: str | None
-    transaction_date: str | None
-    paid_phone: str | None
-    paid_amount: str | None
-    settled_by: str | None
-    review: str | None
-    callback_id: int | None
-    created_at: str
-    updated_at: str
-    settled_at: str | None
-    query_attempts: int = 0
-    last_query_at: str | None = None
-    last_query_result: str | None = None
-    verification: str | None = None
-
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in _PAYMENT_FIELDS}  # asdict() deep-copies: 10x slower
-
-
-_PAYMENT_FIELDS = tuple(f.name for f in fields(Payment))
-# Named columns in field order, so a row builds a Payment positionally (**dict(row) cost 3x more).
-PAYMENT_COLUMNS = ", ".join(_PAYMENT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -144,6 +105,21 @@ class RawCallback:
     processed_at: str | None = None
 
 
+@dataclass(frozen=True)
+class Event:
+    """One entry of the event log."""
+
+    id: int
+    type: str
+    checkout_request_id: str | None
+    created_at: str
+    data: dict
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "type": self.type, "checkout_request_id": self.checkout_request_id,
+                "created_at": self.created_at, "data": self.data}
+
+
 def _payment(row: sqlite3.Row | None) -> Payment | None:
     """A row of `SELECT {PAYMENT_COLUMNS}` (the dataclass's field order) as a Payment."""
     return Payment(*row) if row is not None else None
@@ -156,6 +132,14 @@ def _callback(row: sqlite3.Row | None) -> RawCallback | None:
     values["headers"] = json.loads(values["headers"])
     values["body"] = bytes(values["body"])
     return RawCallback(**values)
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(row[0], row[1], row[2], row[3], json.loads(row[4]))
+
+
+def _json_default(value):
+    return str(value)  # Decimal amounts from callbacks: exact text, never float
 
 
 def redact_headers(headers: Mapping[str, str] | None) -> dict:
@@ -176,20 +160,14 @@ class Transaction:
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
                        description: str, merchant_request_id: str | None) -> Payment:
-        now = utcnow()
-        self.conn.execute(
-            "INSERT INTO payments (checkout_request_id, merchant_request_id, phone_number, amount,"
-            " description, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-            (checkout_request_id, merchant_request_id, phone_number, int(amount), description, now, now))
-        return Payment(  # what SELECT would read back (the row's defaults), without reading it
-            checkout_request_id=checkout_request_id, merchant_request_id=merchant_request_id,
-            phone_number=phone_number, amount=int(amount), description=description, status="pending",
-            result_code=None, result_desc=None, reason=None, receipt=None, transaction_date=None,
-            paid_phone=None, paid_amount=None, settled_by=None, review=None, callback_id=None,
-            created_at=now, updated_at=now, settled_at=None)
+        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow())
+        values = payment.to_dict()
+        self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                          tuple(values.values()))
+        return payment  # what SELECT would read back, without reading it
 
     def update_payment(self, checkout_request_id: str, **changes) -> Payment:
-        unknown = set(changes) - _PAYMENT_UPDATABLE
+        unknown = set(changes) - UPDATABLE
         if unknown:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
         changes["updated_at"] = utcnow()
@@ -197,6 +175,20 @@ class Transaction:
         self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?",
                           (*changes.values(), checkout_request_id))
         return self.payment(checkout_request_id)
+
+    def completed_with_receipt(self, receipt: str) -> str | None:
+        """The checkout id of the payment this receipt completed, if any."""
+        row = self.conn.execute("SELECT checkout_request_id FROM payments WHERE receipt = ? AND status = 'completed'",
+                                (receipt,)).fetchone()
+        return row[0] if row else None
+
+    def append_event(self, type: str, checkout_request_id: str | None, data: dict) -> int:
+        """Append one event to the log (committed with the rest of this transaction)."""
+        cursor = self.conn.execute(
+            "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?)",
+            (str(type), checkout_request_id, utcnow(),
+             json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_json_default)))
+        return cursor.lastrowid
 
     def insert_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None,
@@ -243,22 +235,34 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = self._open()  # the only connection that writes (see the module docstring)
         self._writer.execute("PRAGMA journal_mode=WAL")
-        self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\nPRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
         self._write_lock = threading.Lock()  # held while a block runs on the writer, or a batch commits
         self._writing_thread: int | None = None
         self._batch: _Batch | None = None  # the open batch: blocks done, not yet committed
         self._commits = threading.Condition()
         self._committing = False
+        self._new_events = threading.Condition()  # notified after every commit: event readers look again
         self._idle_readers: list[sqlite3.Connection] = []
-        self._add_missing_columns()
+        self._migrate()
 
-    def _add_missing_columns(self) -> None:
-        """Bring a database made before the reconciler columns existed up to date (additive only)."""
-        with self.transaction() as tx:
-            present = {row[1] for row in tx.conn.execute("PRAGMA table_info(payments)")}
-            for name, definition in _ADDED_PAYMENT_COLUMNS:
-                if name not in present:
-                    tx.conn.execute(f"ALTER TABLE payments ADD COLUMN {name} {definition}")
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older database up to SCHEMA_VERSION (additive only)."""
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise NewerDatabase(f"{self.path} has schema version {version}, newer than this program's "
+                                f"{SCHEMA_VERSION}: run the newer version, or point PAYMENTS_DB elsewhere")
+        if version == SCHEMA_VERSION:
+            return
+        present = {row[1] for row in self._writer.execute("PRAGMA table_info(payments)")}
+        added = [f"ALTER TABLE payments ADD COLUMN {f.name} {f.metadata['sql']};"  # columns added since
+                 for f in FIELDS if present and f.name not in present]
+        self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{chr(10).join(added)}\n"
+                                   f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        try:
+            self._writer.execute(RECEIPT_INDEX)
+        except sqlite3.IntegrityError:  # made before the rule: the reviewer sorts those out, the manager still checks
+            log.warning("%s: some M-Pesa receipts completed more than one payment before this version; "
+                        "review them (SELECT receipt FROM payments WHERE status = 'completed' GROUP BY receipt "
+                        "HAVING COUNT(*) > 1)", self.path)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
@@ -350,6 +354,9 @@ class Store:
                     if current is not None:
                         current.done, current.error = True, error
                     self._commits.notify_all()
+                if current is not None and error is None:
+                    with self._new_events:
+                        self._new_events.notify_all()
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
 
@@ -416,6 +423,27 @@ class Store:
         now = now or datetime.now(timezone.utc)
         cutoff = (now - timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat(timespec="milliseconds")
         return self.payments_with_status("pending", created_before=cutoff)
+
+    def events(self, after: int = 0, limit: int = 100, type: str | None = None,
+               checkout_request_id: str | None = None) -> list[Event]:
+        """Events with id > `after`, oldest first, at most `limit` (capped at MAX_EVENTS_PAGE)."""
+        sql, args = "SELECT id, type, checkout_request_id, created_at, data FROM events WHERE id > ?", [after]
+        if type is not None:
+            sql, args = sql + " AND type = ?", [*args, type]
+        if checkout_request_id is not None:
+            sql, args = sql + " AND checkout_request_id = ?", [*args, checkout_request_id]
+        with self._connection() as conn:
+            rows = conn.execute(sql + " ORDER BY id LIMIT ?", [*args, max(1, min(limit, MAX_EVENTS_PAGE))])
+            return [_event(row) for row in rows.fetchall()]
+
+    def last_event_id(self) -> int:
+        with self._connection() as conn:
+            return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def wait_for_events(self, after: int, timeout: float) -> bool:
+        """Block until an event with id > `after` is committed (True) or `timeout` passes (False)."""
+        with self._new_events:
+            return self._new_events.wait_for(lambda: self.last_event_id() > after, timeout)
 
     def counts(self) -> dict:
         """Payments per status and callbacks per outcome (also proves the database answers)."""
