@@ -8,8 +8,10 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
-import callback_server
-from callback_server import create_app, ensure_api_key, main, wait_timeout
+from callback_server import create_app, main
+from mpesa_agent.server import serve
+from mpesa_agent.server.api import wait_timeout
+from mpesa_agent.server.serve import ensure_api_key
 from mpesa_agent.config import ConfigError
 from mpesa_agent.server.store import Store
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_NO_RESPONSE,
@@ -413,7 +415,7 @@ def test_main_prints_where_callbacks_go_with_the_token_masked(settings, monkeypa
     class Server:
         start = stop = staticmethod(lambda: None)
 
-    monkeypatch.setattr(callback_server, "wsgi_server", lambda app, host, port, threads: served.update(
+    monkeypatch.setattr(serve, "wsgi_server", lambda app, host, port, threads: served.update(
         app=app, host=host, port=port, threads=threads) or Server())
     db = settings.root / "other" / "p.db"
     assert main(["--port", "9999", "--threads", "1100", "--db", str(db)],
@@ -444,8 +446,7 @@ def test_a_body_shorter_than_its_content_length_is_400_and_stores_nothing(app, p
     assert store.callbacks() == [] and store.counts()["payments"] == {}
 
 
-def test_the_fast_paths_answer_like_flask(app, client):
-    """Callback ACK and registration bodies/headers as the Flask views made them."""
+def test_registration_and_callback_ack_bodies_and_headers(app, client):
     response = register(client)
     assert (response.status_code, response.content_type) == (201, "application/json")
     assert response.get_json()["payment"]["checkout_request_id"] == "ws_CO_1"

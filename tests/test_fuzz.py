@@ -22,7 +22,9 @@ from urllib.parse import quote
 import pytest
 from hypothesis import HealthCheck, assume, given, settings as hypothesis_settings, strategies as st
 
-from callback_server import MAX_BODY_BYTES, create_app, wait_timeout
+from callback_server import create_app
+from mpesa_agent.server.api import wait_timeout
+from mpesa_agent.server.http import MAX_BODY_BYTES
 from mpesa_agent.payments.callbacks import InvalidCallback, StkCallback, parse_callback
 from mpesa_agent.payments.states import COMPLETED, FAILED, UNKNOWN
 

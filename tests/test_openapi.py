@@ -16,6 +16,7 @@ AUTH = {"Authorization": "Bearer test-api-key"}
 REGISTRATION = {"checkout_request_id": "ws_CO_1", "phone_number": "0712345678", "amount": 500, "description": "lunch"}
 CALLBACK = "/callback/{token}"
 REGISTER, STATUS, WAIT = "/payment/register", "/payment/status/{checkout_request_id}", "/payment/wait/{checkout_request_id}"
+TIMELINE, STREAM = "/payment/{checkout_request_id}/events", "/events/stream"
 
 
 def documented(spec: dict) -> set[tuple[str, str]]:
@@ -54,7 +55,7 @@ def test_the_document_is_valid_openapi_3_1_served_without_a_key_and_without_the_
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             bearer = operation["security"] == [{"bearerAuth": []}]
-            assert bearer == path.startswith("/payment/"), path
+            assert bearer == path.startswith(("/payment/", "/events")), path
             assert ("401" in operation["responses"]) == bearer, path
 
 
@@ -119,6 +120,24 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call(WAIT, "GET", "/payment/wait/ws_CO_1?timeout=soon", headers=AUTH).status_code == 400
     assert call("/health", "GET", "/health").status_code == 200
     assert call("/openapi.json", "GET", "/openapi.json").status_code == 200
+
+    page = call("/events", "GET", "/events?limit=5", headers=AUTH).get_json()
+    assert len(page["events"]) == 5 and page["next_after"] == page["events"][-1]["id"]
+    for bad in ("after=-1", "limit=0", "type=payment.paid", "checkout_request_id=a%20b"):
+        assert call("/events", "GET", f"/events?{bad}", headers=AUTH).status_code == 400
+    assert call("/events", "GET", "/events").status_code == 401
+    timeline = call(TIMELINE, "GET", "/payment/ws_CO_paid/events", headers=AUTH).get_json()
+    assert [e["type"] for e in timeline["events"]] == ["payment.registered", "payment.completed", "callback.received"]
+    assert call(TIMELINE, "GET", "/payment/ws_CO_nobody/events", headers=AUTH).status_code == 404
+    assert call(TIMELINE, "GET", "/payment/ws_CO_paid/events").status_code == 401
+    assert call(STREAM, "GET", STREAM, headers={**AUTH, "Last-Event-ID": "x"}).status_code == 400
+    assert call(STREAM, "GET", STREAM).status_code == 401
+    stream = client.get(STREAM, headers={**AUTH, "Last-Event-ID": str(page["next_after"] - 1)}, buffered=False)
+    assert (stream.status_code, stream.mimetype) == (200, "text/event-stream")
+    chunks = iter(stream.response)
+    assert next(chunks).startswith(b"retry:") and f"id: {page['next_after']}\n".encode() in next(chunks)
+    stream.close()
+    seen.add((STREAM, "GET", "200"))
 
     guarded = create_app(settings.replace(trusted_callback_ips=("196.201.212.0/24",)))
     assert post_callback(callback_body(), client=guarded.test_client(),

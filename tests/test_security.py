@@ -17,7 +17,8 @@ import pytest
 import requests
 from dotenv import dotenv_values
 
-from callback_server import address_in, client_address, create_app
+from callback_server import create_app
+from mpesa_agent.server.http import address_in, client_address
 from mpesa_agent import tools
 from mpesa_agent.config import ConfigError
 from mpesa_agent.daraja import DarajaClient

@@ -10,9 +10,11 @@ from typing import Any
 
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
 from mpesa_agent.payments.record import TEXT_OR_NULL, json_schema as payment_schema
-from mpesa_agent.payments.states import State
+from mpesa_agent.payments.states import CallbackOutcome, EventType, State
 
 STATES = [str(state) for state in State]
+EVENT_TYPES = [str(type) for type in EventType]
+CALLBACK_OUTCOMES = [str(outcome) for outcome in CallbackOutcome]
 EXAMPLE_ID = "ws_CO_191220191020363925"
 
 SCHEMAS: dict[str, Any] = {
@@ -120,6 +122,46 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+SCHEMAS.update({
+    "Event": {
+        "type": "object",
+        "description": "One entry of the event log; never changed or deleted.",
+        "required": ["id", "type", "checkout_request_id", "created_at", "data"],
+        "additionalProperties": False,
+        "properties": {
+            "id": {"type": "integer", "minimum": 1, "description": "Strictly increasing: resume after it."},
+            "type": {"enum": EVENT_TYPES},
+            "checkout_request_id": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "data": {
+                "type": "object", "required": ["payment"],
+                "description": "The payment as it is after the change (null for a parked callback); "
+                               "for callback events also what the callback said and what became of it.",
+                "properties": {
+                    "payment": {"oneOf": [{"$ref": "#/components/schemas/Payment"}, {"type": "null"}]},
+                    "callback": {"type": "object", "required": ["id", "outcome"], "properties": {
+                        "id": {"type": "integer"}, "outcome": {"enum": CALLBACK_OUTCOMES},
+                        "note": {"type": ["string", "null"]}, "result_code": {"type": "string"},
+                        "result_desc": {"type": "string"}, "state": {"enum": STATES},
+                        "metadata": {"type": "object", "description": "CallbackMetadata items by Name."}}},
+                },
+            },
+        },
+    },
+    "EventPage": {
+        "type": "object", "required": ["events", "next_after"], "additionalProperties": False,
+        "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                       "next_after": {"type": "integer", "minimum": 0,
+                                      "description": "Pass as `after` for the next page."}},
+    },
+    "Timeline": {
+        "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
+        "properties": {"checkout_request_id": {"type": "string"},
+                       "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+    },
+})
+
+
 def _notification(status: str, payment_status: str, **extra: Any) -> dict:
     """One notification shape (the seed's JSON) plus the stored record."""
     properties = {"status": {"const": status}, "message": {"type": "string", "minLength": 1},
@@ -156,6 +198,15 @@ UNAUTHORIZED = _json("Missing or wrong API key.", _ref("Error"), headers={
 CHECKOUT_ID = {"name": "checkout_request_id", "in": "path", "required": True, "schema": {"type": "string"},
                "description": "The CheckoutRequestID given at registration.", "example": EXAMPLE_ID}
 BEARER = [{"bearerAuth": []}]
+AFTER = {"name": "after", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0, "default": 0},
+         "description": "Only events with a larger id."}
+LIMIT = {"name": "limit", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}
+EVENT_TYPE = {"name": "type", "in": "query", "required": False, "schema": {"enum": EVENT_TYPES},
+              "description": "Only events of this type."}
+EVENT_CHECKOUT_ID = {"name": "checkout_request_id", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": CHECKOUT_ID_PATTERN.pattern},
+                     "description": "Only this payment's events."}
 
 
 def openapi_spec(callback_prefix: str = "/callback") -> dict:
@@ -165,9 +216,10 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
         "info": {
             "title": "M-Pesa callback server",
             "version": "1.0.0",
-            "description": "Receives Daraja's STK Push callbacks and serves the /payment/* API "
-                           "(see docs/callback_server.md). /payment/* needs `Authorization: Bearer "
-                           "<CALLBACK_API_KEY>`. Every answer is JSON.",
+            "description": "Receives Daraja's STK Push callbacks, serves the /payment/* API and the "
+                           "event log (see docs/callback_server.md). /payment/* and /events* need "
+                           "`Authorization: Bearer <CALLBACK_API_KEY>`. Every answer is JSON, but the "
+                           "event stream's.",
         },
         "paths": {
             "/payment/register": {"post": {
@@ -227,6 +279,55 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "404": _error("Wrong token (stored as rejected), the same answer as any unknown path."),
                     "413": _error("The body is over 64 KiB; not stored."),
                     "500": _error("The body could not be stored; Daraja did not get Accepted."),
+                },
+            }},
+            "/events": {"get": {
+                "operationId": "events",
+                "summary": "The event log, oldest first, after an id; page with `next_after`.",
+                "security": BEARER,
+                "parameters": [AFTER, LIMIT, EVENT_TYPE, EVENT_CHECKOUT_ID],
+                "responses": {
+                    "200": _json("A page of events (empty when there is nothing after `after`).", _ref("EventPage")),
+                    "400": _error("A filter is not valid."),
+                    "401": UNAUTHORIZED,
+                },
+            }},
+            "/events/stream": {"get": {
+                "operationId": "events_stream",
+                "summary": "Server-Sent Events: every event after Last-Event-ID (or `after`), then each new one.",
+                "description": "Each event is `id:` (its id), `event:` (its type), `data:` (the Event as JSON). "
+                               "A comment line every 15 s keeps proxies from closing the stream. Reconnect "
+                               "with the Last-Event-ID header: no event is skipped or repeated.",
+                "security": BEARER,
+                "parameters": [{"name": "Last-Event-ID", "in": "header", "required": False,
+                                "schema": {"type": "string", "pattern": "^[0-9]*$"},
+                                "description": "Resume after this event id (wins over `after`)."},
+                               AFTER, EVENT_TYPE, EVENT_CHECKOUT_ID, {
+                                   "name": "timeout", "in": "query", "required": False,
+                                   "schema": {"type": "number", "minimum": 0},
+                                   "description": "End the stream after this many seconds (the client then "
+                                                  "reconnects with Last-Event-ID); none: it stays open."}],
+                "responses": {
+                    "200": {"description": "The stream; it ends only after `timeout` seconds, if given.",
+                            "content": {"text/event-stream": {"schema": {
+                                "type": "object", "required": ["event", "data", "id"],
+                                "properties": {"event": {"enum": EVENT_TYPES},
+                                               "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                               "data": {"type": "string", "contentMediaType": "application/json",
+                                                        "contentSchema": _ref("Event")}}}}}},
+                    "400": _error("A filter is not valid."),
+                    "401": UNAUTHORIZED,
+                },
+            }},
+            "/payment/{checkout_request_id}/events": {"get": {
+                "operationId": "timeline",
+                "summary": "One payment's events, oldest first: its timeline.",
+                "security": BEARER,
+                "parameters": [CHECKOUT_ID],
+                "responses": {
+                    "200": _json("The payment's events.", _ref("Timeline")),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No payment and no event with this id."),
                 },
             }},
             "/health": {"get": {

@@ -425,9 +425,11 @@ class Store:
         return self.payments_with_status("pending", created_before=cutoff)
 
     def events(self, after: int = 0, limit: int = 100, type: str | None = None,
-               checkout_request_id: str | None = None) -> list[Event]:
-        """Events with id > `after`, oldest first, at most `limit` (capped at MAX_EVENTS_PAGE)."""
+               checkout_request_id: str | None = None, until: int | None = None) -> list[Event]:
+        """Events with `after` < id (<= `until`), oldest first, at most `limit` (capped at MAX_EVENTS_PAGE)."""
         sql, args = "SELECT id, type, checkout_request_id, created_at, data FROM events WHERE id > ?", [after]
+        if until is not None:
+            sql, args = sql + " AND id <= ?", [*args, until]
         if type is not None:
             sql, args = sql + " AND type = ?", [*args, type]
         if checkout_request_id is not None:

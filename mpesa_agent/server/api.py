@@ -1,0 +1,125 @@
+"""The `/payment/*` API the agent's tools use (register, status, wait), `/health` and `/openapi.json`."""
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+
+from flask import Blueprint, current_app, jsonify, request
+
+from mpesa_agent.payments.notifications import notification_for, timeout_notification
+from mpesa_agent.payments.record import Payment
+from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, Verification
+from mpesa_agent.server.http import error, error_body, json_object, manager, settings
+from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
+from mpesa_agent.server.openapi import openapi_spec
+
+log = logging.getLogger("callback_server")
+
+DEFAULT_WAIT_SECONDS = 120
+MAX_WAIT_SECONDS = 300
+REQUIRED_FIELDS = ("checkout_request_id", "phone_number", "amount")
+
+blueprint = Blueprint("api", __name__)
+
+
+@blueprint.post("/payment/register")
+def register():
+    data, problem = json_object(request.get_data(cache=True))
+    if problem:
+        return error(400, problem)
+    missing = [name for name in REQUIRED_FIELDS if data.get(name) in (None, "")]
+    if missing:
+        return error(400, f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}",
+                     fields={name: "required" for name in missing})
+    try:
+        payment, created = manager().register(
+            data["checkout_request_id"], data["phone_number"], data["amount"],
+            data.get("description"), data.get("merchant_request_id"))
+    except InvalidRegistration as exc:
+        return error(400, str(exc), fields=exc.problems)
+    except RegistrationConflict as exc:
+        return error(409, str(exc), fields=exc.fields)
+    return jsonify({"status": "registered", "created": created, "checkout_request_id": payment.checkout_request_id,
+                    "payment_status": payment.status, "payment": payment.to_dict()}), 201 if created else 200
+
+
+@blueprint.get("/payment/status/<checkout_request_id>")
+def status(checkout_request_id: str):
+    payment = manager().status(checkout_request_id)
+    if payment is None:
+        return unknown_payment(checkout_request_id)
+    return jsonify({**notification(payment), "payment": payment.to_dict()})
+
+
+@blueprint.get("/payment/wait/<checkout_request_id>")
+def wait(checkout_request_id: str):
+    """Long-poll: answers the moment the payment leaves `pending`, else at the timeout."""
+    timeout, problem = wait_timeout(request.args.get("timeout"))
+    if problem:
+        return error(400, problem)
+    payment = manager().wait(checkout_request_id, timeout)
+    if payment is None:
+        return unknown_payment(checkout_request_id)
+    body = notification(payment, timed_out=payment.status == PENDING)
+    return jsonify({**body, "payment": payment.to_dict()})
+
+
+@blueprint.get("/health")
+def health():
+    config, callbacks = settings(), manager()
+    try:
+        counts = callbacks.store.counts()
+    except sqlite3.Error as exc:
+        log.error("health: database %s not usable: %s", config.payments_db, exc)
+        return error(503, f"database not usable: {exc}", db=str(config.payments_db))
+    return jsonify({"status": "ok", "db": str(config.payments_db), **counts, "waiting": callbacks.waiting()})
+
+
+@blueprint.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_spec(current_app.config["CALLBACK_PREFIX"]))
+
+
+def notification(payment: Payment, timed_out: bool = False) -> dict:
+    """The seed's notification, plus how the outcome was learnt when it was not a plain callback."""
+    body = timeout_notification(payment.checkout_request_id) if timed_out else notification_for(payment)
+    queries = f"{payment.query_attempts} STK Quer{'y' if payment.query_attempts == 1 else 'ies'}"
+    note = None
+    if payment.verification == Verification.AWAITING and payment.status == PENDING:
+        note = "A success callback arrived; confirming it with M-Pesa (STK Query) before reporting it"
+    elif payment.verification == Verification.CONFIRMED:
+        note = "Success callback confirmed by STK Query"
+    elif payment.verification == Verification.CONTRADICTED:
+        note = "A success callback was contradicted and is kept for review; it was not counted as paid"
+    elif payment.settled_by == SettledBy.QUERY:
+        note = f"Settled by STK Query: no callback arrived ({queries})"
+    elif payment.settled_by == SettledBy.RECONCILER:
+        note = f"No final answer from M-Pesa after {queries}; kept for review"
+    if payment.status == COMPLETED and (payment.verification == Verification.CONFIRMED
+                                        or payment.settled_by == SettledBy.QUERY):
+        body["payment_details"] = {**body["payment_details"], "VerifiedBy": "STK Query"}
+    if note:
+        body["note"] = note
+    return body
+
+
+def wait_timeout(raw: str | None) -> tuple[float, str | None]:
+    """`?timeout=N` seconds: default 120, clamped to [0, 300]; not a number is an error."""
+    if raw is None:
+        return DEFAULT_WAIT_SECONDS, None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        return 0, f"timeout must be a number of seconds (0-{MAX_WAIT_SECONDS}), got {raw[:20]!r}"
+    return min(max(seconds, 0.0), MAX_WAIT_SECONDS), None
+
+
+def unknown_payment(checkout_request_id: str):
+    return error(404, f"no payment registered with checkout_request_id {checkout_request_id[:100]!r}",
+                 checkout_request_id=checkout_request_id[:100])
+
+
+__all__ = ["blueprint", "error_body", "notification", "wait_timeout"]

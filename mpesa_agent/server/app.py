@@ -1,0 +1,78 @@
+"""`create_app(settings)`: the callback server's Flask app, one Blueprint per concern (Daraja's
+callbacks, the `/payment/*` API, the event log), one Bearer check and JSON errors everywhere."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
+from mpesa_agent.server import api, callbacks, events
+from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
+from mpesa_agent.server.manager import CallbackManager
+from mpesa_agent.server.store import Store
+
+log = logging.getLogger("callback_server")
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    """The Flask app with its own store and CallbackManager (`app.extensions["callback_manager"]`)."""
+    settings = config or Settings.from_env()
+    prefix = callback_prefix(settings)
+    app = Flask(__name__)
+    app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MPESA_SETTINGS=settings, CALLBACK_PREFIX=prefix)
+    app.json.ensure_ascii = False
+    app.json.sort_keys = False
+    app.extensions["callback_manager"] = CallbackManager(Store(settings.payments_db), settings)
+    app.register_blueprint(callbacks.blueprint, url_prefix=prefix)
+    app.register_blueprint(api.blueprint)
+    app.register_blueprint(events.blueprint)
+    app.before_request(require_api_key)
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(Exception, unexpected_error)
+    return app
+
+
+def callback_prefix(settings: Settings) -> str:
+    """The path before the token in MPESA_CALLBACK_URL, after checking the settings the app needs."""
+    if not settings.callback_api_key:
+        raise ConfigError("CALLBACK_API_KEY is empty: /payment/* needs a Bearer key "
+                          "(`python callback_server.py` generates one into .env.local)")
+    if len(settings.callback_token) < MIN_CALLBACK_TOKEN_LENGTH:
+        raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
+                          f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
+    prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
+    if prefix in ("/payment", "/health", "/events") or prefix.startswith(("/payment/", "/events/")):
+        raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
+                          "use e.g. /callback/<token>")
+    for name, entries in (("TRUSTED_CALLBACK_IPS", settings.trusted_callback_ips),
+                          ("TRUSTED_PROXIES", settings.trusted_proxies)):
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(f"{name} has {entry!r}, which is not an IP address or CIDR network") from None
+    return prefix
+
+
+def http_error(exc: HTTPException):
+    if exc.code == 404:
+        return not_found()
+    if exc.code == 405:
+        allowed = ", ".join(m for m in exc.valid_methods or () if m not in ("HEAD", "OPTIONS"))
+        response, code = error(405, f"{request.method} is not allowed here; use {allowed}")
+        response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+        return response, code
+    if exc.code == 413:
+        return error(413, f"the body is too large: at most {MAX_BODY_BYTES} bytes")
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+def unexpected_error(exc: Exception):
+    rule = request.url_rule.rule if request.url_rule else "?"  # the rule, not the path: no token in logs
+    log.exception("unexpected error in %s %s", request.method, rule)
+    return error(500, f"internal error ({type(exc).__name__}); see the callback server's log")

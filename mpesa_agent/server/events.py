@@ -1,0 +1,131 @@
+"""The event log over HTTP: `GET /events` (pages), `GET /events/stream` (Server-Sent Events) and
+`GET /payment/<id>/events` (one payment's timeline). Readers only: the manager writes the log.
+
+The stream sends every event with an id above the client's `Last-Event-ID` header (or `?after=`),
+oldest first, then waits for new ones: ids strictly increase and an event is visible only once
+its transaction is committed, so across a reconnect none is skipped and none repeated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
+from mpesa_agent.payments.states import EventType
+from mpesa_agent.server.http import error, manager
+from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event, Store
+
+DEFAULT_PAGE = 100
+KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
+RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
+EVENT_TYPES = frozenset(map(str, EventType))
+
+blueprint = Blueprint("events", __name__)
+
+
+@blueprint.get("/events")
+def events():
+    query, problem = _query(request.args.get("after"))
+    if problem:
+        return error(400, problem)
+    limit, problem = _whole(request.args.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_EVENTS_PAGE)
+    if problem:
+        return error(400, problem)
+    found = manager().store.events(limit=limit, **query)
+    return jsonify({"events": [event.to_dict() for event in found],
+                    "next_after": found[-1].id if found else query["after"]})
+
+
+@blueprint.get("/events/stream")
+def stream():
+    query, problem = _query(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    if problem:
+        return error(400, problem)
+    lasting, problem = _seconds(request.args.get("timeout"))
+    if problem:
+        return error(400, problem)
+    keepalive = current_app.config.get("EVENTS_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS)
+    response = Response(_sse(manager().store, keepalive, lasting, **query), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    return response
+
+
+@blueprint.get("/payment/<checkout_request_id>/events")
+def timeline(checkout_request_id: str):
+    store = manager().store
+    found = store.events(checkout_request_id=checkout_request_id, limit=MAX_EVENTS_PAGE)
+    if not found and store.payment(checkout_request_id) is None:
+        return error(404, f"no payment registered with checkout_request_id {checkout_request_id[:100]!r}",
+                     checkout_request_id=checkout_request_id[:100])
+    return jsonify({"checkout_request_id": checkout_request_id, "events": [event.to_dict() for event in found]})
+
+
+def _sse(store: Store, keepalive: float, lasting: float | None, after: int, type: str | None,
+         checkout_request_id: str | None):
+    """Every matching event after `after`, then each new one as it is committed, for `lasting` seconds."""
+    yield f"retry: {RETRY_MILLISECONDS}\n\n"
+    cursor = after
+    ends = time.monotonic() + lasting if lasting is not None else math.inf
+    while True:
+        horizon = store.last_event_id()  # everything up to here is committed: read it all
+        while True:
+            found = store.events(after=cursor, until=horizon, limit=MAX_EVENTS_PAGE, type=type,
+                                 checkout_request_id=checkout_request_id)
+            if found:
+                yield "".join(map(_frame, found))
+                cursor = found[-1].id
+            if len(found) < MAX_EVENTS_PAGE:
+                break
+        cursor = max(cursor, horizon)  # past the events the filters left out
+        left = ends - time.monotonic()
+        if left <= 0:
+            return
+        if not store.wait_for_events(cursor, min(keepalive, left)) and left > keepalive:
+            yield ": keep-alive\n\n"
+
+
+def _frame(event: Event) -> str:
+    data = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
+    return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+
+
+def _query(after: str | None) -> tuple[dict, str | None]:
+    """The filters shared by /events and /events/stream, or what is wrong with them."""
+    position, problem = _whole(after, "after (or Last-Event-ID)", 0, 0, None)
+    if problem:
+        return {}, problem
+    type, checkout_id = request.args.get("type") or None, request.args.get("checkout_request_id") or None
+    if type is not None and type not in EVENT_TYPES:
+        return {}, f"type must be one of {', '.join(EventType)}, got {type[:40]!r}"
+    if checkout_id is not None and not CHECKOUT_ID_PATTERN.match(checkout_id):
+        return {}, "checkout_request_id must be 1-100 letters, digits, _ . : or -"
+    return {"after": position, "type": type, "checkout_request_id": checkout_id}, None
+
+
+def _seconds(raw: str | None) -> tuple[float | None, str | None]:
+    """`?timeout=N` seconds of stream; none: no end."""
+    if raw is None:
+        return None, None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        return None, f"timeout must be a number of seconds, got {raw[:20]!r}"
+    return seconds, None
+
+
+def _whole(raw: str | None, name: str, default: int, low: int, high: int | None) -> tuple[int, str | None]:
+    if raw is None or raw.strip() == "":
+        return default, None
+    text = raw.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 18:
+        return default, f"{name} must be a whole number, got {raw[:20]!r}"
+    value = int(text)
+    if value < low or (high is not None and value > high):
+        return default, f"{name} must be between {low} and {high}" if high else f"{name} must be at least {low}"
+    return value, None
