@@ -7,7 +7,6 @@ its transaction is committed, so across a reconnect none is skipped and none rep
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -89,8 +88,7 @@ def _sse(store: Store, keepalive: float, lasting: float | None, after: int, type
 
 
 def _frame(event: Event) -> str:
-    data = json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"))
-    return f"id: {event.id}\nevent: {event.type}\ndata: {data}\n\n"
+    return f"id: {event.id}\nevent: {event.type}\ndata: {event.to_json()}\n\n"
 
 
 def _query(after: str | None) -> tuple[dict, str | None]:

@@ -21,6 +21,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -36,6 +37,7 @@ SCHEMA_VERSION = 2  # 1: payments and callbacks; 2: the event log, one receipt p
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
+EVENT_POLL_SECONDS = 1.0
 
 RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = CallbackOutcome
 CALLBACK_OUTCOMES = tuple(CallbackOutcome)
@@ -107,17 +109,27 @@ class RawCallback:
 
 @dataclass(frozen=True)
 class Event:
-    """One entry of the event log."""
+    """One entry of the event log; `data_json` is its data exactly as stored (parsed on demand)."""
 
     id: int
     type: str
     checkout_request_id: str | None
     created_at: str
-    data: dict
+    data_json: str = field(repr=False)
+
+    @property
+    def data(self) -> dict:
+        return json.loads(self.data_json)
 
     def to_dict(self) -> dict:
         return {"id": self.id, "type": self.type, "checkout_request_id": self.checkout_request_id,
                 "created_at": self.created_at, "data": self.data}
+
+    def to_json(self) -> str:
+        """`to_dict()` as compact JSON, without parsing and re-encoding the stored data."""
+        return (f'{{"id":{self.id},"type":{json.dumps(self.type)},'
+                f'"checkout_request_id":{json.dumps(self.checkout_request_id, ensure_ascii=False)},'
+                f'"created_at":{json.dumps(self.created_at)},"data":{self.data_json}}}')
 
 
 def _payment(row: sqlite3.Row | None) -> Payment | None:
@@ -135,7 +147,7 @@ def _callback(row: sqlite3.Row | None) -> RawCallback | None:
 
 
 def _event(row: sqlite3.Row) -> Event:
-    return Event(row[0], row[1], row[2], row[3], json.loads(row[4]))
+    return Event(row[0], row[1], row[2], row[3], row[4])
 
 
 def _json_default(value):
@@ -443,9 +455,18 @@ class Store:
             return conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
 
     def wait_for_events(self, after: int, timeout: float) -> bool:
-        """Block until an event with id > `after` is committed (True) or `timeout` passes (False)."""
+        """Block until an event with id > `after` is committed (True) or `timeout` passes (False).
+
+        This process's commits wake it at once; another process's (a second server on the same
+        file) are seen within EVENT_POLL_SECONDS."""
+        deadline = time.monotonic() + timeout
         with self._new_events:
-            return self._new_events.wait_for(lambda: self.last_event_id() > after, timeout)
+            while self.last_event_id() <= after:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._new_events.wait(min(left, EVENT_POLL_SECONDS))
+        return True
 
     def counts(self) -> dict:
         """Payments per status and callbacks per outcome (also proves the database answers)."""
