@@ -10,8 +10,8 @@ import time
 
 import requests
 
-from mpesa_agent import tools
 from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.tools import Payments, make_tools
 
 from bench.client import Connection
 from bench.stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
@@ -212,12 +212,12 @@ async def tool_overhead(stack: Stack, run: int, calls: int) -> dict:
     """Wall time of the agent's send tool, simulator calling back at once (rule delay=0)."""
     requests.post(f"{stack.settings.base_url}/simulator/rules", json={"scope": "all", "delay": 0},
                   timeout=5).raise_for_status()
-    tools.configure(stack.settings)
+    send_instant_payment_with_tracking, _ = make_tools(Payments(stack.settings))
     times, errors = [], 0
     for n in range(calls + 1):  # the first call also fetches the OAuth token: not counted
         phone = f"0711{next(_phones) % 1_000_000:06d}"
         started = time.perf_counter()
-        result = await tools.send_instant_payment_with_tracking(phone, 100 + n, "bench")
+        result = await send_instant_payment_with_tracking(phone, 100 + n, "bench")
         if n:
             times.append(time.perf_counter() - started)
             errors += result.get("status") != "success"

@@ -32,11 +32,11 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from mpesa_agent import tools
 from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
 from mpesa_agent.daraja import DarajaClient
-from harness import Process, base_env, free_port
+from mpesa_agent.tools import Payments, QuerySchedule, make_tools
 from mpesa_agent.tracking import TrackingClient
+from harness import Process, base_env, free_port
 
 TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
 API_KEY = "reliability-api-key"
@@ -44,7 +44,7 @@ CONSUMER_KEY, CONSUMER_SECRET = "reliability-key", "reliability-secret"
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 STARTUP_TIMEOUT = 30.0
 HTTP_TIMEOUT = 10.0
-FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
+FAST_QUERIES = QuerySchedule(first=0.3, every=0.3)
 SHORT_BACKOFF = (0.05, 0.1)  # registration retries while the callback server is down
 
 
@@ -550,8 +550,16 @@ def unknown_payments(stack: Stack, count: int = DEFAULT.per_case) -> Row:
 
 # --- the agent's tools while the callback server goes down ------------------------------------
 
-def send(phone: str, amount: int, context: str = "test", **kwargs) -> dict:
-    return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+def send(payments: Payments, phone: str, amount: int, context: str = "test", **kwargs) -> dict:
+    """The agent's send tool, bound to `payments`."""
+    send_instant_payment_with_tracking, _ = make_tools(payments)
+    return asyncio.run(send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+
+
+def status(payments: Payments, checkout_id: str) -> dict:
+    """The agent's status tool, bound to `payments`."""
+    _, check_payment_status_realtime = make_tools(payments)
+    return asyncio.run(check_payment_status_realtime(checkout_id))
 
 
 def brief(result: dict) -> dict:
@@ -564,13 +572,13 @@ def server_down_at_send(stack: Stack) -> Row:
     stack.control("POST", "/reset")
     stack.server.kill()
     try:
-        tools.configure(stack.settings, schedule=FAST_QUERIES,
-                        tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
-        for phone, status in (("0733000222", "success"), ("0700001032", "failed")):
-            result = send(phone, 120, "rent")
-            if not row.check(result["status"] == status, f"{phone}: the tool answered {brief(result)}"):
+        payments = Payments(stack.settings, schedule=FAST_QUERIES,
+                            tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
+        for phone, want in (("0733000222", "success"), ("0700001032", "failed")):
+            result = send(payments, phone, 120, "rent")
+            if not row.check(result["status"] == want, f"{phone}: the tool answered {brief(result)}"):
                 row.lost += 1
-            if status == "success":
+            if want == "success":
                 row.check(result.get("payment_details", {}).get("VerifiedBy") == "STK Query",
                           f"{phone}: success not verified by STK Query: {brief(result)}")
         tally(row, stack, "254733000222", "254700001032")
@@ -585,13 +593,13 @@ def server_restart_mid_wait(stack: Stack) -> Row:
     during the outage (Daraja never retries, so that callback is gone for good)."""
     row = Row("server restart mid-wait (tools)", "3 payments", "kill -9 + restart during the wait")
     stack.control("POST", "/reset")
-    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    payments = Payments(stack.settings, schedule=FAST_QUERIES)
     cases = (("0745000111", 0, False), ("0745000222", 1032, False), ("0745000333", 0, True))
     for phone, code, during_outage in cases:
         msisdn = "254" + phone[1:]
         stack.control("POST", "/rules", json={"phone": phone, "delay": 3600})  # the customer acts on demand
         result: dict = {}
-        worker = threading.Thread(target=lambda: result.update(send(phone, 250, "books")))
+        worker = threading.Thread(target=lambda: result.update(send(payments, phone, 250, "books")))
         before = stack.waiting()
         worker.start()
         row.check(until(lambda: stack.waiting() > before, 10), f"{phone}: the tool never started waiting")
@@ -615,7 +623,7 @@ def server_restart_mid_wait(stack: Stack) -> Row:
         if code == 0 and not during_outage:
             row.check(bool((result.get("payment_details") or {}).get("MpesaReceiptNumber")),
                       f"{phone}: no receipt, so not from the callback: {brief(result)}")
-        later = asyncio.run(tools.check_payment_status_realtime(checkout_id))
+        later = status(payments, checkout_id)
         row.check(later.get("status") == want, f"{phone}: a later status check said {brief(later)}")
     tally(row, stack, *("254" + phone[1:] for phone, _, _ in cases))
     return row
@@ -645,13 +653,13 @@ def tally(row: Row, stack: Stack, *msisdns: str) -> None:
 def _refused(stack: Stack, name: str, preset: str, phone: str, msisdn: str, words: str) -> Row:
     row = Row(name, "1 payment + an immediate retry", f"push_error {preset}")
     stack.control("POST", "/reset")
-    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    payments = Payments(stack.settings, schedule=FAST_QUERIES)
     stack.control("POST", "/rules", json={"phone": phone, "scope": "next", "push_error": preset})
-    result = send(phone, 90, "fees")
+    result = send(payments, phone, 90, "fees")
     row.check(result["status"] == "error" and words in result["message"] and "Not sent" in result["message"],
               f"{preset}: the tool answered {brief(result)}")
     row.check(not stack.pushes_to(msisdn), f"{preset}: a refused push still reached the phone")
-    again = send(phone, 90, "fees")  # nothing was sent, so no confirmation is needed
+    again = send(payments, phone, 90, "fees")  # nothing was sent, so no confirmation is needed
     row.check(again["status"] == "success", f"{preset}: the retry answered {brief(again)}")
     tally(row, stack, msisdn)
     return row
@@ -695,8 +703,8 @@ def token_expiry(stack: Stack) -> Row:
     daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
                           session=session)
     closed = TrackingClient(f"http://127.0.0.1:{free_port()}", API_KEY, register_backoff=SHORT_BACKOFF)
-    tools.configure(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
-    result = send("0747000111", 310, "rent")
+    payments = Payments(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
+    result = send(payments, "0747000111", 310, "rent")
     if not row.check(result["status"] == "success", f"the tool answered {brief(result)}"):
         row.lost += 1
     tokens = session.calls["/oauth/v1/generate"]
@@ -718,11 +726,11 @@ def slow_ack(stack: Stack, read_timeout: float = 0.5, ack_delay: float = 1.5) ->
     settings = stack.settings
     daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
                           timeout=(2.0, read_timeout))
-    tools.configure(settings, daraja=daraja, schedule=FAST_QUERIES)
-    result = send(phone, 420, "stock")
+    payments = Payments(settings, daraja=daraja, schedule=FAST_QUERIES)
+    result = send(payments, phone, 420, "stock")
     row.check(result["status"] == "unknown" and "will not re-send" in result["message"],
               f"the tool answered {brief(result)}")
-    again = send(phone, 420, "stock")
+    again = send(payments, phone, 420, "stock")
     row.check(again["status"] == "needs_confirmation", f"an immediate retry answered {brief(again)}")
     tally(row, stack, msisdn)
     pushes = stack.pushes_to(msisdn)
