@@ -30,15 +30,8 @@ log = logging.getLogger(__name__)
 REPEAT_WINDOW = 120  # Daraja's rule 17: same amount to the same phone within 2 minutes
 RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback server
 REMEMBERED_PAYMENTS = 10_000  # per Payments, for STK Query fallbacks; the oldest are forgotten
+BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments runs at once
 TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
-# Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
-# cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
-_BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="mpesa-tools")
-
-
-async def _blocking(function, *args):
-    """Run blocking HTTP off the event loop, on the tools' own thread pool."""
-    return await asyncio.get_running_loop().run_in_executor(_BLOCKING, functools.partial(function, *args))
 
 
 def _remember(memory: dict, key: str, value) -> None:
@@ -76,6 +69,10 @@ class Payments:
         # Final outcomes this process learned by STK Query while the callback server could not
         # tell; the server's record catches up when its reconciler queries.
         self._queried: dict[str, dict] = {}
+        # Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
+        # cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
+        # Threads start on demand, and exit once this object is garbage-collected.
+        self._pool = ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="mpesa-tools")
 
     async def send(self, phone_number, amount, context: str = "", wait_for_completion: bool = True,
                    confirm_repeat: bool = False) -> dict:
@@ -89,7 +86,7 @@ class Payments:
         if refusal:
             return refusal
         try:
-            ack = await _blocking(
+            ack = await self._blocking(
                 self.daraja.stk_push, msisdn, amount, _account_reference(context),
                 context or "Payment", self.settings.callback_url)
         except DarajaError as exc:
@@ -113,7 +110,7 @@ class Payments:
             return error(f"{checkout_id!r} is not a payment ID; it looks like ws_CO_2611202612..."
                          if checkout_id else "Which payment? Give its checkout request ID (ws_CO_...).")
         try:
-            result = await _blocking(self.tracking.status, checkout_id)
+            result = await self._blocking(self.tracking.status, checkout_id)
             if result.get("payment_status") == PENDING and checkout_id in self._queried:
                 return self._queried[checkout_id]
             return result
@@ -125,6 +122,10 @@ class Payments:
         except TrackingUnavailable as exc:
             log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
         return await self._query_once(checkout_id)
+
+    async def _blocking(self, function, *args):
+        """Run blocking HTTP off the event loop, on this object's own thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
 
     def _guard(self, msisdn: str, amount: int, confirm_repeat: bool) -> dict | None:
         """Per-phone rate limit, and no identical push within 2 minutes unless confirmed."""
@@ -179,8 +180,8 @@ class Payments:
 
     async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
         try:
-            await _blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
-                            context, ack.merchant_request_id)
+            await self._blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
+                                 context, ack.merchant_request_id)
             return True
         except TrackingUnavailable as exc:
             log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
@@ -199,9 +200,9 @@ class Payments:
             remaining = max(0.0, deadline - self.clock())
             try:
                 if down_since is None:
-                    result = await _blocking(self.tracking.wait, checkout_id, remaining)
+                    result = await self._blocking(self.tracking.wait, checkout_id, remaining)
                 else:  # a quick look: is the server back?
-                    result = await _blocking(self.tracking.status, checkout_id)
+                    result = await self._blocking(self.tracking.status, checkout_id)
             except TrackingRejected as exc:
                 log.warning("wait %s refused (%s); falling back to STK Query", checkout_id, exc)
                 return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
@@ -241,7 +242,7 @@ class Payments:
 
     async def _query_once(self, checkout_id: str, quiet: bool = False) -> dict:
         try:
-            result = await _blocking(self.daraja.stk_query, checkout_id)
+            result = await self._blocking(self.daraja.stk_query, checkout_id)
         except ThrottledError:
             return notes.pending_notification(checkout_id)
         except DarajaError as exc:
