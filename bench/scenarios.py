@@ -14,7 +14,8 @@ from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.tools import Payments, make_tools
 
 from bench.client import Connection
-from bench.stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
+from bench.stack import AUTH, HOST, callback_path, cpu_seconds, rss_bytes, thread_count
+from harness import Stack
 
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 WAIT_TIMEOUT = 60
@@ -107,7 +108,7 @@ async def notification_latency_one(stack: Stack, run: int, samples: int) -> dict
         task = asyncio.create_task(_waiter(stack, checkout_id, answers, waiter))
         await _until_waiting(api, 1)
         sent = time.perf_counter()
-        code, _ = await sender.request("POST", callback_path(), callback_body(checkout_id))
+        code, _ = await sender.request("POST", callback_path(stack), callback_body(checkout_id))
         await task
         answered, http_status, outcome = answers[checkout_id]
         errors += status != 201 or code != 200 or http_status != 200 or outcome != "success"
@@ -136,7 +137,7 @@ async def concurrent_waiters(stack: Stack, run: int, waiters: int) -> dict:
     started = time.perf_counter()
     for checkout_id in ids:
         sent[checkout_id] = time.perf_counter()
-        code, ack = await sender.request("POST", callback_path(), callback_body(checkout_id))
+        code, ack = await sender.request("POST", callback_path(stack), callback_body(checkout_id))
         errors += code != 200
     await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_TIMEOUT)
     elapsed = time.perf_counter() - started
@@ -159,7 +160,7 @@ async def callback_ingestion(stack: Stack, run: int, callbacks: int, senders: in
 
     async def post(conn, checkout_id):
         sent = time.perf_counter()
-        code, body = await conn.request("POST", callback_path(), callback_body(checkout_id))
+        code, body = await conn.request("POST", callback_path(stack), callback_body(checkout_id))
         return time.perf_counter() - sent, code == 200 and json.loads(body) == ACCEPTED
 
     cpu, started = cpu_seconds(stack.server_pid), time.perf_counter()
@@ -199,7 +200,7 @@ async def cpu_per_request(stack: Stack, run: int, count: int) -> dict:
         await conn.request("GET", "/no-such-path")
     floor, cpu = cpu_seconds(pid) - cpu, cpu_seconds(pid)
     for checkout_id in ids:
-        await conn.request("POST", callback_path(), callback_body(checkout_id))
+        await conn.request("POST", callback_path(stack), callback_body(checkout_id))
     callback = cpu_seconds(pid) - cpu
     await conn.close()
     return {"floor_ms": floor / count * 1000, "callback_ms": callback / count * 1000}
