@@ -73,7 +73,7 @@ def test_status_refuses_what_is_not_an_id(payments, checkout_id):
     assert asyncio.run(payments.status(checkout_id))["status"] == "error"
 
 
-def test_make_tools_binds_the_product_names_to_one_payments(payments):
+def test_make_tools_binds_the_product_names_to_its_argument(payments):
     send, status = make_tools(payments)
     assert (send.__name__, status.__name__) == TOOL_NAMES
     assert asyncio.run(status("not an id!"))["status"] == "error"
