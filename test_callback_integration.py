@@ -11,14 +11,14 @@ import time
 import pytest
 import requests
 
-from mpesa_agent import tools
 from mpesa_agent.config import Settings
+from mpesa_agent.tools import Payments, QuerySchedule, make_tools
 from mpesa_agent.tracking import TrackingClient
 from harness import Stack, free_port
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 API_KEY = "integration-test-key"
-FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
+FAST_QUERIES = QuerySchedule(first=0.3, every=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,9 @@ def stack(tmp_path_factory):
 
 @pytest.fixture
 def payments(stack):
+    """A fresh simulator and this test's own Payments (guardrail state) on the stack."""
     requests.post(stack.base_url + "/simulator/reset", timeout=5).raise_for_status()
-    return tools.configure(stack, schedule=FAST_QUERIES)
+    return Payments(stack, schedule=FAST_QUERIES)
 
 
 def simulator_rule(settings: Settings, **rule) -> None:
@@ -44,17 +45,21 @@ def simulator_transaction(settings: Settings, checkout_request_id: str) -> dict:
     return response.json()
 
 
-def send(phone: str, amount=500, context="lunch", **kwargs) -> dict:
-    return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+def send(payments: Payments, phone: str, amount=500, context="lunch", **kwargs) -> dict:
+    """The agent's send tool, bound to `payments`."""
+    send_instant_payment_with_tracking, _ = make_tools(payments)
+    return asyncio.run(send_instant_payment_with_tracking(phone, amount, context, **kwargs))
 
 
-def status(checkout_request_id: str) -> dict:
-    return asyncio.run(tools.check_payment_status_realtime(checkout_request_id))
+def status(payments: Payments, checkout_request_id: str) -> dict:
+    """The agent's status tool, bound to `payments`."""
+    _, check_payment_status_realtime = make_tools(payments)
+    return asyncio.run(check_payment_status_realtime(checkout_request_id))
 
 
 def test_success_is_reported_from_the_callback_with_zero_queries(payments, stack):
     started = time.monotonic()
-    result = send("0712 345 678", "500", "lunch")
+    result = send(payments, "0712 345 678", "500", "lunch")
     elapsed = time.monotonic() - started
 
     assert result["status"] == "success", result
@@ -66,7 +71,7 @@ def test_success_is_reported_from_the_callback_with_zero_queries(payments, stack
     assert elapsed < 5, "the waiter must wake on the callback, not at its timeout"
     transaction = simulator_transaction(stack, result["checkout_request_id"])
     assert transaction["queries"] == 0
-    assert status(result["checkout_request_id"])["payment_status"] == "completed"
+    assert status(payments, result["checkout_request_id"])["payment_status"] == "completed"
 
 
 @pytest.mark.parametrize("phone, reason", [
@@ -75,7 +80,7 @@ def test_success_is_reported_from_the_callback_with_zero_queries(payments, stack
     ("0700000001", "Insufficient M-Pesa balance"),
 ])
 def test_failures_carry_the_reason(payments, phone, reason):
-    result = send(phone, 100, "test")
+    result = send(payments, phone, 100, "test")
     assert result["status"] == "failed", result
     assert result["error_message"] == reason
     assert result["message"] == f"❌ Payment failed: {reason}"
@@ -84,23 +89,23 @@ def test_failures_carry_the_reason(payments, phone, reason):
 
 def test_no_response_from_the_customer(payments, stack):
     simulator_rule(stack, phone="0700001037", delay=0.3)
-    result = send("0700001037", 20, "test")
+    result = send(payments, "0700001037", 20, "test")
     assert result["status"] == "failed"
     assert "No response" in result["error_message"]
 
 
 def test_late_callback_after_the_wait_timed_out_still_settles(payments, stack):
     simulator_rule(stack, phone="0722000111", delay=2.5)
-    tools.configure(stack.replace(wait_seconds=1), schedule=FAST_QUERIES)
-    result = send("0722000111", 75, "airtime")
+    payments = Payments(stack.replace(wait_seconds=1), schedule=FAST_QUERIES)
+    result = send(payments, "0722000111", 75, "airtime")
     assert result["status"] == "timeout", result
     assert result["message"] == "⏱️ Payment initiated but completion status unknown"
     assert result["payment_status"] == "pending"
 
-    deadline = time.monotonic() + 10
-    while status(result["checkout_request_id"])["payment_status"] == "pending" and time.monotonic() < deadline:
+    checkout_id, deadline = result["checkout_request_id"], time.monotonic() + 10
+    while status(payments, checkout_id)["payment_status"] == "pending" and time.monotonic() < deadline:
         time.sleep(0.2)
-    final = status(result["checkout_request_id"])
+    final = status(payments, checkout_id)
     assert final["status"] == "success", final
     assert final["payment_details"]["Amount"] == 75
 
@@ -108,33 +113,33 @@ def test_late_callback_after_the_wait_timed_out_still_settles(payments, stack):
 def test_callback_server_down_falls_back_to_stk_query(payments, stack):
     closed = f"http://127.0.0.1:{free_port()}"
     tracking = TrackingClient(closed, API_KEY, register_backoff=(0.05,))
-    tools.configure(stack, tracking=tracking, schedule=FAST_QUERIES)
-    result = send("0733000222", 120, "rent")
+    payments = Payments(stack, tracking=tracking, schedule=FAST_QUERIES)
+    result = send(payments, "0733000222", 120, "rent")
     assert result["status"] == "success", result
     assert result["payment_details"]["VerifiedBy"] == "STK Query"
     assert simulator_transaction(stack, result["checkout_request_id"])["queries"] >= 1
 
-    failed = send("0700001032", 120, "rent")
+    failed = send(payments, "0700001032", 120, "rent")
     assert failed["status"] == "failed"
     assert failed["error_message"] == "Request cancelled by user"
 
 
 def test_repeat_within_two_minutes_needs_confirmation(payments, stack):
-    first = send("0744000333", 60, "tea")
+    first = send(payments, "0744000333", 60, "tea")
     assert first["status"] == "success"
-    again = send("0744000333", 60, "tea")
+    again = send(payments, "0744000333", 60, "tea")
     assert again["status"] == "needs_confirmation"
     pushes = [t for t in requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]
               if t["phone_number"] == "254744000333"]
     assert len(pushes) == 1, "the customer must not be prompted twice without confirmation"
-    confirmed = send("0744000333", 60, "tea", confirm_repeat=True)
+    confirmed = send(payments, "0744000333", 60, "tea", confirm_repeat=True)
     assert confirmed["status"] == "success"
 
 
 def test_bad_input_is_an_error_dict_not_an_exception(payments):
-    assert send("0201234567")["status"] == "error"
-    assert "whole shillings" in send("0712345678", "12.50")["message"]
-    assert status("not an id!")["status"] == "error"
+    assert send(payments, "0201234567")["status"] == "error"
+    assert "whole shillings" in send(payments, "0712345678", "12.50")["message"]
+    assert status(payments, "not an id!")["status"] == "error"
 
 
 def test_many_waiting_payments_do_not_stall_other_tool_calls(payments, stack):
@@ -142,17 +147,18 @@ def test_many_waiting_payments_do_not_stall_other_tool_calls(payments, stack):
     for phone in phones:
         simulator_rule(stack, phone=phone, delay=2.5)
     done: list[str] = []
+    send_instant_payment_with_tracking, check_payment_status_realtime = make_tools(payments)
 
     async def scenario():
         async def send_one(phone):
-            await tools.send_instant_payment_with_tracking(phone, 30, "load")
+            await send_instant_payment_with_tracking(phone, 30, "load")
             done.append("send")
 
         async def check_one():
             while not requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)  # let every send reach its long-poll
-            await tools.check_payment_status_realtime("ws_CO_unknown_to_everyone")
+            await check_payment_status_realtime("ws_CO_unknown_to_everyone")
             done.append("status")
 
         await asyncio.gather(*(send_one(phone) for phone in phones), check_one())

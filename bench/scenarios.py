@@ -10,11 +10,12 @@ import time
 
 import requests
 
-from mpesa_agent import tools
 from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.tools import Payments, make_tools
 
 from bench.client import Connection
-from bench.stack import AUTH, HOST, Stack, callback_path, cpu_seconds, rss_bytes, thread_count
+from bench.stack import AUTH, HOST, callback_path, cpu_seconds, rss_bytes, thread_count
+from harness import Stack
 
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 WAIT_TIMEOUT = 60
@@ -107,7 +108,7 @@ async def notification_latency_one(stack: Stack, run: int, samples: int) -> dict
         task = asyncio.create_task(_waiter(stack, checkout_id, answers, waiter))
         await _until_waiting(api, 1)
         sent = time.perf_counter()
-        code, _ = await sender.request("POST", callback_path(), callback_body(checkout_id))
+        code, _ = await sender.request("POST", callback_path(stack), callback_body(checkout_id))
         await task
         answered, http_status, outcome = answers[checkout_id]
         errors += status != 201 or code != 200 or http_status != 200 or outcome != "success"
@@ -136,7 +137,7 @@ async def concurrent_waiters(stack: Stack, run: int, waiters: int) -> dict:
     started = time.perf_counter()
     for checkout_id in ids:
         sent[checkout_id] = time.perf_counter()
-        code, ack = await sender.request("POST", callback_path(), callback_body(checkout_id))
+        code, ack = await sender.request("POST", callback_path(stack), callback_body(checkout_id))
         errors += code != 200
     await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_TIMEOUT)
     elapsed = time.perf_counter() - started
@@ -159,7 +160,7 @@ async def callback_ingestion(stack: Stack, run: int, callbacks: int, senders: in
 
     async def post(conn, checkout_id):
         sent = time.perf_counter()
-        code, body = await conn.request("POST", callback_path(), callback_body(checkout_id))
+        code, body = await conn.request("POST", callback_path(stack), callback_body(checkout_id))
         return time.perf_counter() - sent, code == 200 and json.loads(body) == ACCEPTED
 
     cpu, started = cpu_seconds(stack.server_pid), time.perf_counter()
@@ -199,7 +200,7 @@ async def cpu_per_request(stack: Stack, run: int, count: int) -> dict:
         await conn.request("GET", "/no-such-path")
     floor, cpu = cpu_seconds(pid) - cpu, cpu_seconds(pid)
     for checkout_id in ids:
-        await conn.request("POST", callback_path(), callback_body(checkout_id))
+        await conn.request("POST", callback_path(stack), callback_body(checkout_id))
     callback = cpu_seconds(pid) - cpu
     await conn.close()
     return {"floor_ms": floor / count * 1000, "callback_ms": callback / count * 1000}
@@ -212,12 +213,12 @@ async def tool_overhead(stack: Stack, run: int, calls: int) -> dict:
     """Wall time of the agent's send tool, simulator calling back at once (rule delay=0)."""
     requests.post(f"{stack.settings.base_url}/simulator/rules", json={"scope": "all", "delay": 0},
                   timeout=5).raise_for_status()
-    tools.configure(stack.settings)
+    send_instant_payment_with_tracking, _ = make_tools(Payments(stack.settings))
     times, errors = [], 0
     for n in range(calls + 1):  # the first call also fetches the OAuth token: not counted
         phone = f"0711{next(_phones) % 1_000_000:06d}"
         started = time.perf_counter()
-        result = await tools.send_instant_payment_with_tracking(phone, 100 + n, "bench")
+        result = await send_instant_payment_with_tracking(phone, 100 + n, "bench")
         if n:
             times.append(time.perf_counter() - started)
             errors += result.get("status") != "success"

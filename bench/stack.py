@@ -5,61 +5,32 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from mpesa_agent.config import Settings
 from mpesa_agent.server.store import Store
-from harness import Process, base_env, free_port
+from harness import Stack
 
 HOST = "127.0.0.1"
 TOKEN = "be4c4b2e0c5d4f0f9e1ab3c7d2e8f6a1"
 API_KEY = "benchmark-api-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CALLBACK_PREFIX = "/callback"
 
 
-class Stack:
-    """One simulator and one callback server, each a real process with its own log in `folder`."""
-
-    def __init__(self, folder: Path, db: Path, server_threads: int, simulator: bool = True):
-        self.folder, self.db = folder, db
-        self.sim_port, self.port = free_port(), free_port()
-        self.env = base_env(
-            MPESA_ENV="simulator", MPESA_CONSUMER_KEY="bench-key", MPESA_CONSUMER_SECRET="bench-secret",
-            MPESA_BASE_URL=f"http://{HOST}:{self.sim_port}",
-            MPESA_CALLBACK_URL=f"http://{HOST}:{self.port}{CALLBACK_PREFIX}/{TOKEN}",
-            CALLBACK_SERVER_URL=f"http://{HOST}:{self.port}", CALLBACK_API_KEY=API_KEY,
-            PAYMENTS_DB=db, SIMULATOR_CALLBACK_DELAY="0", PAYMENT_WAIT_SECONDS="30",
-            PAYMENT_RATE_LIMIT_COUNT="1000000", PAYMENT_MAX_AMOUNT="250000")
-        self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(self.sim_port)], self.env,
-                                 f"http://{HOST}:{self.sim_port}/simulator/health",
-                                 folder / "simulator.log") if simulator else None
-        self.server = Process(["callback_server.py", "--port", str(self.port), "--db", str(db),
-                               "--threads", str(server_threads)], self.env,
-                              f"http://{HOST}:{self.port}/health", folder / "server.log")
-        self.settings = Settings.from_env(self.env, load_files=False)
-
-    def __enter__(self) -> "Stack":
-        if self.simulator:
-            self.simulator.start()
-        try:
-            self.server.start(timeout=120)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.stop()
-        if self.simulator:
-            self.simulator.stop()
-
-    @property
-    def server_pid(self) -> int:
-        return self.server.popen.pid
+# No rate limit nor callback delay to get in the way of the figures.
+ENV = dict(MPESA_CONSUMER_KEY="bench-key", MPESA_CONSUMER_SECRET="bench-secret", SIMULATOR_CALLBACK_DELAY="0",
+           PAYMENT_WAIT_SECONDS="30", PAYMENT_RATE_LIMIT_COUNT="1000000", PAYMENT_MAX_AMOUNT="250000")
 
 
-def callback_path() -> str:
-    return f"{CALLBACK_PREFIX}/{TOKEN}"
+def new_stack(folder: Path, db: Path, server_threads: int, simulator: bool = True) -> Stack:
+    """The simulator and the callback server on `db`, with their logs in `folder`."""
+    # A bulk-loaded database of a million payments takes a while to open.
+    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator, threads=server_threads, db=db,
+                 wait=120, **ENV)
+
+
+def callback_path(stack: Stack) -> str:
+    """Where Daraja posts callbacks, as a path on the server's port."""
+    return urlsplit(stack.callback_url).path
 
 
 def rss_bytes(pid: int) -> int:

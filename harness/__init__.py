@@ -14,6 +14,8 @@ import requests
 
 from mpesa_agent.config import PROJECT_ROOT as ROOT, Settings
 
+HTTP_TIMEOUT = 10.0  # seconds, for the Stack's own requests to the processes
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -93,40 +95,82 @@ def callback_server(folder: Path, *, api_key: str, token: str, path: str = "/cal
 
 
 class Stack:
-    """A simulator and a callback server as real processes on 127.0.0.1, sharing one environment.
+    """The callback server and, unless `simulator=False`, the Daraja simulator as real processes on
+    127.0.0.1, sharing one environment; a context manager.
 
-    `env` adds or overrides variables (`PAYMENT_WAIT_SECONDS="8"`); `settings` is what the
-    agent's tools in this process should use to reach them.
+    `threads` is the server's `--threads`, `db` its database (default `folder/payments.db`), `wait`
+    how long each process may take to get ready; `env` adds or overrides variables
+    (`PAYMENT_WAIT_SECONDS="8"`). `settings` is what the agent's tools in this process use to reach them.
     """
 
     def __init__(self, folder: Path, *, token: str = "0123456789abcdef0123456789abcdef",
-                 api_key: str = "stack-test-key", server_args: tuple[str, ...] = (), **env):
-        self.folder = folder
+                 api_key: str = "stack-test-key", simulator: bool = True, threads: int | None = None,
+                 db: Path | None = None, wait: float = 20.0, **env):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.db, self.api_key, self.wait = folder, db or folder / "payments.db", api_key, wait
         self.sim_port, self.port = free_port(), free_port()
+        self.url, self.sim_url = f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.sim_port}"
+        self.callback_url = f"{self.url}/callback/{token}"
         self.env = base_env(**{
             "MPESA_ENV": "simulator", "MPESA_CONSUMER_KEY": "stack-key", "MPESA_CONSUMER_SECRET": "stack-secret",
-            "MPESA_BASE_URL": f"http://127.0.0.1:{self.sim_port}",
-            "MPESA_CALLBACK_URL": f"http://127.0.0.1:{self.port}/callback/{token}",
-            "CALLBACK_SERVER_URL": f"http://127.0.0.1:{self.port}", "CALLBACK_API_KEY": api_key,
-            "PAYMENTS_DB": folder / "payments.db", "SIMULATOR_CALLBACK_DELAY": "0.2", **env})
+            "MPESA_BASE_URL": self.sim_url, "MPESA_CALLBACK_URL": self.callback_url,
+            "CALLBACK_SERVER_URL": self.url, "CALLBACK_API_KEY": api_key,
+            "PAYMENTS_DB": self.db, "SIMULATOR_CALLBACK_DELAY": "0.2", **env})
+        self.settings = Settings.from_env(self.env, load_files=False)
         self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(self.sim_port)], self.env,
-                                 f"http://127.0.0.1:{self.sim_port}/simulator/health", folder / "simulator.log")
+                                 f"{self.sim_url}/simulator/health", folder / "simulator.log") if simulator else None
+        server_args = ("--threads", str(threads)) if threads else ()
         self.server = Process(["callback_server.py", "--port", str(self.port), *server_args], self.env,
-                              f"http://127.0.0.1:{self.port}/health", folder / "server.log")
+                              f"{self.url}/health", folder / "server.log")
 
     @property
-    def settings(self) -> Settings:
-        return Settings.from_env(self.env, load_files=False)
+    def server_pid(self) -> int:
+        return self.server.popen.pid
 
     def __enter__(self) -> "Stack":
-        self.simulator.start()
         try:
-            self.server.start()
+            if self.simulator:
+                self.simulator.start(self.wait)
+            self.server.start(self.wait)
         except BaseException:
-            self.simulator.stop()
+            self.close()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
         self.server.stop()
-        self.simulator.stop()
+        if self.simulator:
+            self.simulator.stop()
+
+    def restart_server(self, hard: bool = True) -> None:
+        """kill -9 (or stop) the callback server, then start it again on the same port and database."""
+        self.server.kill() if hard else self.server.stop()
+        self.server.start(self.wait)
+
+    def post_callback(self, body: bytes, session=requests) -> requests.Response:
+        """POST `body` to the callback URL, as Daraja does."""
+        return session.post(self.callback_url, data=body, timeout=HTTP_TIMEOUT,
+                            headers={"Content-Type": "application/json"})
+
+    def api(self, method: str, path: str, session=requests, timeout: float = HTTP_TIMEOUT,
+            headers: dict | None = None, **kwargs) -> requests.Response:
+        """A request to the server's /payment/* API, with the API key."""
+        return session.request(method, self.url + path, timeout=timeout,
+                               headers={"Authorization": f"Bearer {self.api_key}", **(headers or {})}, **kwargs)
+
+    def waiting(self) -> int:
+        """How many long-poll waiters the server holds now."""
+        return requests.get(self.url + "/health", timeout=HTTP_TIMEOUT).json()["waiting"]
+
+    def control(self, method: str, path: str, **kwargs) -> dict:
+        """A call to the simulator's control API (/simulator/...)."""
+        response = requests.request(method, self.sim_url + "/simulator" + path, timeout=HTTP_TIMEOUT, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    def pushes_to(self, msisdn: str) -> list[dict]:
+        """The simulator's transactions for one phone: each is one PIN prompt on the customer's phone."""
+        return [t for t in self.control("GET", "/transactions")["transactions"] if t["phone_number"] == msisdn]

@@ -1,12 +1,14 @@
-"""Wires the root agent: the two payment tools, the instruction, and the model choice."""
+"""Wires the root agent: the two payment tools on the process's Payments, the instruction, and the model choice."""
 from google.adk.agents import Agent
 
 from mpesa_agent.config import Settings
 from mpesa_agent.offline_model import OfflineModel
 from mpesa_agent.prompts import DESCRIPTION, INSTRUCTION
-from mpesa_agent.tools import check_payment_status_realtime, send_instant_payment_with_tracking
+from mpesa_agent.tools import Payments, make_tools
 
 settings = Settings.from_env()
+payments = Payments(settings)
+send_instant_payment_with_tracking, check_payment_status_realtime = make_tools(payments)
 
 root_agent = Agent(
     name="mpesa_agent",

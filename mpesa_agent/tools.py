@@ -1,5 +1,6 @@
 """The agent's two tools: send an STK Push and track it, and check a payment's status.
 
+`make_tools(payments)` builds them bound to one `Payments`; `mpesa_agent.agent` wires the process's.
 Both are `async` (a waiting sync tool freezes `adk web`); blocking HTTP runs in a thread.
 They never raise at the model: every problem comes back as a dict with a message for a person.
 """
@@ -28,15 +29,9 @@ log = logging.getLogger(__name__)
 
 REPEAT_WINDOW = 120  # Daraja's rule 17: same amount to the same phone within 2 minutes
 RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback server
-REMEMBERED_PAYMENTS = 10_000  # per process, for STK Query fallbacks; the oldest are forgotten
-# Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
-# cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
-_BLOCKING = ThreadPoolExecutor(max_workers=128, thread_name_prefix="mpesa-tools")
-
-
-async def _blocking(function, *args):
-    """Run blocking HTTP off the event loop, on the tools' own thread pool."""
-    return await asyncio.get_running_loop().run_in_executor(_BLOCKING, functools.partial(function, *args))
+REMEMBERED_PAYMENTS = 10_000  # per Payments, for STK Query fallbacks; the oldest are forgotten
+BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments runs at once
+TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
 
 
 def _remember(memory: dict, key: str, value) -> None:
@@ -74,6 +69,10 @@ class Payments:
         # Final outcomes this process learned by STK Query while the callback server could not
         # tell; the server's record catches up when its reconciler queries.
         self._queried: dict[str, dict] = {}
+        # Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
+        # cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
+        # Threads start on demand, and exit once this object is garbage-collected.
+        self._pool = ThreadPoolExecutor(max_workers=BLOCKING_THREADS, thread_name_prefix="mpesa-tools")
 
     async def send(self, phone_number, amount, context: str = "", wait_for_completion: bool = True,
                    confirm_repeat: bool = False) -> dict:
@@ -87,7 +86,7 @@ class Payments:
         if refusal:
             return refusal
         try:
-            ack = await _blocking(
+            ack = await self._blocking(
                 self.daraja.stk_push, msisdn, amount, _account_reference(context),
                 context or "Payment", self.settings.callback_url)
         except DarajaError as exc:
@@ -111,7 +110,7 @@ class Payments:
             return error(f"{checkout_id!r} is not a payment ID; it looks like ws_CO_2611202612..."
                          if checkout_id else "Which payment? Give its checkout request ID (ws_CO_...).")
         try:
-            result = await _blocking(self.tracking.status, checkout_id)
+            result = await self._blocking(self.tracking.status, checkout_id)
             if result.get("payment_status") == PENDING and checkout_id in self._queried:
                 return self._queried[checkout_id]
             return result
@@ -123,6 +122,10 @@ class Payments:
         except TrackingUnavailable as exc:
             log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
         return await self._query_once(checkout_id)
+
+    async def _blocking(self, function, *args):
+        """Run blocking HTTP off the event loop, on this object's own thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
 
     def _guard(self, msisdn: str, amount: int, confirm_repeat: bool) -> dict | None:
         """Per-phone rate limit, and no identical push within 2 minutes unless confirmed."""
@@ -177,8 +180,8 @@ class Payments:
 
     async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
         try:
-            await _blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
-                                    context, ack.merchant_request_id)
+            await self._blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
+                                 context, ack.merchant_request_id)
             return True
         except TrackingUnavailable as exc:
             log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
@@ -197,9 +200,9 @@ class Payments:
             remaining = max(0.0, deadline - self.clock())
             try:
                 if down_since is None:
-                    result = await _blocking(self.tracking.wait, checkout_id, remaining)
+                    result = await self._blocking(self.tracking.wait, checkout_id, remaining)
                 else:  # a quick look: is the server back?
-                    result = await _blocking(self.tracking.status, checkout_id)
+                    result = await self._blocking(self.tracking.status, checkout_id)
             except TrackingRejected as exc:
                 log.warning("wait %s refused (%s); falling back to STK Query", checkout_id, exc)
                 return await self._poll_daraja(checkout_id, self.clock() - self.schedule.first, deadline)
@@ -239,7 +242,7 @@ class Payments:
 
     async def _query_once(self, checkout_id: str, quiet: bool = False) -> dict:
         try:
-            result = await _blocking(self.daraja.stk_query, checkout_id)
+            result = await self._blocking(self.daraja.stk_query, checkout_id)
         except ThrottledError:
             return notes.pending_notification(checkout_id)
         except DarajaError as exc:
@@ -270,69 +273,63 @@ def _account_reference(context: str) -> str:
     return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"
 
 
-_payments: Payments | None = None
-_payments_lock = threading.Lock()
+def make_tools(payments: Payments) -> list:
+    """The agent's two tools, bound to `payments` (ADK reads their names, docstrings and type hints)."""
+
+    async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
+                                                 wait_for_completion: bool = True,
+                                                 confirm_repeat: bool = False) -> dict:
+        """Ask a customer to pay by M-Pesa STK Push, then report the outcome as soon as it is known.
+
+        The phone's owner gets an M-Pesa prompt to pay the merchant's shortcode and approves it with
+        their PIN; no money leaves the merchant's account.
+
+        Args:
+            phone_number: The customer's Kenyan mobile number, in any usual form (0712345678, +254712345678).
+            amount: Whole Kenya shillings to request, at least 1.
+            context: What the payment is for, e.g. "lunch" (shown in the messages).
+            wait_for_completion: Wait for the customer's answer (up to about 2 minutes) before replying.
+            confirm_repeat: True only after the person confirmed re-sending the same amount to the
+                same phone within 2 minutes (a previous call answered "needs_confirmation").
+
+        Returns:
+            A dict with `status` ("success", "failed", "timeout", "pending", "unknown",
+            "needs_confirmation" or "error"), a `message` to show the person, `payment_status`, and
+            `checkout_request_id` to check the payment later; `payment_details` on success,
+            `error_message` on failure.
+        """
+        try:
+            return await payments.send(phone_number, amount, context, wait_for_completion, confirm_repeat)
+        except Exception as exc:  # the model must get an answer, never a traceback
+            log.exception("send_instant_payment_with_tracking failed")
+            return error(f"Something went wrong while sending the payment request ({type(exc).__name__}). "
+                         "Check the server logs before trying again.")
+
+    async def check_payment_status_realtime(checkout_request_id: str) -> dict:
+        """Get a payment's current status from the real-time callback system.
+
+        The answer comes from the callback server's record, with no M-Pesa API call; only if that
+        server is unreachable or does not know the payment is M-Pesa asked (STK Query).
+
+        Args:
+            checkout_request_id: The payment's ID from the send result, e.g. "ws_CO_26112026125423123712345678".
+
+        Returns:
+            A dict with `status` ("success", "failed", "pending", "unknown" or "error"), a `message`
+            to show the person, `payment_status` and `checkout_request_id`.
+        """
+        try:
+            return await payments.status(checkout_request_id)
+        except Exception as exc:
+            log.exception("check_payment_status_realtime failed")
+            return error(f"Something went wrong while checking the payment ({type(exc).__name__}).")
+
+    return [send_instant_payment_with_tracking, check_payment_status_realtime]
 
 
-def configure(settings: Settings | None = None, **kwargs) -> Payments:
-    """Set up the process's Payments (tests point it at their own servers)."""
-    global _payments
-    with _payments_lock:
-        _payments = Payments(settings or Settings.from_env(), **kwargs)
-        return _payments
-
-
-def _current() -> Payments:
-    with _payments_lock:
-        current = _payments
-    return current or configure()
-
-
-async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
-                                             wait_for_completion: bool = True,
-                                             confirm_repeat: bool = False) -> dict:
-    """Ask a customer to pay by M-Pesa STK Push, then report the outcome as soon as it is known.
-
-    The phone's owner gets an M-Pesa prompt to pay the merchant's shortcode and approves it with
-    their PIN; no money leaves the merchant's account.
-
-    Args:
-        phone_number: The customer's Kenyan mobile number, in any usual form (0712345678, +254712345678).
-        amount: Whole Kenya shillings to request, at least 1.
-        context: What the payment is for, e.g. "lunch" (shown in the messages).
-        wait_for_completion: Wait for the customer's answer (up to about 2 minutes) before replying.
-        confirm_repeat: True only after the person confirmed re-sending the same amount to the
-            same phone within 2 minutes (a previous call answered "needs_confirmation").
-
-    Returns:
-        A dict with `status` ("success", "failed", "timeout", "pending", "unknown",
-        "needs_confirmation" or "error"), a `message` to show the person, `payment_status`, and
-        `checkout_request_id` to check the payment later; `payment_details` on success,
-        `error_message` on failure.
-    """
-    try:
-        return await _current().send(phone_number, amount, context, wait_for_completion, confirm_repeat)
-    except Exception as exc:  # the model must get an answer, never a traceback
-        log.exception("send_instant_payment_with_tracking failed")
-        return error(f"Something went wrong while sending the payment request ({type(exc).__name__}). "
-                     "Check the server logs before trying again.")
-
-
-async def check_payment_status_realtime(checkout_request_id: str) -> dict:
-    """Get a payment's current status from the real-time callback system.
-
-    The answer comes from the callback server's record, with no M-Pesa API call; only if that
-    server is unreachable or does not know the payment is M-Pesa asked (STK Query).
-
-    Args:
-        checkout_request_id: The payment's ID from the send result, e.g. "ws_CO_26112026125423123712345678".
-
-    Returns:
-        A dict with `status` ("success", "failed", "pending", "unknown" or "error"), a `message`
-        to show the person, `payment_status` and `checkout_request_id`.
-    """
-    try:
-        return await _current().status(checkout_request_id)
-    except Exception as exc:
-        log.exception("check_payment_status_realtime failed")
-        return error(f"Something went wrong while checking the payment ({type(exc).__name__}).")
+def __getattr__(name: str):
+    """`from mpesa_agent.tools import send_instant_payment_with_tracking`: the agent's wired tools."""
+    if name in TOOL_NAMES:
+        from mpesa_agent import agent  # late: agent.py imports this module
+        return getattr(agent, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,19 +32,18 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from mpesa_agent import tools
-from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE, Settings
+from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE
 from mpesa_agent.daraja import DarajaClient
-from harness import Process, base_env, free_port
+from mpesa_agent.tools import Payments, QuerySchedule, make_tools
 from mpesa_agent.tracking import TrackingClient
+from harness import HTTP_TIMEOUT, Stack, free_port
 
 TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
 API_KEY = "reliability-api-key"
 CONSUMER_KEY, CONSUMER_SECRET = "reliability-key", "reliability-secret"
 ACCEPTED = {"ResultCode": 0, "ResultDesc": "Accepted"}
 STARTUP_TIMEOUT = 30.0
-HTTP_TIMEOUT = 10.0
-FAST_QUERIES = tools.QuerySchedule(first=0.3, every=0.3)
+FAST_QUERIES = QuerySchedule(first=0.3, every=0.3)
 SHORT_BACKOFF = (0.05, 0.1)  # registration retries while the callback server is down
 
 
@@ -90,82 +89,27 @@ class Row:
 
 # --- processes -------------------------------------------------------------------------------
 
-class Stack:
-    """A callback server, and with `simulator=True` the Daraja simulator, on free ports in `folder`.
+# Every setting the processes use is given here, so that no .env file can change one.
+ENV = dict(
+    MPESA_CONSUMER_KEY=CONSUMER_KEY, MPESA_CONSUMER_SECRET=CONSUMER_SECRET, MPESA_SHORTCODE=SANDBOX_SHORTCODE,
+    MPESA_PASSKEY=SANDBOX_PASSKEY, MPESA_PARTY_B=SANDBOX_SHORTCODE, MPESA_TRANSACTION_TYPE="CustomerPayBillOnline",
+    PAYMENT_MAX_AMOUNT=150_000, PAYMENT_RATE_LIMIT_COUNT=5, PAYMENT_RATE_LIMIT_WINDOW=600,
+    TRUSTED_CALLBACK_IPS="127.0.0.1", TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false",
+    RECONCILE_AFTER_SECONDS=3600, SIMULATOR_CALLBACK_DELAY=0.2)
 
-    The server's database is `folder/payments.db`; `settings` are what the agent's tools use.
-    """
 
-    def __init__(self, folder: Path, simulator: bool = False, threads: int = 64, wait_seconds: int = 15):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.db = folder, folder / "payments.db"
-        server_port, sim_port = free_port(), free_port()
-        self.url, self.sim_url = f"http://127.0.0.1:{server_port}", f"http://127.0.0.1:{sim_port}"
-        self.callback_url = f"{self.url}/callback/{TOKEN}"
-        # Every setting the processes use is given here, so a developer's .env.local cannot change it.
-        self.env = base_env(
-            MPESA_ENV="simulator", MPESA_CONSUMER_KEY=CONSUMER_KEY, MPESA_CONSUMER_SECRET=CONSUMER_SECRET,
-            MPESA_SHORTCODE=SANDBOX_SHORTCODE, MPESA_PASSKEY=SANDBOX_PASSKEY, MPESA_PARTY_B=SANDBOX_SHORTCODE,
-            MPESA_TRANSACTION_TYPE="CustomerPayBillOnline", MPESA_BASE_URL=self.sim_url,
-            MPESA_CALLBACK_URL=self.callback_url, CALLBACK_SERVER_URL=self.url, CALLBACK_API_KEY=API_KEY,
-            PAYMENTS_DB=self.db, PAYMENT_MAX_AMOUNT=150_000, PAYMENT_RATE_LIMIT_COUNT=5,
-            PAYMENT_RATE_LIMIT_WINDOW=600, PAYMENT_WAIT_SECONDS=wait_seconds, TRUSTED_CALLBACK_IPS="127.0.0.1",
-            TRUSTED_PROXIES="192.0.2.1", VERIFY_SUCCESS_BY_QUERY="false", RECONCILE_AFTER_SECONDS=3600,
-            SIMULATOR_CALLBACK_DELAY=0.2)
-        self.settings = Settings.from_env(self.env, load_files=False)
-        self.server = Process(["callback_server.py", "--port", str(server_port), "--threads", str(threads)],
-                            self.env, f"{self.url}/health", folder / "callback_server.log")
-        self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(sim_port)], self.env,
-                               f"{self.sim_url}/simulator/health", folder / "simulator.log") if simulator else None
+def new_stack(folder: Path, simulator: bool = False, threads: int = 64, wait_seconds: int = 15) -> Stack:
+    """A callback server (and with `simulator=True` the simulator) in `folder`, with the report's settings."""
+    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator, threads=threads,
+                 PAYMENT_WAIT_SECONDS=wait_seconds, **ENV)
 
-    def __enter__(self) -> "Stack":
-        try:
-            if self.simulator:
-                self.simulator.start()
-            self.server.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.server.stop()
-        if self.simulator:
-            self.simulator.stop()
-
-    def restart_server(self, hard: bool = True) -> None:
-        self.server.kill() if hard else self.server.stop()
-        self.server.start()
-
-    def post_callback(self, body: bytes, session=requests) -> requests.Response:
-        return session.post(self.callback_url, data=body, timeout=HTTP_TIMEOUT,
-                            headers={"Content-Type": "application/json"})
-
-    def api(self, method: str, path: str, session=requests, timeout: float = HTTP_TIMEOUT,
-            headers: dict | None = None, **kwargs) -> requests.Response:
-        return session.request(method, self.url + path, timeout=timeout,
-                               headers={"Authorization": f"Bearer {API_KEY}", **(headers or {})}, **kwargs)
-
-    def register(self, payment: "Expected", session=requests) -> requests.Response:
-        return self.api("POST", "/payment/register", session, json={
-            "checkout_request_id": payment.checkout_id, "phone_number": payment.phone,
-            "amount": payment.amount, "description": payment.description,
-            "merchant_request_id": payment.merchant_id})
-
-    def waiting(self) -> int:
-        return requests.get(self.url + "/health", timeout=HTTP_TIMEOUT).json()["waiting"]
-
-    def control(self, method: str, path: str, **kwargs) -> dict:
-        response = requests.request(method, self.sim_url + "/simulator" + path, timeout=HTTP_TIMEOUT, **kwargs)
-        response.raise_for_status()
-        return response.json()
-
-    def pushes_to(self, msisdn: str) -> list[dict]:
-        """The simulator's transactions for one phone: each is one PIN prompt on the customer's phone."""
-        return [t for t in self.control("GET", "/transactions")["transactions"] if t["phone_number"] == msisdn]
+def register(stack: Stack, payment: Expected, session=requests) -> requests.Response:
+    """POST /payment/register for `payment`."""
+    return stack.api("POST", "/payment/register", session, json={
+        "checkout_request_id": payment.checkout_id, "phone_number": payment.phone,
+        "amount": payment.amount, "description": payment.description,
+        "merchant_request_id": payment.merchant_id})
 
 
 def until(condition, timeout: float, every: float = 0.02):
@@ -302,14 +246,14 @@ def crash(folder: Path, callbacks: int = DEFAULT.crash_callbacks, kill_points: i
         rng.shuffle(expected)
         kill_at = rng.randint(max(1, callbacks // 10), max(1, callbacks * 9 // 10))
         kill_marks.append(f"{100 * kill_at // callbacks}%")
-        with Stack(folder / f"crash-{point}") as stack:
+        with new_stack(folder / f"crash-{point}") as stack:
             early, late = expected[::2], expected[1::2]
-            answers = parallel(lambda e: stack.register(e).status_code, early, senders)
+            answers = parallel(lambda e: register(stack, e).status_code, early, senders)
             row.check(set(answers) == {201}, f"registrations before the burst answered {Counter(answers)}")
             acked, retries = send_through_crash(stack, expected, senders, kill_at)
             resent += retries
             row.acked += len(acked)
-            registered = parallel(lambda e: stack.register(e).json().get("payment_status"), late, senders)
+            registered = parallel(lambda e: register(stack, e).json().get("payment_status"), late, senders)
             wrong = sum(1 for e, state in zip(late, registered) if state != e.state)
             row.check(wrong == 0, f"{wrong} late registrations did not pick up their parked callback")
             stack.server.kill()  # the file is read as a crash left it
@@ -433,7 +377,7 @@ def duplicates(stack: Stack, count: int = DEFAULT.per_case, copies: int = 5) -> 
     """Each callback arrives `copies` times at once: applied once, the rest recorded as duplicates."""
     row = Row(f"duplicates x{copies}", f"{count} payments, 2 waiters each", f"{copies} copies of each callback")
     expected = payments_for("dup", count)
-    parallel(stack.register, expected, 16)
+    parallel(lambda e: register(stack, e), expected, 16)
     with Waiters(stack, [e.checkout_id for e in expected]) as waiters:
         bodies = [e.body() for e in expected for _ in range(copies)]
         random.shuffle(bodies)
@@ -460,7 +404,7 @@ def before_registration(stack: Stack, count: int = DEFAULT.per_case) -> Row:
         parked = sum(1 for c in callbacks if c["checkout_request_id"] in ids and c["outcome"] == "parked")
         row.check(parked == count, f"{parked} of {count} early callbacks parked")
         row.check(not ids & set(payments), "a parked callback created a payment")
-        states = parallel(lambda e: stack.register(e).json().get("payment_status"), expected, 16)
+        states = parallel(lambda e: register(stack, e).json().get("payment_status"), expected, 16)
     row.acked = len(acked)
     wrong = sum(1 for e, state in zip(expected, states) if state != e.state)
     row.check(wrong == 0, f"{wrong} registrations did not answer with the parked outcome")
@@ -473,7 +417,7 @@ def after_timeout(stack: Stack, count: int = DEFAULT.per_case) -> Row:
     """The waiter gives up first; the payment stays pending and the late callback still settles it."""
     row = Row("callback after the wait timed out", f"{count} payments", "late callback")
     expected = payments_for("late", count)
-    parallel(stack.register, expected, 16)
+    parallel(lambda e: register(stack, e), expected, 16)
     timed_out = parallel(lambda e: stack.api("GET", f"/payment/wait/{e.checkout_id}?timeout=0.3").json(),
                          expected, 16)
     row.check(all(a["status"] == "timeout" and a["payment_status"] == "pending" for a in timed_out),
@@ -502,7 +446,7 @@ def contradicting(stack: Stack, count: int = DEFAULT.per_case) -> Row:
     def rival(e: Expected) -> bytes:
         return rivals[e.checkout_id]
 
-    parallel(stack.register, expected, 16)
+    parallel(lambda e: register(stack, e), expected, 16)
     sequential, concurrent = expected[: count // 2], expected[count // 2:]
     with Waiters(stack, [e.checkout_id for e in expected]) as waiters:
         acked = [b for e in sequential for b in post_all(stack, [e.body()]) + post_all(stack, [rival(e)])]
@@ -550,8 +494,16 @@ def unknown_payments(stack: Stack, count: int = DEFAULT.per_case) -> Row:
 
 # --- the agent's tools while the callback server goes down ------------------------------------
 
-def send(phone: str, amount: int, context: str = "test", **kwargs) -> dict:
-    return asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+def send(payments: Payments, phone: str, amount: int, context: str = "test", **kwargs) -> dict:
+    """The agent's send tool, bound to `payments`."""
+    send_instant_payment_with_tracking, _ = make_tools(payments)
+    return asyncio.run(send_instant_payment_with_tracking(phone, amount, context, **kwargs))
+
+
+def status(payments: Payments, checkout_id: str) -> dict:
+    """The agent's status tool, bound to `payments`."""
+    _, check_payment_status_realtime = make_tools(payments)
+    return asyncio.run(check_payment_status_realtime(checkout_id))
 
 
 def brief(result: dict) -> dict:
@@ -564,13 +516,13 @@ def server_down_at_send(stack: Stack) -> Row:
     stack.control("POST", "/reset")
     stack.server.kill()
     try:
-        tools.configure(stack.settings, schedule=FAST_QUERIES,
-                        tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
-        for phone, status in (("0733000222", "success"), ("0700001032", "failed")):
-            result = send(phone, 120, "rent")
-            if not row.check(result["status"] == status, f"{phone}: the tool answered {brief(result)}"):
+        payments = Payments(stack.settings, schedule=FAST_QUERIES,
+                            tracking=TrackingClient(stack.url, API_KEY, register_backoff=SHORT_BACKOFF))
+        for phone, want in (("0733000222", "success"), ("0700001032", "failed")):
+            result = send(payments, phone, 120, "rent")
+            if not row.check(result["status"] == want, f"{phone}: the tool answered {brief(result)}"):
                 row.lost += 1
-            if status == "success":
+            if want == "success":
                 row.check(result.get("payment_details", {}).get("VerifiedBy") == "STK Query",
                           f"{phone}: success not verified by STK Query: {brief(result)}")
         tally(row, stack, "254733000222", "254700001032")
@@ -585,13 +537,13 @@ def server_restart_mid_wait(stack: Stack) -> Row:
     during the outage (Daraja never retries, so that callback is gone for good)."""
     row = Row("server restart mid-wait (tools)", "3 payments", "kill -9 + restart during the wait")
     stack.control("POST", "/reset")
-    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    payments = Payments(stack.settings, schedule=FAST_QUERIES)
     cases = (("0745000111", 0, False), ("0745000222", 1032, False), ("0745000333", 0, True))
     for phone, code, during_outage in cases:
         msisdn = "254" + phone[1:]
         stack.control("POST", "/rules", json={"phone": phone, "delay": 3600})  # the customer acts on demand
         result: dict = {}
-        worker = threading.Thread(target=lambda: result.update(send(phone, 250, "books")))
+        worker = threading.Thread(target=lambda: result.update(send(payments, phone, 250, "books")))
         before = stack.waiting()
         worker.start()
         row.check(until(lambda: stack.waiting() > before, 10), f"{phone}: the tool never started waiting")
@@ -615,7 +567,7 @@ def server_restart_mid_wait(stack: Stack) -> Row:
         if code == 0 and not during_outage:
             row.check(bool((result.get("payment_details") or {}).get("MpesaReceiptNumber")),
                       f"{phone}: no receipt, so not from the callback: {brief(result)}")
-        later = asyncio.run(tools.check_payment_status_realtime(checkout_id))
+        later = status(payments, checkout_id)
         row.check(later.get("status") == want, f"{phone}: a later status check said {brief(later)}")
     tally(row, stack, *("254" + phone[1:] for phone, _, _ in cases))
     return row
@@ -645,13 +597,13 @@ def tally(row: Row, stack: Stack, *msisdns: str) -> None:
 def _refused(stack: Stack, name: str, preset: str, phone: str, msisdn: str, words: str) -> Row:
     row = Row(name, "1 payment + an immediate retry", f"push_error {preset}")
     stack.control("POST", "/reset")
-    tools.configure(stack.settings, schedule=FAST_QUERIES)
+    payments = Payments(stack.settings, schedule=FAST_QUERIES)
     stack.control("POST", "/rules", json={"phone": phone, "scope": "next", "push_error": preset})
-    result = send(phone, 90, "fees")
+    result = send(payments, phone, 90, "fees")
     row.check(result["status"] == "error" and words in result["message"] and "Not sent" in result["message"],
               f"{preset}: the tool answered {brief(result)}")
     row.check(not stack.pushes_to(msisdn), f"{preset}: a refused push still reached the phone")
-    again = send(phone, 90, "fees")  # nothing was sent, so no confirmation is needed
+    again = send(payments, phone, 90, "fees")  # nothing was sent, so no confirmation is needed
     row.check(again["status"] == "success", f"{preset}: the retry answered {brief(again)}")
     tally(row, stack, msisdn)
     return row
@@ -695,8 +647,8 @@ def token_expiry(stack: Stack) -> Row:
     daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
                           session=session)
     closed = TrackingClient(f"http://127.0.0.1:{free_port()}", API_KEY, register_backoff=SHORT_BACKOFF)
-    tools.configure(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
-    result = send("0747000111", 310, "rent")
+    payments = Payments(settings, daraja=daraja, tracking=closed, schedule=FAST_QUERIES)  # so the tool queries
+    result = send(payments, "0747000111", 310, "rent")
     if not row.check(result["status"] == "success", f"the tool answered {brief(result)}"):
         row.lost += 1
     tokens = session.calls["/oauth/v1/generate"]
@@ -718,11 +670,11 @@ def slow_ack(stack: Stack, read_timeout: float = 0.5, ack_delay: float = 1.5) ->
     settings = stack.settings
     daraja = DarajaClient(CONSUMER_KEY, CONSUMER_SECRET, settings.shortcode, settings.passkey, settings.base_url,
                           timeout=(2.0, read_timeout))
-    tools.configure(settings, daraja=daraja, schedule=FAST_QUERIES)
-    result = send(phone, 420, "stock")
+    payments = Payments(settings, daraja=daraja, schedule=FAST_QUERIES)
+    result = send(payments, phone, 420, "stock")
     row.check(result["status"] == "unknown" and "will not re-send" in result["message"],
               f"the tool answered {brief(result)}")
-    again = send(phone, 420, "stock")
+    again = send(payments, phone, 420, "stock")
     row.check(again["status"] == "needs_confirmation", f"an immediate retry answered {brief(again)}")
     tally(row, stack, msisdn)
     pushes = stack.pushes_to(msisdn)
@@ -810,7 +762,7 @@ def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = Non
     row = Row("fuzz: malformed inputs over HTTP", f"{inputs} requests, 8 clients",
               "bad UTF-8, random JSON shapes, wrong types, huge numbers")
     settled, pending = payments_for("canary", 10), payments_for("waiting", 10, fail_every=0)
-    parallel(stack.register, settled + pending, 8)
+    parallel(lambda e: register(stack, e), settled + pending, 8)
     post_all(stack, [e.body() for e in settled])
     _, before = read_db(stack.db)
     before_ids = set(before)
@@ -909,7 +861,7 @@ def run(sizes: Sizes = DEFAULT, folder: Path | None = None, seed: int | None = N
     todo = scenarios(folder, sizes, seed)
     rows = []
     threads = 64 + 4 * sizes.per_case
-    with Stack(folder / "server", threads=threads) as server, Stack(folder / "full", simulator=True) as full:
+    with new_stack(folder / "server", threads=threads) as server, new_stack(folder / "full", simulator=True) as full:
         stacks = {"server": server, "full": full}
         for number, (name, function) in enumerate(todo, start=1):
             out(f"[{number}/{len(todo)}] {name} ...")

@@ -9,6 +9,7 @@ from google.genai import types
 
 from mpesa_agent.agent import root_agent
 from mpesa_agent.offline_model import OfflineModel
+from mpesa_agent.tools import Payments, make_tools
 
 APP = "mpesa_agent"
 SEND = "send_instant_payment_with_tracking"
@@ -22,21 +23,19 @@ class Turn:
     reply: str
 
 
-def offline_root_agent():
-    """`root_agent` itself, or a copy on the offline model if a GOOGLE_API_KEY made it pick Gemini."""
-    if isinstance(root_agent.model, OfflineModel):
-        return root_agent
-    return root_agent.clone(update={"model": OfflineModel()})
+def offline_root_agent(payments: Payments):
+    """A copy of `root_agent` with its tools bound to `payments`, on the offline model even with a GOOGLE_API_KEY."""
+    return root_agent.clone(update={"tools": make_tools(payments), "model": OfflineModel()})
 
 
-def converse(*messages: str) -> list[Turn]:
+def converse(payments: Payments, *messages: str) -> list[Turn]:
     """Send `messages` one by one in a new session; return what happened in each turn."""
-    return asyncio.run(chat(messages))
+    return asyncio.run(chat(payments, messages))
 
 
-async def chat(messages) -> list[Turn]:
+async def chat(payments: Payments, messages) -> list[Turn]:
     """`converse` for code already in an event loop."""
-    runner = InMemoryRunner(agent=offline_root_agent(), app_name=APP)
+    runner = InMemoryRunner(agent=offline_root_agent(payments), app_name=APP)
     session = await runner.session_service.create_session(app_name=APP, user_id="test")
     turns = []
     for text in messages:

@@ -21,7 +21,7 @@ def pushes_to(stack, msisdn):
 
 
 def test_the_seed_request_completes_in_one_turn(payments, stack):
-    [turn] = converse("Send 500 to 0712345678 for lunch")
+    [turn] = converse(payments, "Send 500 to 0712345678 for lunch")
 
     assert turn.calls == [send_call("0712345678", 500, "lunch")]
     [result] = turn.results
@@ -32,7 +32,7 @@ def test_the_seed_request_completes_in_one_turn(payments, stack):
 
 
 def test_a_missing_amount_is_asked_for_and_the_answer_sends(payments):
-    first, second = converse("send money to 0712345678", "500")
+    first, second = converse(payments, "send money to 0712345678", "500")
 
     assert first.calls == []
     assert first.reply == "OK, a payment request to 0712345678. How much should I request?"
@@ -41,7 +41,7 @@ def test_a_missing_amount_is_asked_for_and_the_answer_sends(payments):
 
 
 def test_did_it_go_through_uses_the_last_checkout_id_without_asking_daraja(payments, stack):
-    sent, asked = converse("Send 500 to 0712345678 for lunch", "did it go through?")
+    sent, asked = converse(payments, "Send 500 to 0712345678 for lunch", "did it go through?")
 
     checkout_id = sent.results[0]["checkout_request_id"]
     assert asked.calls == [(STATUS, {"checkout_request_id": checkout_id})]
@@ -50,7 +50,7 @@ def test_did_it_go_through_uses_the_last_checkout_id_without_asking_daraja(payme
 
 
 def test_a_cancelled_payment_says_so_and_what_to_do(payments):
-    [turn] = converse("send 100 to 0700001032 for test")
+    [turn] = converse(payments, "send 100 to 0700001032 for test")
 
     assert turn.calls == [send_call("0700001032", 100, "test")]
     assert turn.results[0]["status"] == "failed"
@@ -58,7 +58,7 @@ def test_a_cancelled_payment_says_so_and_what_to_do(payments):
 
 
 def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
-    first, repeat, yes = converse("send 60 to 0744000333 for tea", "send 60 to 0744000333 for tea", "yes")
+    first, repeat, yes = converse(payments, "send 60 to 0744000333 for tea", "send 60 to 0744000333 for tea", "yes")
 
     assert first.calls == [send_call("0744000333", 60, "tea")]
     assert repeat.calls == [send_call("0744000333", 60, "tea")]
@@ -71,7 +71,7 @@ def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
 
 
 def test_kenyan_phrasing(payments):
-    [turn] = converse("tuma 1.5k kwa 0722 000 111")
+    [turn] = converse(payments, "tuma 1.5k kwa 0722 000 111")
 
     assert turn.calls == [send_call("0722000111", 1500)]
     assert turn.reply.startswith("📱 Payment sent! ✅ Completed successfully! 1,500 KSh sent!\n"
@@ -80,7 +80,7 @@ def test_kenyan_phrasing(payments):
 
 @pytest.mark.parametrize("text", ["what's the weather in Nairobi?", "write me a poem about Mombasa"])
 def test_other_requests_are_refused_without_a_tool_call(payments, stack, text):
-    [turn] = converse(text)
+    [turn] = converse(payments, text)
 
     assert turn.calls == []
     assert turn.reply == REFUSAL

@@ -15,8 +15,8 @@ from google.adk.evaluation.eval_set import EvalSet
 from google.adk.evaluation.trajectory_evaluator import TrajectoryEvaluator
 from google.genai import types
 
-from mpesa_agent import tools
 from mpesa_agent.config import Settings
+from mpesa_agent.tools import Payments
 from tests.conversation import APP, SEND, chat
 from test_callback_integration import FAST_QUERIES, stack  # noqa: F401  (fixture)
 
@@ -39,12 +39,12 @@ def calls(invocation: Invocation) -> list[tuple[str, dict]]:
 def replies(stack):
     """Every case's turns, run against one Payments; {eval_id: [Turn, ...]}."""
     requests.post(stack.base_url + "/simulator/reset", timeout=5).raise_for_status()
-    tools.configure(stack, schedule=FAST_QUERIES)
+    payments = Payments(stack, schedule=FAST_QUERIES)
     gate = asyncio.Semaphore(PARALLELISM)
 
     async def replay(case):
         async with gate:
-            return await chat([turn.user_content.parts[0].text for turn in case.conversation])
+            return await chat(payments, [turn.user_content.parts[0].text for turn in case.conversation])
 
     async def replay_all():
         return await asyncio.gather(*(replay(case) for case in EVAL_SET.eval_cases))

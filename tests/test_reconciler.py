@@ -9,12 +9,12 @@ import pytest
 import requests
 
 from callback_server import create_app
-from mpesa_agent import tools
 from mpesa_agent.daraja import StkQueryResult
 from mpesa_agent.daraja.errors import DarajaServerError, ThrottledError, TransportError
 from mpesa_agent.payments.states import classify
 from mpesa_agent.server.reconciler import Reconciler, Schedule
 from mpesa_agent.server.store import Store
+from mpesa_agent.tools import Payments, make_tools
 from harness import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
 
@@ -340,22 +340,21 @@ def test_a_database_from_before_the_reconciler_columns_is_upgraded(tmp_path):
     Store(path).close()  # and again: nothing left to add
 
 
-def test_real_processes_a_lost_callback_is_settled_by_the_servers_reconciler(tmp_path, monkeypatch):
+def test_real_processes_a_lost_callback_is_settled_by_the_servers_reconciler(tmp_path):
     """Simulator + callback server (RECONCILE_AFTER_SECONDS=1) + the agent's tool, as real processes."""
-    monkeypatch.setattr(tools, "_payments", tools._payments)  # restored after the test
     with Stack(tmp_path, token="ab" * 16, api_key="rc-api-key", SIMULATOR_CALLBACK_DELAY="0.1",
                RECONCILE_AFTER_SECONDS="1", PAYMENT_WAIT_SECONDS="15") as stack:
         settings, server = stack.settings, stack.server
         for phone, code in (("0722000222", 0), ("0722000333", 1032)):
             requests.post(f"{settings.base_url}/simulator/rules", timeout=5, json={
                 "phone": phone, "result_code": code, "delay": 0, "lose_callback": True}).raise_for_status()
-        tools.configure(settings)
-        paid = asyncio.run(tools.send_instant_payment_with_tracking("0722000222", 40, "bread"))
+        send_instant_payment_with_tracking, _ = make_tools(Payments(settings))
+        paid = asyncio.run(send_instant_payment_with_tracking("0722000222", 40, "bread"))
         assert paid["status"] == "success", paid
         assert paid["message"] == "💰 Payment completed successfully! 40 KSh sent to 0722000222 for bread"
         assert paid["payment_details"]["VerifiedBy"] == "STK Query"
         assert paid["note"].startswith("Settled by STK Query: no callback arrived")
-        cancelled = asyncio.run(tools.send_instant_payment_with_tracking("0722000333", 40, "bread"))
+        cancelled = asyncio.run(send_instant_payment_with_tracking("0722000333", 40, "bread"))
         assert cancelled["status"] == "failed" and cancelled["error_message"] == "Request cancelled by user"
         assert cancelled["payment"]["settled_by"] == "query"
         assert "reconcile " + paid["checkout_request_id"] + ": query 1: completed" in server.log()

@@ -11,14 +11,14 @@ from reliability.report import Row, audit, payments_for, read_db
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A callback server alone, for the callback scenarios."""
-    with reliability.Stack(tmp_path_factory.mktemp("server"), threads=128) as stack:
+    with reliability.new_stack(tmp_path_factory.mktemp("server"), threads=128) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Simulator + callback server, for the scenarios that go through the agent's tools."""
-    with reliability.Stack(tmp_path_factory.mktemp("stack"), simulator=True, wait_seconds=10) as stack:
+    with reliability.new_stack(tmp_path_factory.mktemp("stack"), simulator=True, wait_seconds=10) as stack:
         yield stack
 
 
@@ -62,7 +62,7 @@ def test_the_audit_counts_what_was_lost_or_applied_twice(server):
     """The checks above would be worthless if the audit could not see a failure: make two."""
     paid, dropped = payments_for("audit", 2, fail_every=0)
     for payment in (paid, dropped):
-        server.register(payment).raise_for_status()
+        reliability.register(server, payment).raise_for_status()
     assert reliability.post_all(server, [paid.body()]) == [paid.body()]
     with sqlite3.connect(server.db) as conn:  # `paid` applied a second time behind the server's back
         conn.execute("INSERT INTO callbacks (received_at, headers, body, checkout_request_id, outcome)"

@@ -19,9 +19,9 @@ from dotenv import dotenv_values
 
 from callback_server import create_app
 from mpesa_agent.server.http import address_in, client_address
-from mpesa_agent import tools
 from mpesa_agent.config import ConfigError
 from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.tools import Payments, QuerySchedule, make_tools
 from harness import ROOT, Process, Stack, base_env, free_port
 from test_callback_manager import callback_body
 
@@ -144,7 +144,6 @@ def secret_stack(tmp_path):
 
 def test_no_secret_appears_in_any_log_or_answer(secret_stack, caplog, monkeypatch):
     settings, values, (simulator, server) = secret_stack
-    monkeypatch.setattr(tools, "_payments", tools._payments)  # restored after the test
     tokens: list[str] = []
     fetch = DarajaClient._fetch_token
 
@@ -154,11 +153,13 @@ def test_no_secret_appears_in_any_log_or_answer(secret_stack, caplog, monkeypatc
 
     monkeypatch.setattr(DarajaClient, "_fetch_token", remember)
     answers: list[object] = []
+    send_tool = status_tool = None  # the tools of the Payments configured last
 
     def send(phone, amount=100, context="test", configured=None, **kwargs):
+        nonlocal send_tool, status_tool
         if configured is not None:
-            tools.configure(configured, schedule=tools.QuerySchedule(first=0.2, every=0.2))
-        answers.append(asyncio.run(tools.send_instant_payment_with_tracking(phone, amount, context, **kwargs)))
+            send_tool, status_tool = make_tools(Payments(configured, schedule=QuerySchedule(first=0.2, every=0.2)))
+        answers.append(asyncio.run(send_tool(phone, amount, context, **kwargs)))
         return answers[-1]
 
     def http(method, url, **kwargs):
@@ -180,11 +181,11 @@ def test_no_secret_appears_in_any_log_or_answer(secret_stack, caplog, monkeypatc
         # an expired token: refreshed once, in the client and (later) in the server
         http("POST", settings.base_url + "/simulator/expire-tokens")
         assert send("0733000111")["status"] == "success"
-        answers.append(asyncio.run(tools.check_payment_status_realtime(answers[0]["checkout_request_id"])))
+        answers.append(asyncio.run(status_tool(answers[0]["checkout_request_id"])))
         # bad input
         assert send("0201234567")["status"] == "error"
         assert send("0712345678", "12.50")["status"] == "error"
-        answers.append(asyncio.run(tools.check_payment_status_realtime("not an id!")))
+        answers.append(asyncio.run(status_tool("not an id!")))
         http("POST", settings.callback_server_url + "/payment/register", headers=key_auth, data=b"{broken")
         http("POST", settings.callback_server_url + "/payment/register", headers=key_auth,
              json={"checkout_request_id": "ws_CO_x", "phone_number": "12", "amount": -1})

@@ -3,7 +3,8 @@ import asyncio
 
 import pytest
 
-from mpesa_agent.tools import Payments
+from mpesa_agent import agent, tools
+from mpesa_agent.tools import TOOL_NAMES, Payments, make_tools
 
 
 class Clock:
@@ -70,3 +71,19 @@ def test_bad_input_is_refused_before_any_call(payments, phone, amount, words):
 @pytest.mark.parametrize("checkout_id", ["", "   ", "not an id!", "x" * 101, "ws_CO_1/../x"])
 def test_status_refuses_what_is_not_an_id(payments, checkout_id):
     assert asyncio.run(payments.status(checkout_id))["status"] == "error"
+
+
+def test_make_tools_binds_the_product_names_to_its_argument(payments):
+    send, status = make_tools(payments)
+    assert (send.__name__, status.__name__) == TOOL_NAMES
+    assert asyncio.run(status("not an id!"))["status"] == "error"
+    crashed = asyncio.run(send("0712345678", 100))  # the Daraja stand-in raises: the model still gets a dict
+    assert crashed["status"] == "error" and crashed["message"].startswith("Something went wrong")
+
+
+def test_the_agents_wired_tools_are_importable_from_the_tools_module():
+    assert [tool.__name__ for tool in agent.root_agent.tools] == list(TOOL_NAMES)
+    assert tools.send_instant_payment_with_tracking is agent.send_instant_payment_with_tracking
+    assert tools.check_payment_status_realtime is agent.check_payment_status_realtime
+    with pytest.raises(AttributeError):
+        tools.configure  # noqa: B018 (the old module-global setup is gone)
