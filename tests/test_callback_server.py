@@ -13,7 +13,7 @@ from mpesa_agent.server import serve
 from mpesa_agent.server.api import wait_timeout
 from mpesa_agent.server.serve import ensure_api_key
 from mpesa_agent.config import ConfigError
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import Store, Transaction
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_NO_RESPONSE,
                                    SAMPLE_NO_RESPONSE_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
@@ -259,7 +259,7 @@ def test_no_accepted_answer_when_the_body_could_not_be_stored(app, client, monke
     def disk_full(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(app.extensions["callback_manager"].store, "record_callback", disk_full)
+    monkeypatch.setattr(Transaction, "insert_callback", disk_full)
     response = post_callback(client, SAMPLE_SUCCESS)
     assert_error(response, 500, "internal error")
     assert "Accepted" not in response.get_data(as_text=True)

@@ -175,7 +175,7 @@ def post(session: requests.Session, url: str, **kwargs) -> requests.Response:
     while True:
         try:
             return session.post(url, timeout=10, **kwargs)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):  # killed mid-answer
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

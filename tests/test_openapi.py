@@ -9,6 +9,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from callback_server import create_app
 from mpesa_agent.server.openapi import openapi_spec
+from mpesa_agent.server.store import Transaction
 from test_callback_manager import callback_body
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL
@@ -147,7 +148,7 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(manager.store, "record_callback", broken)
+    monkeypatch.setattr(Transaction, "insert_callback", broken)
     assert post_callback(callback_body()).status_code == 500
     monkeypatch.setattr(manager.store, "counts", broken)
     assert call("/health", "GET", "/health").status_code == 503

@@ -152,61 +152,71 @@ class CallbackManager:
         return callback_id
 
     def ingest(self, raw_body: bytes, headers: Mapping[str, str] | None, source_addr: str | None) -> CallbackResult:
-        """Store, then apply. If applying fails the callback stays stored and is applied at start."""
-        callback_id = self.record_callback(raw_body, headers, source_addr)
-        try:
-            return self.process_callback(callback_id, _stored_body=bytes(raw_body))
-        except Exception:
-            log.exception("callback #%d stored but not applied; it will be applied at the next start",
-                          callback_id)
-            return CallbackResult(callback_id, RECEIVED, "stored, not applied yet", None, None)
-
-    def process_callback(self, callback_id: int, _stored_body: bytes | None = None) -> CallbackResult:
-        """Apply a stored callback (again, after a crash): park, apply, duplicate or conflict.
-
-        `_stored_body`: `ingest` has just committed this callback as received, with this body,
-        and nothing else applies a callback that new (only `recover`, at start), so it is not
-        read back."""
-        settled = False
+        """Store, then apply, in one commit. Applying runs in a savepoint: if it fails, the callback
+        is still committed (as received) and is applied at the next start."""
+        failure = None
         with self.store.transaction() as tx:
-            if _stored_body is not None:
-                raw = RawCallback(callback_id, "", None, {}, _stored_body)
-            else:
-                raw = tx.callback(callback_id)
+            callback_id = tx.insert_callback(raw_body, headers, source_addr)
+            tx.conn.execute("SAVEPOINT apply")
+            try:
+                result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
+            except Exception as exc:
+                tx.conn.execute("ROLLBACK TO apply")  # raises if SQLite rolled everything back: nothing stored
+                failure = exc
+            tx.conn.execute("RELEASE apply")
+        if failure is not None:
+            log.error("callback #%d stored but not applied; it will be applied at the next start",
+                      callback_id, exc_info=failure)
+            return CallbackResult(callback_id, RECEIVED, "stored, not applied yet", None, None)
+        return self._processed(result, settled)
+
+    def process_callback(self, callback_id: int) -> CallbackResult:
+        """Apply a stored callback again (after a crash, or a parked one): park, apply, duplicate or conflict."""
+        with self.store.transaction() as tx:
+            raw = tx.callback(callback_id)
             if raw is None:
                 raise KeyError(f"no callback #{callback_id}")
-            if raw.outcome not in (RECEIVED, PARKED):
-                return CallbackResult(raw.id, raw.outcome, raw.note, raw.checkout_request_id,
-                                      tx.payment(raw.checkout_request_id or ""))
-            try:
-                parsed = parse_callback(raw.body)
-            except InvalidCallback as exc:
-                outcome, note, checkout_id = INVALID, str(exc), exc.checkout_request_id
+            result, settled = self._process(tx, raw)
+        return self._processed(result, settled)
+
+    def _process(self, tx: Transaction, raw: RawCallback) -> tuple[CallbackResult, bool]:
+        """Parse and apply one stored callback inside `tx`: (what became of it, settled a payment?)."""
+        if raw.outcome not in (RECEIVED, PARKED):
+            return CallbackResult(raw.id, raw.outcome, raw.note, raw.checkout_request_id,
+                                  tx.payment(raw.checkout_request_id or "")), False
+        settled = False
+        try:
+            parsed = parse_callback(raw.body)
+        except InvalidCallback as exc:
+            outcome, note, checkout_id = INVALID, str(exc), exc.checkout_request_id
+            tx.set_callback_outcome(raw.id, outcome, note, checkout_id)
+            payment = tx.payment(checkout_id) if checkout_id else None
+            _log_event(tx, EventType.CALLBACK_RECEIVED, payment, callback_summary(raw.id, outcome, note, None),
+                       checkout_id)
+            return CallbackResult(raw.id, outcome, note, checkout_id, payment), False
+        checkout_id = parsed.checkout_request_id
+        payment = tx.payment(checkout_id)
+        if payment is None:
+            outcome, note = PARKED, "no registration yet; applied when it is registered"
+            if raw.outcome != PARKED:
                 tx.set_callback_outcome(raw.id, outcome, note, checkout_id)
-                payment = tx.payment(checkout_id) if checkout_id else None
-                _log_event(tx, EventType.CALLBACK_RECEIVED, payment, callback_summary(raw.id, outcome, note, None),
+                _log_event(tx, EventType.CALLBACK_PARKED, None, callback_summary(raw.id, outcome, note, parsed),
                            checkout_id)
-            else:
-                checkout_id = parsed.checkout_request_id
-                payment = tx.payment(checkout_id)
-                if payment is None:
-                    outcome, note = PARKED, "no registration yet; applied when it is registered"
-                    if raw.outcome == PARKED:
-                        return CallbackResult(raw.id, PARKED, raw.note, checkout_id, None)
-                    tx.set_callback_outcome(raw.id, outcome, note, checkout_id)
-                    _log_event(tx, EventType.CALLBACK_PARKED, None, callback_summary(raw.id, outcome, note, parsed),
-                               checkout_id)
-                else:
-                    decision, payment = self._apply(tx, payment, parsed, raw.id)
-                    outcome, note, settled = decision.outcome, decision.note, decision.settled
-        state = payment.status if payment else "-"
-        log.info("callback #%d %s: %s, payment %s%s", callback_id, checkout_id or "-", outcome, state,
-                 f" ({note})" if note else "")
+            return CallbackResult(raw.id, outcome, raw.note if raw.outcome == PARKED else note, checkout_id, None), False
+        decision, payment = self._apply(tx, payment, parsed, raw.id)
+        settled = decision.settled
+        return CallbackResult(raw.id, decision.outcome, decision.note, checkout_id, payment), settled
+
+    def _processed(self, result: CallbackResult, settled: bool) -> CallbackResult:
+        """After the commit: log, wake waiters, hand a held success to the verifier."""
+        state = result.payment.status if result.payment else "-"
+        log.info("callback #%d %s: %s, payment %s%s", result.callback_id, result.checkout_request_id or "-",
+                 result.outcome, state, f" ({result.note})" if result.note else "")
         if settled:
-            self._wake(checkout_id)
-        if payment is not None:
-            self._request_verification(payment)
-        return CallbackResult(callback_id, outcome, note, checkout_id, payment)
+            self._wake(result.checkout_request_id)
+        if result.payment is not None:
+            self._request_verification(result.payment)
+        return result
 
     def _apply(self, tx: Transaction, payment: Payment, parsed: StkCallback,
                callback_id: int) -> tuple[Decision, Payment]:
