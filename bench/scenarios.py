@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import random
@@ -33,12 +34,13 @@ def summary_ms(seconds: list[float]) -> dict:
 
 
 def callback_body(checkout_request_id: str, amount: int = 500, phone: str = "254712345678") -> bytes:
-    """A success callback as Daraja sends it."""
+    """A success callback as Daraja sends it, with a receipt of its own (one receipt completes one payment)."""
+    receipt = "B" + hashlib.sha1(checkout_request_id.encode()).hexdigest()[:9].upper()
     return json.dumps({"Body": {"stkCallback": {
         "MerchantRequestID": "29115-34620561-1", "CheckoutRequestID": checkout_request_id, "ResultCode": 0,
         "ResultDesc": "The service request is processed successfully.",
         "CallbackMetadata": {"Item": [
-            {"Name": "Amount", "Value": float(amount)}, {"Name": "MpesaReceiptNumber", "Value": "NLJ7RT61SV"},
+            {"Name": "Amount", "Value": float(amount)}, {"Name": "MpesaReceiptNumber", "Value": receipt},
             {"Name": "TransactionDate", "Value": 20261126102115}, {"Name": "PhoneNumber", "Value": int(phone)}]},
     }}}).encode()
 

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -774,10 +774,18 @@ def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = Non
             requests_to_send.append(("callback", fuzz_callback(rng, settled_ids, pending_ids)))
         elif kind < 0.9:
             requests_to_send.append(("register", fuzz_registration(rng, settled_ids + pending_ids)))
-        else:
+        elif kind < 0.95:
             junk_id = rng.choice(settled_ids + ["", "..", "%00", "ws_CO_" + "9" * 300, "ü😀", "a/b", "x" * 2000])
             timeout = rng.choice(["nan", "inf", "-1", "0", "1e999", "abc", "", "0.0"])
-            requests_to_send.append(("wait", f"/payment/wait/{quote(junk_id, safe='')}?timeout={timeout}"))
+            junk = rng.choice(["-1", "1e3", "9" * 40, "abc", "", "0", "%00", "ü"])
+            requests_to_send.append(("get", rng.choice([
+                f"/payment/wait/{quote(junk_id, safe='')}?timeout={timeout}",
+                f"/events?after={quote(junk)}&limit={quote(rng.choice([junk, '5', '1001']))}"
+                f"&type={quote(rng.choice(['', 'payment.completed', junk]))}",
+                f"/payment/{quote(junk_id, safe='')}/events",
+                f"/events/stream?after={quote(junk)}&timeout={rng.choice(['0', '-1', 'nan', junk])}"])))
+        else:  # a stranger without the token: counted, sampled, never applied
+            requests_to_send.append(("stranger", fuzz_callback(rng, settled_ids, pending_ids)))
     local = threading.local()
 
     def fire(item):
@@ -788,6 +796,10 @@ def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = Non
         elif kind == "register":
             answer = stack.api("POST", "/payment/register", session, data=payload,
                                headers={"Content-Type": "application/json"})
+        elif kind == "stranger":
+            answer = session.post(stack.callback_url.rsplit("/", 1)[0] + "/not-the-token-0000000000", data=payload,
+                                  timeout=30,
+                                  headers={"Content-Type": "application/json"})
         else:
             answer = stack.api("GET", payload, session)
         try:
@@ -804,6 +816,9 @@ def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = Non
     row.check(stack.server.running and requests.get(stack.url + "/health", timeout=5).ok,
               "the server is not healthy after the burst")
     callbacks, after = read_db(stack.db)
+    strangers = sum(1 for k, *_ in results if k == "stranger")
+    samples = sum(1 for c in callbacks if c["outcome"] == "rejected")
+    row.check(samples <= 1010, f"{samples} refused callbacks stored for {strangers} strangers (the cap is 1,000)")
     answered = [p for k, p, s, _ in results if k == "callback" and s in (200, 400)]
     acked = [p for k, p, s, _ in results if k == "callback" and s == 200]
     row.acked = len(acked)
@@ -882,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the issue's sizes: 2,000 callbacks x 5 kill points, 100 payments per case, "
                              "5,000 fuzz inputs (a few minutes)")
     parser.add_argument("--seed", type=int, help="seed for kill points and fuzz inputs (default: random)")
+    parser.add_argument("--fuzz", type=int, metavar="N",
+                        help="fuzz inputs to send (default 600; --full 5,000; 100,000 takes about 3 minutes)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(10**6)
@@ -889,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(filename=folder / "reliability.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sizes = FULL if args.full else DEFAULT
+    if args.fuzz is not None:
+        sizes = replace(sizes, fuzz_inputs=args.fuzz)
     print(f"Reliability run ({'full' if args.full else 'default'} sizes, seed {seed}); processes and "
           f"databases in {folder}", flush=True)
     started = time.monotonic()

@@ -1,6 +1,7 @@
 import hashlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 
@@ -11,7 +12,7 @@ from mpesa_agent.payments.callbacks import InvalidCallback, parse_callback
 from mpesa_agent.server.manager import (MISMATCH_REASON, NO_RECEIPT_REASON, CallbackManager,
                                         InvalidRegistration, RegistrationConflict,
                                         UnknownPayment)
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import Store, Transaction
 
 # Verbatim copies of ../shared/daraja-samples/ (the repo must not depend on files outside it).
 # callback_success_docs_v3_amount_1.00_no_balance_item.json (Safaricom's docs: Amount 1.00, no Balance item)
@@ -491,3 +492,59 @@ def test_phone_numbers_stay_out_of_the_log(manager, caplog):
     assert "needs review: " + MISMATCH_REASON in caplog.text
     assert "254722000000" not in caplog.text and "254712345678" not in caplog.text
     assert "254722000000" in manager.status("ws_CO_1").review
+
+
+def test_one_mpesa_receipt_completes_one_payment_the_second_is_a_conflict_for_review(manager):
+    register(manager, "ws_CO_A")
+    register(manager, "ws_CO_B")
+    assert ingest(manager, callback_body(checkout_request_id="ws_CO_A", receipt="UKYPST28TK")).outcome == "applied"
+    second = ingest(manager, callback_body(checkout_request_id="ws_CO_B", receipt="UKYPST28TK"))
+    assert manager.status("ws_CO_A").status == "completed"
+    payment = manager.status("ws_CO_B")
+    assert (payment.status, payment.reason) == ("unknown", "the M-Pesa receipt already completed another payment")
+    assert "UKYPST28TK" in payment.review and "ws_CO_A" in payment.review and second.note
+    with pytest.raises(Exception, match="UNIQUE"):  # the index is the backstop if code ever forgets
+        with manager.store.transaction() as tx:
+            tx.update_payment("ws_CO_B", status="completed", receipt="UKYPST28TK")
+
+
+def test_a_receipt_confirmed_by_query_for_a_second_held_payment_is_not_completed(settings):
+    store = Store(settings.payments_db)
+    manager = CallbackManager(store, settings.replace(verify_success_by_query=True))
+    try:
+        for checkout_id in ("ws_CO_A", "ws_CO_B"):
+            register(manager, checkout_id)
+            ingest(manager, callback_body(checkout_request_id=checkout_id, receipt="UKYPST28TK"))
+        assert manager.settle_from_query("ws_CO_A", "completed", "0").status == "completed"
+        second = manager.settle_from_query("ws_CO_B", "completed", "0")
+        assert (second.status, second.reason) == ("unknown", "the M-Pesa receipt already completed another payment")
+    finally:
+        store.close()
+
+
+def test_a_callback_stored_while_writes_fail_is_applied_again_as_soon_as_they_work(manager, monkeypatch):
+    register(manager)
+    full = sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(Transaction, "set_callback_outcome", lambda *args, **kwargs: (_ for _ in ()).throw(full))
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(manager.wait("ws_CO_1", 30)))
+    waiter.start()
+    result = ingest(manager, callback_body())
+    assert result.outcome == "received" and manager.store.callback(result.callback_id).outcome == "received"
+    assert "disk is full" in manager.store.write_failure and manager.status("ws_CO_1").status == "pending"
+    assert manager.reapply() == 0 and manager.store.callback(result.callback_id).outcome == "received"  # still full
+    monkeypatch.undo()
+    assert manager.reapply() == 1
+    waiter.join(10)  # a hang guard: the re-applied callback wakes the waiter long before its 30 s
+    assert woke and woke[0].status == "completed" and manager.store.write_failure is None
+    assert manager.reapply() == 0
+
+
+def test_refused_callbacks_are_counted_and_only_a_small_capped_sample_is_kept(manager):
+    huge = callback_body() + b" " * 60_000
+    ids = [manager.record_rejected(huge, {"X-Junk": "j" * 5000, "Host": "x"}, "6.6.6.6", "wrong token")
+           for _ in range(200)]
+    kept = [i for i in ids if i is not None]
+    assert manager.rejected == 200 and 1 <= len(kept) <= 10
+    for raw in manager.store.callbacks(outcome="rejected"):
+        assert len(raw.body) <= 2048 and "X-Junk" not in raw.headers and "body cut to 2048" in raw.note

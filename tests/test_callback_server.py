@@ -385,7 +385,7 @@ def test_health_reports_the_database_and_counts(client, settings, app, monkeypat
     post_callback(client, callback_body())
     body = client.get("/health").get_json()
     assert body == {"status": "ok", "db": str(settings.payments_db), "payments": {"completed": 1},
-                    "callbacks": {"applied": 1}, "waiting": 0}
+                    "callbacks": {"applied": 1}, "waiting": 0, "rejected": 0}
 
     def broken():
         raise sqlite3.OperationalError("unable to open database file")
@@ -397,11 +397,13 @@ def test_health_reports_the_database_and_counts(client, settings, app, monkeypat
 def test_ensure_api_key_generates_one_into_env_local_keeping_existing_lines(settings):
     local = settings.root / ".env.local"
     local.write_text("MPESA_CONSUMER_KEY=mine")  # no trailing newline
+    local.chmod(0o644)  # as `cat >> .env.local` makes it
     updated, source = ensure_api_key(settings.replace(callback_api_key=""))
     key = updated.callback_api_key
     assert len(key) >= 40 and str(local) in source and key not in source
     lines = local.read_text().splitlines()
     assert lines[0] == "MPESA_CONSUMER_KEY=mine" and lines[-1] == f"CALLBACK_API_KEY={key}"
+    assert local.stat().st_mode & 0o777 == 0o600, "a file holding a secret is readable by its owner only"
     again, source = ensure_api_key(settings.replace(callback_api_key=key))
     assert again.callback_api_key == key and source == f"CALLBACK_API_KEY in {local}"
     (settings.root / ".env").write_text("CALLBACK_API_KEY=test-api-key\n")
@@ -424,7 +426,7 @@ def test_main_prints_where_callbacks_go_with_the_token_masked(settings, monkeypa
     assert TOKEN not in out and served["app"].config["MPESA_SETTINGS"].callback_api_key not in out
     assert "Daraja callbacks expected at POST /callback/0123… " in out
     assert f"Store: SQLite {db} (WAL, synchronous=FULL)" in out
-    assert "API key for /payment/* (Authorization: Bearer ...): generated on first start" in out
+    assert "API key for /payment/* and /events (Authorization: Bearer ...): generated on first start" in out
     assert (served["host"], served["port"], served["threads"]) == ("127.0.0.1", 9999, 1100) and db.is_file()
     served["app"].extensions["callback_manager"].store.close()
 
@@ -456,3 +458,41 @@ def test_registration_and_callback_ack_bodies_and_headers(app, client):
     assert (ack.status_code, ack.content_type, ack.get_data()) == (
         200, "application/json", b'{"ResultCode":0,"ResultDesc":"Accepted"}\n')
     assert client.post("/payment/register", json=payload(), headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda path: path.write_bytes(b"this is not sqlite, just text " * 100), "not a SQLite database"),
+    (lambda path: path.mkdir(), "it is a folder, not a file"),
+    (lambda path: sqlite3.connect(path).execute("PRAGMA user_version = 99").connection.close(), "schema version 99"),
+])
+def test_a_bad_database_at_start_is_one_line_with_its_path_and_a_non_zero_exit(settings, capsys, make, words):
+    db = settings.root / "bad" / "payments.db"
+    db.parent.mkdir()
+    make(db)
+    assert main(["--db", str(db)], settings=settings) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"Database error: {db}") and words in err[0], err
+    assert "Traceback" not in err[0] and "PAYMENTS_DB" in err[0]
+
+
+def test_health_says_degraded_while_the_database_refuses_writes(app, client, monkeypatch):
+    register(client)
+    full = sqlite3.OperationalError("database or disk is full")
+    monkeypatch.setattr(Transaction, "set_callback_outcome", lambda *args, **kwargs: (_ for _ in ()).throw(full))
+    assert post_callback(client, callback_body()).status_code == 200  # stored (as received) before the answer
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["status"] == "degraded"
+    assert "disk is full" in health.get_json()["error"] and health.get_json()["callbacks"] == {"received": 1}
+    monkeypatch.undo()
+    assert app.extensions["callback_manager"].reapply() == 1
+    assert client.get("/health").get_json()["status"] == "ok"
+    assert client.get("/payment/status/ws_CO_1", headers=AUTH).get_json()["payment_status"] == "completed"
+
+
+def test_wrong_token_floods_are_counted_not_stored(app, client):
+    for _ in range(100):
+        assert post_callback(client, callback_body() + b" " * 50_000, path="/callback/" + "f" * 32).status_code == 404
+    health = client.get("/health").get_json()
+    assert health["rejected"] == 100 and health["callbacks"]["rejected"] <= 10
+    store = app.extensions["callback_manager"].store
+    assert sum(len(raw.body) for raw in store.callbacks(outcome="rejected")) <= 10 * 2048

@@ -1,4 +1,6 @@
 """The real server process over HTTP: waiters woken by callbacks, and kill -9 loses nothing."""
+import json
+import socket
 import threading
 import time
 
@@ -40,7 +42,7 @@ def test_startup_line_says_where_callbacks_go_without_the_secrets(server):
     log = server.log()
     assert "Daraja callbacks expected at POST /hooks/daraja/f00d… " in log
     assert "Store: SQLite " in log and "synchronous=FULL" in log
-    assert "API key for /payment/* (Authorization: Bearer ...): the CALLBACK_API_KEY environment variable" in log
+    assert "API key for /payment/* and /events (Authorization: Bearer ...): the CALLBACK_API_KEY environment variable" in log
     assert TOKEN not in log and API_KEY not in log
 
 
@@ -98,3 +100,23 @@ def test_a_late_callback_after_a_timed_out_wait_settles_the_payment(server):
     assert api(server, "GET", "/payment/wait/ws_CO_late?timeout=0.2").json()["status"] == "timeout"
     assert post_callback(server, callback_body(checkout_request_id="ws_CO_late")).json() == ACCEPTED
     assert api(server, "GET", "/payment/status/ws_CO_late").json()["status"] == "success"
+
+
+@pytest.mark.parametrize("raw, status", [
+    (b"NONSENSE\r\n\r\n", 400),                                                  # not a request line
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 413),  # headers too large
+    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 505),
+])
+def test_the_http_servers_own_errors_are_json_too(server, raw, status):
+    """Answers cheroot gives before the app sees the request (docs promise JSON everywhere)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].split(" ")[1] == str(status), lines[0]
+    assert "Content-Type: application/json" in lines
+    assert json.loads(body)["status"] == "error" and json.loads(body)["error"]

@@ -180,3 +180,10 @@ def test_every_state_change_names_its_event_and_only_updatable_fields_change():
 def test_decide_refuses_what_is_not_evidence():
     with pytest.raises(TypeError):
         decide(pending(), "paid", now=NOW)
+
+
+def test_rule_3_a_held_success_whose_receipt_completed_another_payment_is_not_confirmed():
+    held, _ = apply(pending(), callback(), verify_successes=True)
+    after, decision = apply(held, QueryEvidence("completed", "0", "ok", receipt_owner="ws_CO_other"))
+    assert (after.status, after.reason) == ("unknown", Reason.RECEIPT_USED) and "ws_CO_other" in after.review
+    assert decision.events == (EventType.PAYMENT_UNKNOWN,) and not is_open(after)

@@ -43,12 +43,14 @@ class CallbackEvidence:
 
 @dataclass(frozen=True)
 class QueryEvidence:
-    """An STK Query answer: `state` completed, failed, unknown or pending (still processing)."""
+    """An STK Query answer: `state` completed, failed, unknown or pending (still processing);
+    `receipt_owner`: the payment that the held success callback's receipt already completed, if any."""
 
     state: str
     result_code: Any = None
     result_desc: str | None = None
     reason: str | None = None
+    receipt_owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,11 @@ def _query(payment: Payment, evidence: QueryEvidence, now: str) -> Decision:
     if state == PENDING or (awaiting and state == UNKNOWN):
         return NOTHING  # no final answer: the reconciler asks again later
     code = normalize_code(evidence.result_code) or None
+    if awaiting and state == COMPLETED and evidence.receipt_owner not in (None, payment.checkout_request_id):
+        note = (f"success callback with receipt {payment.receipt} confirmed by STK Query, but that receipt "
+                f"already completed payment {evidence.receipt_owner}; not completed")
+        return settled(UNKNOWN, dict(status=UNKNOWN, reason=Reason.RECEIPT_USED, settled_by=SettledBy.QUERY,
+                                     settled_at=now, review=joined(payment.review, note)))
     if awaiting and state == COMPLETED:
         return settled(COMPLETED, dict(
             status=COMPLETED, reason=None, settled_by=SettledBy.CALLBACK, verification=Verification.CONFIRMED,

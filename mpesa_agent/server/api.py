@@ -73,7 +73,12 @@ def health():
     except sqlite3.Error as exc:
         log.error("health: database %s not usable: %s", config.payments_db, exc)
         return error(503, f"database not usable: {exc}", db=str(config.payments_db))
-    return jsonify({"status": "ok", "db": str(config.payments_db), **counts, "waiting": callbacks.waiting()})
+    body = {"status": "ok", "db": str(config.payments_db), **counts, "waiting": callbacks.waiting(),
+            "rejected": callbacks.rejected}
+    if callbacks.store.write_failure:  # callbacks may be stored but not applied: say so, loudly
+        return jsonify({**body, "status": "degraded", "error": f"the database refuses writes "
+                        f"({callbacks.store.write_failure}); stored callbacks are applied again once it accepts them"}), 503
+    return jsonify(body)
 
 
 @blueprint.get("/openapi.json")

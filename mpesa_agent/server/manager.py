@@ -9,7 +9,10 @@ after the settling commit. The rules themselves live in payments/lifecycle.py.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
+import time
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -29,6 +32,10 @@ MISMATCH_REASON, NO_RECEIPT_REASON = Reason.MISMATCH, Reason.NO_RECEIPT
 AWAITING, CONFIRMED, CONTRADICTED, UNCONFIRMED = Verification
 RECONCILER = SettledBy.RECONCILER
 RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = CallbackOutcome
+REJECTED_SAMPLES_PER_MINUTE = 10
+REJECTED_BODY_BYTES = 2048
+REJECTED_HEADER_BYTES = 2048
+REJECTED_KEPT = 1000
 __all__ = ["AWAITING_NOTE", "CallbackManager", "InvalidRegistration", "RegistrationConflict", "UnknownPayment"]
 
 
@@ -87,6 +94,8 @@ class CallbackManager:
         # Called with a checkout id after a success callback is held for verification (the
         # reconciler sets it); without it, held payments wait for the reconciler's next start.
         self.on_unverified_success: Callable[[str], None] | None = None
+        self.rejected = 0  # refused callbacks since start (only a sample of them is stored)
+        self._sample_budget, self._budget_at = float(REJECTED_SAMPLES_PER_MINUTE), time.monotonic()
         self.recover()
 
     @property
@@ -140,20 +149,65 @@ class CallbackManager:
         return self.store.record_callback(raw_body, headers, source_addr)
 
     def record_rejected(self, raw_body: bytes, headers: Mapping[str, str] | None,
-                        source_addr: str | None, why: str) -> int:
-        """Keep a refused callback (wrong token, untrusted source) for review; it is never applied."""
+                        source_addr: str | None, why: str) -> int | None:
+        """Count a refused callback (wrong token, untrusted source); keep a small sample for review.
+
+        Anyone can send these, so they must never fill the disk a real callback needs: at most
+        REJECTED_SAMPLES_PER_MINUTE are stored, each cut to REJECTED_BODY_BYTES of body and
+        REJECTED_HEADER_BYTES of headers, and only the newest REJECTED_KEPT are kept. Returns the
+        sample's id, or None when it was only counted."""
+        with self._lock:
+            self.rejected += 1
+            now = time.monotonic()
+            self._sample_budget = min(REJECTED_SAMPLES_PER_MINUTE, self._sample_budget
+                                      + (now - self._budget_at) * REJECTED_SAMPLES_PER_MINUTE / 60)
+            self._budget_at = now
+            sampled = self._sample_budget >= 1
+            if sampled:
+                self._sample_budget -= 1
+        if not sampled:
+            return None
+        body = bytes(raw_body[:REJECTED_BODY_BYTES])
         try:
-            checkout_id = parse_callback(raw_body).checkout_request_id  # to find it when reviewing
+            checkout_id = parse_callback(body).checkout_request_id  # to find it when reviewing
         except InvalidCallback as exc:
             checkout_id = exc.checkout_request_id
+        kept, size = {}, 0
+        for name, value in (headers or {}).items():
+            size += len(name) + len(str(value))
+            if size > REJECTED_HEADER_BYTES:
+                break
+            kept[name] = value
+        note = why if len(raw_body) <= REJECTED_BODY_BYTES else f"{why} (body cut to {REJECTED_BODY_BYTES} of {len(raw_body)} bytes)"
         with self.store.transaction() as tx:
-            callback_id = tx.insert_callback(raw_body, headers, source_addr, REJECTED, why, checkout_id)
-        log.warning("callback #%d from %s rejected: %s", callback_id, source_addr, why)
+            callback_id = tx.insert_callback(body, kept, source_addr, REJECTED, note, checkout_id)
+        if callback_id % REJECTED_KEPT == 0:
+            self.store.trim_rejected(REJECTED_KEPT)
+        log.warning("callback #%d from %s rejected: %s (%d rejected since start)", callback_id, source_addr, why,
+                    self.rejected)
         return callback_id
+
+    def reapply(self) -> int:
+        """Apply again the callbacks stored but not applied (the database refused the write), and
+        find out whether writes work again; the reconciler calls it on every pass."""
+        stored = [raw.id for raw in self.store.callbacks(outcome=RECEIVED)]
+        applied = 0
+        for callback_id in stored:
+            try:
+                self.process_callback(callback_id)
+            except sqlite3.Error as exc:  # still refused: the next pass tries again
+                log.warning("callback #%d still not applied: %s", callback_id, exc)
+                break
+            applied += 1
+        if not stored and self.store.write_failure:
+            self.store.probe_write()
+        if applied:
+            log.info("applied %d stored callback(s) once writes worked again", applied)
+        return applied
 
     def ingest(self, raw_body: bytes, headers: Mapping[str, str] | None, source_addr: str | None) -> CallbackResult:
         """Store, then apply, in one commit. Applying runs in a savepoint: if it fails, the callback
-        is still committed (as received) and is applied at the next start."""
+        is still committed (as received) and `reapply` applies it once writes work again."""
         failure = None
         with self.store.transaction() as tx:
             callback_id = tx.insert_callback(raw_body, headers, source_addr)
@@ -165,7 +219,8 @@ class CallbackManager:
                 failure = exc
             tx.conn.execute("RELEASE apply")
         if failure is not None:
-            log.error("callback #%d stored but not applied; it will be applied at the next start",
+            self.store.note_write_failure(failure)
+            log.error("callback #%d stored but not applied; it is applied again as soon as writes work",
                       callback_id, exc_info=failure)
             return CallbackResult(callback_id, RECEIVED, "stored, not applied yet", None, None)
         return self._processed(result, settled)
@@ -251,6 +306,8 @@ class CallbackManager:
             payment = tx.payment(checkout_request_id)
             if payment is None:
                 raise UnknownPayment(checkout_request_id)
+            if isinstance(evidence, QueryEvidence) and payment.receipt and awaiting_verification(payment):
+                evidence = replace(evidence, receipt_owner=tx.completed_with_receipt(payment.receipt))
             decision, payment = self._write(tx, payment, evidence)
         if decision.settled:
             self._wake(checkout_request_id)

@@ -107,16 +107,19 @@ SCHEMAS: dict[str, Any] = {
     },
     "Health": {
         "type": "object",
-        "required": ["status", "db", "payments", "callbacks", "waiting"],
+        "required": ["status", "db", "payments", "callbacks", "waiting", "rejected"],
         "additionalProperties": False,
         "properties": {
-            "status": {"const": "ok"},
+            "status": {"enum": ["ok", "degraded"], "description": "degraded (503): the database refuses writes."},
+            "error": {"type": "string", "description": "degraded: what the database said."},
             "db": {"type": "string"},
             "payments": {"type": "object", "description": "Payments per status.",
                          "propertyNames": {"enum": STATES}, "additionalProperties": {"type": "integer"}},
             "callbacks": {"type": "object", "description": "Raw callbacks per outcome.",
                           "additionalProperties": {"type": "integer"}},
             "waiting": {"type": "integer", "minimum": 0, "description": "Long-poll waiters right now."},
+            "rejected": {"type": "integer", "minimum": 0,
+                         "description": "Refused callbacks (wrong token or source) since start; only a sample is stored."},
         },
     },
 }
@@ -336,7 +339,8 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                 "security": [],
                 "responses": {
                     "200": _json("OK.", _ref("Health")),
-                    "503": _error("The database cannot be read."),
+                    "503": _json("The database cannot be read (an Error), or refuses writes (status degraded).",
+                                 {"oneOf": [_ref("Error"), _ref("Health")]}),
                 },
             }},
             "/openapi.json": {"get": {

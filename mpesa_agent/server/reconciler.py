@@ -1,7 +1,7 @@
 """Settles payments whose callback never came, and confirms success callbacks, by STK Query.
 
 Runs in the callback server as one daemon thread (`start()` / `stop()`); tests call `run_once()`
-with a fake clock. Each payment is queried on its own back-off schedule, and all queries share
+with a fake clock. Each pass first re-applies callbacks stored while the database refused writes. Each payment is queried on its own back-off schedule, and all queries share
 one rate cap and one throttling back-off, because Daraja throttles STK Query per app:
 - a pending payment (or an `unknown` that may still settle) is first queried RECONCILE_AFTER
   seconds after it was registered, then RECONCILE_GAPS seconds after each answer; "still
@@ -118,6 +118,10 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            try:
+                self.manager.reapply()  # callbacks stored while the database refused writes
+            except Exception:
+                log.exception("reconciler: re-applying stored callbacks failed; trying again")
             try:
                 self.run_once()
             except Exception:  # a broken pass must not end reconciliation for good

@@ -9,7 +9,7 @@ the batch with everything done so far and the others wait for that commit, so co
 callbacks and registrations share one fsync and nobody returns before their work is on disk.
 Writers queue on a Python lock instead of SQLite's busy handler, which sleeps up to 100 ms.
 
-Reads use a small pool of connections (opening one costs ~0.1 ms): waitress runs hundreds of
+Reads use a small pool of connections (opening one costs ~0.1 ms): cheroot runs hundreds of
 threads for long-poll waiters and most never touch the database. The writer stays open, so the
 WAL is not checkpointed and deleted every time the last reader closes. Batches run in
 `BEGIN IMMEDIATE`, which takes the write lock up front, so read-then-write decisions cannot race.
@@ -253,6 +253,7 @@ class Store:
         self._commits = threading.Condition()
         self._committing = False
         self._new_events = threading.Condition()  # notified after every commit: event readers look again
+        self.write_failure: str | None = None  # the last write the database refused, until one succeeds
         self._idle_readers: list[sqlite3.Connection] = []
         self._migrate()
 
@@ -263,12 +264,17 @@ class Store:
             raise NewerDatabase(f"{self.path} has schema version {version}, newer than this program's "
                                 f"{SCHEMA_VERSION}: run the newer version, or point PAYMENTS_DB elsewhere")
         if version == SCHEMA_VERSION:
+            self._create_receipt_index()
             return
         present = {row[1] for row in self._writer.execute("PRAGMA table_info(payments)")}
         added = [f"ALTER TABLE payments ADD COLUMN {f.name} {f.metadata['sql']};"  # columns added since
                  for f in FIELDS if present and f.name not in present]
         self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{chr(10).join(added)}\n"
                                    f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        self._create_receipt_index()
+
+    def _create_receipt_index(self) -> None:
+        """The one-receipt index; tried at every start while older duplicates stop it being made."""
         try:
             self._writer.execute(RECEIPT_INDEX)
         except sqlite3.IntegrityError:  # made before the rule: the reviewer sorts those out, the manager still checks
@@ -318,16 +324,35 @@ class Store:
                     self._writer.execute("RELEASE tx")
                 except BaseException as exc:
                     failure = exc
+                    self.note_write_failure(exc)
                     self._undo(batch, exc)
             finally:
                 self._writing_thread = None
         try:
             self._commit(batch)  # after a failure too: the batch may hold others' work, and must not stay open
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            self.note_write_failure(exc)
             if failure is None:
                 raise
+        else:
+            if failure is None:
+                self.write_failure = None
         if failure is not None:
             raise failure
+
+    def note_write_failure(self, exc: BaseException) -> None:
+        """Remember that the database refused a write (disk full, I/O error), until one succeeds."""
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            self.write_failure = f"{type(exc).__name__}: {exc}"
+
+    def probe_write(self) -> bool:
+        """Write one page and commit it (fsync): do writes work again?"""
+        try:
+            with self.transaction() as tx:
+                tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error:
+            return False
+        return True
 
     def _undo(self, batch: "_Batch", exc: BaseException) -> None:
         """Roll back one failed block (write lock held); if that is impossible, the whole batch."""
@@ -467,6 +492,13 @@ class Store:
                     return False
                 self._new_events.wait(min(left, EVENT_POLL_SECONDS))
         return True
+
+    def trim_rejected(self, keep: int) -> int:
+        """Delete all but the newest `keep` rejected callbacks (samples of refused requests)."""
+        with self.transaction() as tx:
+            return tx.conn.execute(
+                "DELETE FROM callbacks WHERE outcome = 'rejected' AND id <= (SELECT id FROM callbacks"
+                " WHERE outcome = 'rejected' ORDER BY id DESC LIMIT 1 OFFSET ?)", (keep,)).rowcount
 
     def counts(self) -> dict:
         """Payments per status and callbacks per outcome (also proves the database answers)."""
