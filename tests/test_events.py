@@ -16,6 +16,7 @@ from harness import callback_server
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.store import Event, Store
 from tests.test_callback_manager import callback_body, register
+from tests.test_store import make_version_1_database
 
 TOKEN = "7e1d3c5b9a7e1d3c5b9a7e1d3c5b9a7e"
 API_KEY = "events-test-key"
@@ -110,20 +111,7 @@ def test_a_waiting_reader_is_woken_by_the_commit_not_the_timeout(manager):
 
 def test_a_database_from_before_the_event_log_is_migrated(tmp_path):
     path = tmp_path / "old.db"
-    old = sqlite3.connect(path)
-    old.executescript("""
-        CREATE TABLE callbacks (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL, source_addr TEXT,
-            headers TEXT NOT NULL, body BLOB NOT NULL, checkout_request_id TEXT, outcome TEXT NOT NULL, note TEXT,
-            processed_at TEXT);
-        CREATE TABLE payments (checkout_request_id TEXT PRIMARY KEY, merchant_request_id TEXT,
-            phone_number TEXT NOT NULL, amount INTEGER NOT NULL, description TEXT NOT NULL DEFAULT '',
-            status TEXT NOT NULL DEFAULT 'pending', result_code TEXT, result_desc TEXT, reason TEXT, receipt TEXT,
-            transaction_date TEXT, paid_phone TEXT, paid_amount TEXT, settled_by TEXT, review TEXT,
-            callback_id INTEGER, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, settled_at TEXT);
-        INSERT INTO payments (checkout_request_id, phone_number, amount, created_at, updated_at)
-            VALUES ('ws_CO_old', '254712345678', 5, '2026-01-01T00:00:00.000+00:00', '2026-01-01T00:00:00.000+00:00');
-        PRAGMA user_version = 1;""")
-    old.close()
+    make_version_1_database(path)
     store = Store(path)
     try:
         assert store.pragmas()["user_version"] == 2

@@ -1,7 +1,6 @@
 """The reconciler: STK Query for lost callbacks on a back-off schedule, with a fake clock and Daraja."""
 import asyncio
 import logging
-import sqlite3
 import time
 from datetime import datetime
 
@@ -13,6 +12,7 @@ from mpesa_agent.daraja import StkQueryResult
 from mpesa_agent.daraja.errors import DarajaServerError, ThrottledError, TransportError
 from mpesa_agent.payments.states import classify
 from mpesa_agent.server.reconciler import Reconciler, Schedule
+from tests.test_store import make_version_1_database
 from mpesa_agent.server.store import Store
 from mpesa_agent.tools import Payments, make_tools
 from harness import Stack
@@ -318,20 +318,7 @@ def test_the_thread_settles_and_stops(settings, manager):
 
 def test_a_database_from_before_the_reconciler_columns_is_upgraded(tmp_path):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    conn.executescript("""
-        CREATE TABLE callbacks (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL, source_addr TEXT,
-            headers TEXT NOT NULL, body BLOB NOT NULL, checkout_request_id TEXT, outcome TEXT NOT NULL, note TEXT,
-            processed_at TEXT);
-        CREATE TABLE payments (checkout_request_id TEXT PRIMARY KEY, merchant_request_id TEXT,
-            phone_number TEXT NOT NULL, amount INTEGER NOT NULL, description TEXT NOT NULL DEFAULT '',
-            status TEXT NOT NULL DEFAULT 'pending', result_code TEXT, result_desc TEXT, reason TEXT, receipt TEXT,
-            transaction_date TEXT, paid_phone TEXT, paid_amount TEXT, settled_by TEXT, review TEXT,
-            callback_id INTEGER, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, settled_at TEXT);
-        INSERT INTO payments (checkout_request_id, phone_number, amount, created_at, updated_at)
-            VALUES ('ws_CO_old', '254712345678', 500, '2026-01-01T00:00:00.000+00:00', '2026-01-01T00:00:00.000+00:00');
-    """)
-    conn.close()
+    make_version_1_database(path, amount=500)
     store = Store(path)
     payment = store.payment("ws_CO_old")
     assert (payment.query_attempts, payment.last_query_at, payment.verification) == (0, None, None)

@@ -157,3 +157,21 @@ def run_in_threads(work, count: int) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def make_version_1_database(path, amount: int = 5) -> None:
+    """A database as the first release wrote it (schema version 1): no reconciler columns, no event log."""
+    old = sqlite3.connect(path)
+    old.executescript(f"""
+        CREATE TABLE callbacks (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at TEXT NOT NULL, source_addr TEXT,
+            headers TEXT NOT NULL, body BLOB NOT NULL, checkout_request_id TEXT, outcome TEXT NOT NULL, note TEXT,
+            processed_at TEXT);
+        CREATE TABLE payments (checkout_request_id TEXT PRIMARY KEY, merchant_request_id TEXT,
+            phone_number TEXT NOT NULL, amount INTEGER NOT NULL, description TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL DEFAULT 'pending', result_code TEXT, result_desc TEXT, reason TEXT, receipt TEXT,
+            transaction_date TEXT, paid_phone TEXT, paid_amount TEXT, settled_by TEXT, review TEXT,
+            callback_id INTEGER, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, settled_at TEXT);
+        INSERT INTO payments (checkout_request_id, phone_number, amount, created_at, updated_at)
+            VALUES ('ws_CO_old', '254712345678', {amount}, '2026-01-01T00:00:00.000+00:00', '2026-01-01T00:00:00.000+00:00');
+        PRAGMA user_version = 1;""")
+    old.close()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import sqlite3
 
 from flask import Blueprint, current_app, jsonify, request
@@ -10,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 from mpesa_agent.payments.notifications import notification_for, timeout_notification
 from mpesa_agent.payments.record import Payment
 from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, Verification
-from mpesa_agent.server.http import error, error_body, json_object, manager, settings
+from mpesa_agent.server.http import error, json_object, manager, seconds, settings
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
 
@@ -111,15 +110,7 @@ def notification(payment: Payment, timed_out: bool = False) -> dict:
 
 def wait_timeout(raw: str | None) -> tuple[float, str | None]:
     """`?timeout=N` seconds: default 120, clamped to [0, 300]; not a number is an error."""
-    if raw is None:
-        return DEFAULT_WAIT_SECONDS, None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds):
-        return 0, f"timeout must be a number of seconds (0-{MAX_WAIT_SECONDS}), got {raw[:20]!r}"
-    return min(max(seconds, 0.0), MAX_WAIT_SECONDS), None
+    return seconds(raw, DEFAULT_WAIT_SECONDS, MAX_WAIT_SECONDS)
 
 
 def unknown_payment(checkout_request_id: str):
@@ -127,4 +118,3 @@ def unknown_payment(checkout_request_id: str):
                  checkout_request_id=checkout_request_id[:100])
 
 
-__all__ = ["blueprint", "error_body", "notification", "wait_timeout"]

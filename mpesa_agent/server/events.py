@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.payments.states import EventType
-from mpesa_agent.server.http import error, manager
+from mpesa_agent.server.http import error, manager, seconds
 from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event, Store
 
 DEFAULT_PAGE = 100
@@ -43,7 +43,7 @@ def stream():
     query, problem = _query(request.headers.get("Last-Event-ID") or request.args.get("after"))
     if problem:
         return error(400, problem)
-    lasting, problem = _seconds(request.args.get("timeout"))
+    lasting, problem = seconds(request.args.get("timeout"), None)  # none: the stream stays open
     if problem:
         return error(400, problem)
     keepalive = current_app.config.get("EVENTS_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS)
@@ -102,19 +102,6 @@ def _query(after: str | None) -> tuple[dict, str | None]:
     if checkout_id is not None and not CHECKOUT_ID_PATTERN.match(checkout_id):
         return {}, "checkout_request_id must be 1-100 letters, digits, _ . : or -"
     return {"after": position, "type": type, "checkout_request_id": checkout_id}, None
-
-
-def _seconds(raw: str | None) -> tuple[float | None, str | None]:
-    """`?timeout=N` seconds of stream; none: no end."""
-    if raw is None:
-        return None, None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        return None, f"timeout must be a number of seconds, got {raw[:20]!r}"
-    return seconds, None
 
 
 def _whole(raw: str | None, name: str, default: int, low: int, high: int | None) -> tuple[int, str | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import math
 from decimal import Decimal
 
 from flask import current_app, jsonify, request
@@ -74,6 +75,20 @@ def json_object(raw: bytes) -> tuple[dict | None, str | None]:
     if not isinstance(data, dict):
         return None, f"the body must be a JSON object, not {type(data).__name__}"
     return data, None
+
+
+def seconds(raw: str | None, default: float | None, maximum: float = math.inf) -> tuple[float | None, str | None]:
+    """`?timeout=N`: a number of seconds clamped to [0, maximum], `default` when absent, or why it is not one."""
+    if raw is None:
+        return default, None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        limit = f" (0-{maximum:g})" if math.isfinite(maximum) else ""
+        return default, f"timeout must be a number of seconds{limit}, got {raw[:20]!r}"
+    return min(max(value, 0.0), maximum), None
 
 
 def client_address(config: Settings) -> str:
