@@ -153,7 +153,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict:
         folder = tmp / f"run{run}"
         folder.mkdir()
         print(f"run {run + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-        with new_stack(folder, folder / "payments.db", server_threads=args.waiters + 100) as stack:
+        with new_stack(folder, folder / "payments.db") as stack:
             measure(results, "one", scenarios.notification_latency_one, stack, run, args.latency_samples)
             measure(results, "many", scenarios.concurrent_waiters, stack, run, args.waiters)
             measure(results, "ingest", scenarios.callback_ingestion, stack, run, args.callbacks)
@@ -167,7 +167,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict:
         loaded = bulk_load(folder / "payments.db", size)
         print(f"status: bulk-loaded {size:,} payments in {loaded:.1f} s", file=sys.stderr, flush=True)
         ids = [f"ws_CO_bulk_{n:09d}" for n in random.sample(range(size), min(size, 20 * args.status_samples))]
-        with new_stack(folder, folder / "payments.db", server_threads=32, simulator=False) as stack:
+        with new_stack(folder, folder / "payments.db", simulator=False) as stack:
             for _ in range(args.runs):
                 measure(results, f"status{size}", scenarios.status_at_scale, stack.port, ids, args.status_samples)
     return results

@@ -21,10 +21,10 @@ ENV = dict(MPESA_CONSUMER_KEY="bench-key", MPESA_CONSUMER_SECRET="bench-secret",
            PAYMENT_WAIT_SECONDS="30", PAYMENT_RATE_LIMIT_COUNT="1000000", PAYMENT_MAX_AMOUNT="250000")
 
 
-def new_stack(folder: Path, db: Path, server_threads: int, simulator: bool = True) -> Stack:
+def new_stack(folder: Path, db: Path, simulator: bool = True) -> Stack:
     """The simulator and the callback server on `db`, with their logs in `folder`."""
     # A bulk-loaded database of a million payments takes a while to open.
-    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator, threads=server_threads, db=db,
+    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator, db=db,
                  wait=120, **ENV)
 
 

@@ -98,13 +98,13 @@ class Stack:
     """The callback server and, unless `simulator=False`, the Daraja simulator as real processes on
     127.0.0.1, sharing one environment; a context manager.
 
-    `threads` is the server's `--threads`, `db` its database (default `folder/payments.db`), `wait`
+    `server_args` go to callback_server.py (e.g. `("--per-source", "50")`), `db` is its database (default `folder/payments.db`), `wait`
     how long each process may take to get ready; `env` adds or overrides variables
     (`PAYMENT_WAIT_SECONDS="8"`). `settings` is what the agent's tools in this process use to reach them.
     """
 
     def __init__(self, folder: Path, *, token: str = "0123456789abcdef0123456789abcdef",
-                 api_key: str = "stack-test-key", simulator: bool = True, threads: int | None = None,
+                 api_key: str = "stack-test-key", simulator: bool = True, server_args: tuple[str, ...] = (),
                  db: Path | None = None, wait: float = 20.0, **env):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.db, self.api_key, self.wait = folder, db or folder / "payments.db", api_key, wait
@@ -119,7 +119,6 @@ class Stack:
         self.settings = Settings.from_env(self.env, load_files=False)
         self.simulator = Process(["-m", "mpesa_agent.simulator", "--port", str(self.sim_port)], self.env,
                                  f"{self.sim_url}/simulator/health", folder / "simulator.log") if simulator else None
-        server_args = ("--threads", str(threads)) if threads else ()
         self.server = Process(["callback_server.py", "--port", str(self.port), *server_args], self.env,
                               f"{self.url}/health", folder / "server.log")
 

@@ -98,9 +98,9 @@ ENV = dict(
     RECONCILE_AFTER_SECONDS=3600, SIMULATOR_CALLBACK_DELAY=0.2)
 
 
-def new_stack(folder: Path, simulator: bool = False, threads: int = 64, wait_seconds: int = 15) -> Stack:
+def new_stack(folder: Path, simulator: bool = False, wait_seconds: int = 15) -> Stack:
     """A callback server (and with `simulator=True` the simulator) in `folder`, with the report's settings."""
-    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator, threads=threads,
+    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator,
                  PAYMENT_WAIT_SECONDS=wait_seconds, **ENV)
 
 
@@ -875,8 +875,7 @@ def run(sizes: Sizes = DEFAULT, folder: Path | None = None, seed: int | None = N
     folder = folder or Path(tempfile.mkdtemp(prefix="mpesa-reliability-"))
     todo = scenarios(folder, sizes, seed)
     rows = []
-    threads = 64 + 4 * sizes.per_case
-    with new_stack(folder / "server", threads=threads) as server, new_stack(folder / "full", simulator=True) as full:
+    with new_stack(folder / "server") as server, new_stack(folder / "full", simulator=True) as full:
         stacks = {"server": server, "full": full}
         for number, (name, function) in enumerate(todo, start=1):
             out(f"[{number}/{len(todo)}] {name} ...")

@@ -415,19 +415,21 @@ def test_main_prints_where_callbacks_go_with_the_token_masked(settings, monkeypa
     served = {}
 
     class Server:
-        start = stop = staticmethod(lambda: None)
+        serve_forever = staticmethod(lambda: None)
+        stop = staticmethod(lambda timeout=None: None)
 
-    monkeypatch.setattr(serve, "wsgi_server", lambda app, host, port, threads: served.update(
-        app=app, host=host, port=port, threads=threads) or Server())
+    monkeypatch.setattr(serve, "wsgi_server", lambda app, host, port, connections, per_source, header: served.update(
+        app=app, host=host, port=port, connections=connections, per_source=per_source) or Server())
     db = settings.root / "other" / "p.db"
-    assert main(["--port", "9999", "--threads", "1100", "--db", str(db)],
+    assert main(["--port", "9999", "--connections", "11000", "--per-source", "50", "--db", str(db)],
                 settings=settings.replace(callback_api_key="")) == 0
     out = capsys.readouterr().out
     assert TOKEN not in out and served["app"].config["MPESA_SETTINGS"].callback_api_key not in out
     assert "Daraja callbacks expected at POST /callback/0123… " in out
     assert f"Store: SQLite {db} (WAL, synchronous=FULL)" in out
     assert "API key for /payment/* and /events (Authorization: Bearer ...): generated on first start" in out
-    assert (served["host"], served["port"], served["threads"]) == ("127.0.0.1", 9999, 1100) and db.is_file()
+    assert (served["host"], served["port"], served["connections"], served["per_source"]) == (
+        "127.0.0.1", 9999, 11000, 50) and db.is_file()
     served["app"].extensions["callback_manager"].store.close()
 
 

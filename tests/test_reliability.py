@@ -11,7 +11,7 @@ from reliability.report import Row, audit, payments_for, read_db
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A callback server alone, for the callback scenarios."""
-    with reliability.new_stack(tmp_path_factory.mktemp("server"), threads=128) as stack:
+    with reliability.new_stack(tmp_path_factory.mktemp("server")) as stack:
         yield stack
 
 

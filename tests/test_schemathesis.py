@@ -23,7 +23,7 @@ LONGEST_WAIT = 0.05  # seconds; the long-poll would otherwise hold a case for up
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("schemathesis")
     # 64 threads: a margin in case a generated timeout that short_wait cannot cut holds one for 300 s
-    process = callback_server(folder, api_key=API_KEY, token=TOKEN, args=("--threads", "64"))
+    process = callback_server(folder, api_key=API_KEY, token=TOKEN, )
     yield process.start()
     process.stop()
 

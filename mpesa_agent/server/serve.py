@@ -1,12 +1,12 @@
-"""Runs the callback server: settings, start-up checks, the API key, cheroot and the reconciler.
+"""Runs the callback server: settings, start-up checks, the API key, the HTTP server and the reconciler.
 
-    python callback_server.py [--host 127.0.0.1] [--port 8001] [--db PATH] [--threads 200]
+    python callback_server.py [--host 127.0.0.1] [--port 8001] [--db PATH]
+                              [--connections 16000] [--per-source 200]
 
-Served by cheroot (chosen by measurement: docs/benchmark.md). Each long-poll waiter
-(`GET /payment/wait/...`) and each event stream (`GET /events/stream`) holds one thread while it
-lasts, so `--threads` is the number of concurrent waiters and streams plus a margin for callbacks
-and status checks. A reconciler thread settles payments whose callback never came by STK Query
-(and confirms success callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
+Served by gevent's WSGI server (server/wsgi.py, chosen by measurement: docs/benchmark.md): a
+long-poll waiter, an event stream or an idle connection costs a greenlet, not a thread. A
+reconciler loop settles payments whose callback never came by STK Query (and confirms success
+callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
 """
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from cheroot import errors as cheroot_errors
-from cheroot import server as cheroot_server
-from cheroot import wsgi as cheroot_wsgi
 from dotenv import dotenv_values
 from flask import Flask
 
@@ -33,14 +30,12 @@ from mpesa_agent.server.app import create_app
 from mpesa_agent.server.http import MAX_BODY_BYTES
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.store import NewerDatabase
+from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
 
 log = logging.getLogger("callback_server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
-DEFAULT_THREADS = 200
-MAX_HEADER_BYTES = 64 * 1024
-SOCKET_TIMEOUT = 30  # seconds a connection may sit idle or stall mid-request (not the long-poll itself)
 EXIT_CONFIG, EXIT_CALLBACK_URL, EXIT_DATABASE = 1, 2, 3
 
 
@@ -81,8 +76,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--db", help="SQLite file of payments (default PAYMENTS_DB, data/payments.db)")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help=f"worker threads = concurrent long-poll waiters + margin (default {DEFAULT_THREADS})")
+    parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
+                        help=f"most open connections in all: waiters, streams, idle clients (default {DEFAULT_CONNECTIONS})")
+    parser.add_argument("--header-timeout", type=float, default=HEADER_SECONDS,
+                        help=f"seconds a client has to send its request line and headers (default {HEADER_SECONDS:g})")
+    parser.add_argument("--per-source", type=int, default=DEFAULT_PER_SOURCE,
+                        help="most open connections from one address; loopback and TRUSTED_PROXIES are exempt "
+                             f"(default {DEFAULT_PER_SOURCE})")
     return parser.parse_args(argv)
 
 
@@ -120,15 +120,16 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
-          f"Callback server on http://{args.host}:{args.port} (cheroot, {args.threads} threads)", flush=True)
-    server = wsgi_server(app, args.host, args.port, args.threads)
+          f"Callback server on http://{args.host}:{args.port} (gevent, up to {args.connections} connections, "
+          f"{args.per_source} per address)", flush=True)
+    server = wsgi_server(app, args.host, args.port, args.connections, args.per_source, args.header_timeout)
     reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
     try:
-        server.start()
+        server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
+        server.stop(timeout=5)
         reconciler.stop()
     return 0
 
@@ -154,55 +155,27 @@ def database_problem(path: Path, exc: BaseException) -> str:
             "the server did not start.")
 
 
-def wsgi_server(app: Flask, host: str, port: int, threads: int) -> cheroot_wsgi.Server:
-    """cheroot: a fixed pool of `threads` workers; idle keep-alive connections wait in epoll, not in a thread."""
-    # Repeated X-Forwarded-For lines are joined (as the RFC allows), not last-one-wins, so
-    # client_address() sees every hop and believes only those TRUSTED_PROXIES added.
-    if b"X-Forwarded-For" not in cheroot_server.comma_separated_headers:
-        cheroot_server.comma_separated_headers.append(b"X-Forwarded-For")
-    server = cheroot_wsgi.Server((host, port), buffered_chunked_bodies(app), numthreads=threads, max=threads,
-                                 request_queue_size=1024, timeout=SOCKET_TIMEOUT, server_name="callback-server")
-    server.max_request_header_size = MAX_HEADER_BYTES
-    server.ConnectionClass = JsonErrorConnection
-    return server
-
-
-class JsonErrorRequest(cheroot_server.HTTPRequest):
-    """cheroot's own answers (a bad request line, headers too large, a client too slow: 400, 413,
-    408...) are JSON like every answer of the app, and close the connection."""
-
-    def simple_response(self, status, msg=""):
-        status = str(status)
-        if not status.startswith(("4", "5")):
-            return super().simple_response(status, msg)
-        text = (msg.decode("ISO-8859-1") if isinstance(msg, bytes) else str(msg)).strip()
-        body = json.dumps({"status": "error", "error": text or status[4:] or status}).encode()
-        self.close_connection = True  # after a protocol error the connection's state is unknown
-        head = (f"{self.server.protocol} {status}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-        try:
-            self.conn.wfile.write(head.encode("ISO-8859-1") + body)
-        except OSError as exc:
-            if exc.args and exc.args[0] not in cheroot_errors.socket_errors_to_ignore:
-                raise
-
-
-class JsonErrorConnection(cheroot_server.HTTPConnection):
-    RequestHandlerClass = JsonErrorRequest
+def wsgi_server(app: Flask, host: str, port: int, connections: int = DEFAULT_CONNECTIONS,
+                per_source: int = DEFAULT_PER_SOURCE, header_seconds: float = HEADER_SECONDS) -> Server:
+    """gevent's WSGI server with the guards of server/wsgi.py."""
+    settings: Settings = app.config["MPESA_SETTINGS"]
+    return Server((host, port), buffered_chunked_bodies(app), connections=connections, per_source=per_source,
+                  exempt=exempt_sources(settings.trusted_proxies), header_seconds=header_seconds)
 
 
 def buffered_chunked_bodies(app: Flask):
-    """Give the app a chunked body with a Content-Length (as waitress did), so that one over
+    """Give the app a chunked body with a Content-Length, so that one over
     MAX_BODY_BYTES is a 413 instead of being cut short silently by werkzeug's stream limit."""
     def middleware(environ, start_response):
-        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+        if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" and not environ.get("CONTENT_LENGTH"):
             try:
                 body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
             except (ValueError, OSError) as exc:  # a malformed chunk: nothing reaches the app or the store
                 start_response("400 Bad Request", [("Content-Type", "application/json"), ("Connection", "close")])
                 return [json.dumps({"status": "error", "error": f"bad chunked body: {str(exc)[:80]}"}).encode()]
             environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
-            del environ["wsgi.input_terminated"], environ["HTTP_TRANSFER_ENCODING"]  # werkzeug ignores the length otherwise
+            environ.pop("wsgi.input_terminated", None)  # werkzeug ignores the length otherwise
+            del environ["HTTP_TRANSFER_ENCODING"]
         return app(environ, start_response)
     return middleware
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -150,6 +151,16 @@ def _event(row: sqlite3.Row) -> Event:
     return Event(row[0], row[1], row[2], row[3], row[4])
 
 
+def _off_the_loop():
+    """How to run a call that waits for the disk: under gevent (the served process), on a native
+    thread so that every other connection goes on meanwhile; otherwise simply."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        import gevent
+        return lambda function, *args: gevent.get_hub().threadpool.apply(function, args)
+    return lambda function, *args: function(*args)
+
+
 def _json_default(value):
     return str(value)  # Decimal amounts from callbacks: exact text, never float
 
@@ -255,6 +266,7 @@ class Store:
         self._new_events = threading.Condition()  # notified after every commit: event readers look again
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
         self._idle_readers: list[sqlite3.Connection] = []
+        self._off_the_loop = _off_the_loop()
         self._migrate()
 
     def _migrate(self) -> None:
@@ -380,7 +392,7 @@ class Store:
                     current, self._batch = self._batch, None
                     if current is not None:
                         try:
-                            self._writer.execute("COMMIT")
+                            self._off_the_loop(self._writer.execute, "COMMIT")  # the fsync
                         except BaseException as exc:
                             error = exc
                             if self._writer.in_transaction:

@@ -1,0 +1,141 @@
+"""The served process under hostile and crowded clients: held connections cost no thread, slow
+clients are cut off, one address cannot take every connection, and Daraja's callbacks still land."""
+import json
+import socket
+import time
+
+import pytest
+import requests
+
+from harness import callback_server
+from tests.test_callback_manager import callback_body
+
+TOKEN = "5e7a11c0de5e7a11c0de5e7a11c0de5e"
+API_KEY = "serving-test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def open_socket(url: str, timeout: float = 30) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def answer(sock: socket.socket) -> tuple[int, dict]:
+    """Read one whole HTTP answer whose body is JSON: (status, body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before an answer: {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+def register(server, checkout_id: str) -> None:
+    response = requests.post(f"{server.url}/payment/register", headers=AUTH, timeout=10, json={
+        "checkout_request_id": checkout_id, "phone_number": "0712345678", "amount": 500})
+    assert response.status_code == 201, response.text
+
+
+def test_slow_clients_and_held_waits_take_nothing_from_callbacks(tmp_path):
+    """300 slowloris connections and 300 held long-polls at once: a callback is still stored and
+    acknowledged, /health answers, and every held waiter gets its own outcome."""
+    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN).start()
+    held = []
+    try:
+        for n in range(300):
+            register(server, f"ws_CO_held_{n}")
+        slow = [open_socket(server.url) for _ in range(300)]
+        for sock in slow:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and then nothing
+        for n in range(300):
+            sock = open_socket(server.url)
+            sock.sendall(f"GET /payment/wait/ws_CO_held_{n}?timeout=120 HTTP/1.1\r\nHost: x\r\n"
+                         f"Authorization: Bearer {API_KEY}\r\n\r\n".encode())
+            held.append(sock)
+        deadline = time.monotonic() + 30
+        while requests.get(f"{server.url}/health", timeout=10).json()["waiting"] < 300:
+            assert time.monotonic() < deadline, "the waits were not all held"
+            time.sleep(0.1)
+        register(server, "ws_CO_daraja")
+        acked = requests.post(f"{server.url}/callback/{TOKEN}", data=callback_body(checkout_request_id="ws_CO_daraja"),
+                              headers={"Content-Type": "application/json"}, timeout=10)
+        assert acked.json() == {"ResultCode": 0, "ResultDesc": "Accepted"}
+        health = requests.get(f"{server.url}/health", timeout=10).json()
+        assert health["payments"] == {"pending": 300, "completed": 1} and health["waiting"] == 300
+        for n in range(300):
+            requests.post(f"{server.url}/callback/{TOKEN}", timeout=10, headers={"Content-Type": "application/json"},
+                          data=callback_body(checkout_request_id=f"ws_CO_held_{n}", result_code=(0, 1032)[n % 2]))
+        outcomes = [answer(sock) for sock in held]
+        assert [status for status, _ in outcomes] == [200] * 300
+        assert [body["checkout_request_id"] for _, body in outcomes] == [f"ws_CO_held_{n}" for n in range(300)]
+        assert [body["status"] for _, body in outcomes] == [("success", "failed")[n % 2] for n in range(300)]
+        for sock in slow + held:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_a_client_that_trickles_its_headers_is_cut_off_with_a_json_408(tmp_path):
+    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN, args=("--header-timeout", "1")).start()
+    try:
+        sock = open_socket(server.url)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        for _ in range(3):  # one header byte every half second: each read is quick, the whole head is not
+            time.sleep(0.5)
+            try:
+                sock.sendall(b"X")
+            except OSError:
+                break
+        status, body = answer(sock)
+        assert status == 408 and body["status"] == "error" and "did not arrive in time" in body["error"]
+        assert time.monotonic() - started < 10
+        idle = open_socket(server.url)
+        assert idle.recv(100) == b""  # an idle connection that never sends a request is closed after the deadline
+    finally:
+        server.stop()
+
+
+def non_loopback_address() -> str | None:
+    """This machine's address on a real interface (the source of a connection that is not loopback)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.254", 9))  # no packet is sent: this only picks the outgoing interface
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") else address
+
+
+def test_one_address_cannot_hold_every_connection(tmp_path):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no network interface but loopback (loopback is exempt from the cap)")
+    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN, args=("--host", "0.0.0.0", "--per-source", "5"))
+    port = server.url.rsplit(":", 1)[1]
+    server.start()
+    server.url = f"http://{address}:{port}"  # connections from there are not loopback
+    try:
+        mine = [open_socket(server.url) for _ in range(5)]
+        for sock in mine:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer(sock)[0] == 200  # kept alive: still open
+        sixth = open_socket(server.url)
+        status, body = answer(sixth)
+        assert status == 429 and "too many open connections" in body["error"]
+        assert requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200  # others still served
+        mine.pop().close()
+        time.sleep(0.2)
+        again = open_socket(server.url)
+        again.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer(again)[0] == 200
+        for sock in mine + [again, sixth]:
+            sock.close()
+    finally:
+        server.stop()
