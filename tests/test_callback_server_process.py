@@ -1,13 +1,15 @@
 """The real server process over HTTP: waiters woken by callbacks, and kill -9 loses nothing."""
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from harness import callback_server
+from harness import ROOT, callback_server
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
 
@@ -122,3 +124,15 @@ def test_the_http_servers_own_errors_are_json_too(server, raw, status):
     assert lines[0].split(" ")[1] == str(status), lines[0]
     assert "Content-Type: application/json" in lines
     assert json.loads(body)["status"] == "error" and json.loads(body)["error"]
+
+
+def test_a_second_server_on_the_same_sqlite_file_is_refused_not_silently_deaf(server, tmp_path):
+    """Its waiters would never hear the first one's callbacks: it stops with one clear line instead."""
+    second = callback_server(tmp_path, api_key=API_KEY, token=TOKEN)
+    done = subprocess.run([sys.executable, *second.args], cwd=ROOT, env=second.env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert f"Database error: {tmp_path / 'payments.db'} is already served by another callback server (pid" in done.stderr
+    assert requests.get(f"{server.url}/health", timeout=5).json()["status"] == "ok"
+    server.kill()  # kill -9 drops the lock with the process
+    assert server.start().running

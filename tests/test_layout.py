@@ -9,7 +9,7 @@ PACKAGE = ROOT / "mpesa_agent"
 AGENT_PROCESS = [PACKAGE / name for name in ("agent.py", "prompts.py", "tools.py", "tracking.py", "config.py")] + [
     path for folder in ("offline_model", "payments", "daraja") for path in sorted((PACKAGE / folder).rglob("*.py"))]
 DEVELOPMENT = ("harness", "bench", "reliability", "tests")  # and the top-level test_*.py modules
-DOING_IO = ("requests", "urllib3", "urllib.request", "http", "socket", "sqlite3", "flask", "werkzeug", "cheroot",
+DOING_IO = ("requests", "urllib3", "urllib.request", "http", "socket", "sqlite3", "flask", "werkzeug", "cheroot", "gevent",
             "subprocess", "threading", "asyncio", "mpesa_agent.daraja", "mpesa_agent.server", "mpesa_agent.tools",
             "mpesa_agent.tracking", "mpesa_agent.simulator", "mpesa_agent.agent")
 

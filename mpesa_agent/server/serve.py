@@ -11,6 +11,7 @@ callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import logging
@@ -102,10 +103,14 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                   "(see docs/callback_server.md, \"Setting up the callback URL\").", file=sys.stderr)
             return EXIT_CALLBACK_URL
         settings, key_source = ensure_api_key(settings)
+        owner = claim_database(settings.payments_db)
         app = create_app(settings)
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except DatabaseInUse as exc:
+        print(f"Database error: {exc}", file=sys.stderr)
+        return EXIT_DATABASE
     except (sqlite3.Error, NewerDatabase, OSError) as exc:
         print(f"Database error: {database_problem(settings.payments_db, exc)}", file=sys.stderr)
         return EXIT_DATABASE
@@ -131,7 +136,34 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     finally:
         server.stop(timeout=5)
         reconciler.stop()
+        owner.close()
     return 0
+
+
+class DatabaseInUse(RuntimeError):
+    """Another callback server serves this SQLite file."""
+
+
+def claim_database(path: Path):
+    """Hold an exclusive lock beside the SQLite file for as long as this process lives (the kernel
+    drops it when the process dies, even by kill -9). A second server on the same file would store
+    callbacks correctly but never wake the first one's waiters: it is refused instead."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(f"{path}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise DatabaseInUse(f"{path} is already served by another callback server ({holder}): one server "
+                            "process per SQLite file. Stop it, or give this one its own PAYMENTS_DB (or --db)."
+                            ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle  # kept open by the caller: closing it would release the lock
 
 
 def database_problem(path: Path, exc: BaseException) -> str:
