@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")
     cpu = median_of(results["cpu"])
     if "failed" not in cpu:
-        print(f"Server CPU per request, one at a time: {cpu['floor_ms']:.2f} ms for a 404 (cheroot + Flask alone), "
+        print(f"Server CPU per request, one at a time: {cpu['floor_ms']:.2f} ms for a 404 (the HTTP server + Flask alone), "
               f"{cpu['callback_ms']:.2f} ms for a callback; one Python process serves about 1 / that per second.")
     print("Time-to-know by polling is modelled on the measured STK Query latency, with the customer acting "
           f"{polling.CUSTOMER_ACTS[0]:g}-{polling.CUSTOMER_ACTS[1]:g} s after the push (uniform); see docs/benchmark.md.")

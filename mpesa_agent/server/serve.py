@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    """Run the server with cheroot (`settings` for tests; normally read from the environment)."""
+    """Run the server (`settings` for tests; normally read from the environment)."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -9,8 +9,9 @@ the batch with everything done so far and the others wait for that commit, so co
 callbacks and registrations share one fsync and nobody returns before their work is on disk.
 Writers queue on a Python lock instead of SQLite's busy handler, which sleeps up to 100 ms.
 
-Reads use a small pool of connections (opening one costs ~0.1 ms): cheroot runs hundreds of
-threads for long-poll waiters and most never touch the database. The writer stays open, so the
+Reads use a small pool of connections (opening one costs ~0.1 ms): thousands of held
+connections may be open, and most never touch the database. Served under gevent, the COMMIT
+(the fsync) runs on a native thread, so other connections go on while the disk works. The writer stays open, so the
 WAL is not checkpointed and deleted every time the last reader closes. Batches run in
 `BEGIN IMMEDIATE`, which takes the write lock up front, so read-then-write decisions cannot race.
 Money is INTEGER (registered amounts) or exact Decimal text (amounts read from callbacks).
