@@ -88,6 +88,7 @@ class Settings:
     wait_seconds: int = 120
     reconcile_after: int = 300
     verify_success_by_query: bool = False
+    allow_live_money: bool = False  # production sends real prompts only with this switch on
     trusted_callback_ips: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     agent_model: str = "gemini-2.5-flash"
@@ -123,8 +124,8 @@ class Settings:
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
-            verify_success_by_query=(values.get("VERIFY_SUCCESS_BY_QUERY") or "").strip().lower()
-            in ("1", "true", "yes", "on"),
+            verify_success_by_query=_flag(values, "VERIFY_SUCCESS_BY_QUERY"),
+            allow_live_money=_flag(values, "MPESA_ALLOW_LIVE_MONEY"),
             trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),
             trusted_proxies=_list(values.get("TRUSTED_PROXIES")),
             agent_model=(values.get("MPESA_AGENT_MODEL") or "gemini-2.5-flash").strip(),
@@ -146,6 +147,21 @@ class Settings:
     def callback_token(self) -> str:
         """The secret last segment of the callback path."""
         return self.callback_path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _flag(values: Mapping[str, str], name: str) -> bool:
+    return (values.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def mode(settings: "Settings") -> str:
+    """Which money this configuration moves, said plainly (printed at start)."""
+    if settings.mpesa_env == "simulator":
+        return "simulator: offline, no money moves"
+    if settings.mpesa_env == "sandbox":
+        return "sandbox: Safaricom's test system, no real money"
+    if settings.allow_live_money:
+        return "production: LIVE MONEY (MPESA_ALLOW_LIVE_MONEY=true): real payment prompts reach real phones"
+    return "production, live money switched off (MPESA_ALLOW_LIVE_MONEY is not true): nothing is sent"
 
 
 def _list(raw: str | None) -> tuple[str, ...]:

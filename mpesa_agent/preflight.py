@@ -24,6 +24,9 @@ def problems(settings: Settings) -> list[str]:
         if callback_port != server_port:
             found.append(f"MPESA_CALLBACK_URL (port {callback_port}) and CALLBACK_SERVER_URL (port {server_port}) "
                          "must name the same callback server")
+    if settings.mpesa_env == "production" and not settings.allow_live_money:
+        found.append("MPESA_ENV=production moves real money: set MPESA_ALLOW_LIVE_MONEY=true in .env.local to "
+                     "allow it (or use MPESA_ENV=sandbox to test)")
     if settings.mpesa_env != "simulator":
         if not settings.consumer_key or not settings.consumer_secret or settings.consumer_key.startswith("simulator-"):
             found.append("MPESA_CONSUMER_KEY and MPESA_CONSUMER_SECRET must be your Daraja app's, in .env.local")

@@ -19,8 +19,9 @@ from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
-                     RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError)
+from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
+                                     OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
+                                     ThrottledError, TransportError)
 from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
 from mpesa_agent.tracking import TrackingClient, TrackingRejected, TrackingUnavailable
@@ -158,6 +159,8 @@ class Payments:
                       "It may still reach the phone, so I will not re-send it by myself; ask the customer "
                       "whether they got a prompt before trying again")
         self._forget_push(msisdn, amount)  # nothing was sent: it must not count against the phone
+        if isinstance(exc, LiveMoneyRefused):
+            return error(f"Not sent: {exc}.")
         if isinstance(exc, (InvalidRequestError, RequestRejectedError)):
             return error(f"Not sent: M-Pesa rejected the request: {exc}.")
         if isinstance(exc, ThrottledError):

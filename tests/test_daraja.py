@@ -14,13 +14,13 @@ from responses import matchers
 from responses.registries import FirstMatchRegistry, OrderedRegistry
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 
-from mpesa_agent.config import SANDBOX_PASSKEY
+from mpesa_agent.config import SANDBOX_PASSKEY, Settings
 from mpesa_agent.daraja.client import (
     STK_PUSH_PATH, STK_QUERY_PATH, TOKEN_PATH, UNKNOWN_ID_REASON, DarajaClient, clean_account_reference,
     clean_description,
 )
 from mpesa_agent.daraja.errors import (
-    AuthenticationError, DarajaServerError, InvalidRequestError, OutcomeUnknownError, RequestRejectedError,
+    AuthenticationError, DarajaServerError, InvalidRequestError, LiveMoneyRefused, OutcomeUnknownError, RequestRejectedError,
     SubscriberLockedError, ThrottledError, TransportError,
 )
 
@@ -553,3 +553,16 @@ def test_from_settings(settings):
     assert (client.shortcode, client.party_b, client.base_url, client.transaction_type) == (
         "174379", "174379", "http://127.0.0.1:8002", "CustomerBuyGoodsOnline")
     assert DarajaClient.from_settings(settings).consumer_key == "test-key"
+
+
+def test_production_without_the_live_money_switch_sends_nothing(mock):
+    with pytest.raises(LiveMoneyRefused, match="MPESA_ALLOW_LIVE_MONEY=true"):
+        push(make_client(live_money=False))
+    assert len(mock.calls) == 0  # not even a token request
+
+
+@pytest.mark.parametrize("env, allow, live", [("production", "", False), ("production", "true", True),
+                                              ("sandbox", "", True), ("simulator", "", True)])
+def test_the_client_follows_the_live_money_switch(env, allow, live):
+    settings = Settings.from_env({"MPESA_ENV": env, "MPESA_ALLOW_LIVE_MONEY": allow}, load_files=False)
+    assert DarajaClient.from_settings(settings).live_money is live

@@ -1,7 +1,7 @@
 import shlex
 
 from mpesa_agent import preflight
-from mpesa_agent.config import Settings
+from mpesa_agent.config import Settings, mode
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 
@@ -30,3 +30,14 @@ def test_output_is_safe_for_the_shell(monkeypatch, capsys):
     values = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert shlex.split(values["DARAJA_URL"]) == ["http://127.0.0.1:8002/x;touch pwned"]
     assert values["SIM_PORT"] == "8002" and values["CALLBACK_PORT"] == "8001"
+
+
+def test_production_needs_the_live_money_switch_and_says_which_mode_it_is():
+    url = f"https://pay.example.com/callback/{TOKEN}"
+    live = dict(MPESA_ENV="production", MPESA_CALLBACK_URL=url, MPESA_CONSUMER_KEY="k", MPESA_CONSUMER_SECRET="s")
+    found = preflight.problems(settings(**live))
+    assert any("MPESA_ALLOW_LIVE_MONEY=true" in problem for problem in found)
+    assert not any("LIVE_MONEY" in p for p in preflight.problems(settings(**live, MPESA_ALLOW_LIVE_MONEY="true")))
+    assert mode(settings(**live)).startswith("production, live money switched off")
+    assert "LIVE MONEY" in mode(settings(**live, MPESA_ALLOW_LIVE_MONEY="true"))
+    assert mode(settings()) == "simulator: offline, no money moves"

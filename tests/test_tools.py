@@ -87,3 +87,15 @@ def test_the_agents_wired_tools_are_importable_from_the_tools_module():
     assert tools.check_payment_status_realtime is agent.check_payment_status_realtime
     with pytest.raises(AttributeError):
         tools.configure  # noqa: B018 (the old module-global setup is gone)
+
+
+def test_production_without_the_live_money_switch_prompts_nobody():
+    from mpesa_agent.config import Settings
+    from mpesa_agent.daraja import DarajaClient
+
+    settings = Settings.from_env({"MPESA_ENV": "production", "MPESA_CONSUMER_KEY": "k", "MPESA_CONSUMER_SECRET": "s",
+                                  "MPESA_BASE_URL": "http://127.0.0.1:9"}, load_files=False)
+    payments = Payments(settings, daraja=DarajaClient.from_settings(settings), tracking=Unreachable())
+    result = asyncio.run(payments.send("0712345678", 500, "lunch"))
+    assert result["status"] == "error" and result["message"].startswith("Not sent: Live money is switched off")
+    assert "MPESA_ALLOW_LIVE_MONEY=true" in result["message"]

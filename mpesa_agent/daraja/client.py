@@ -20,7 +20,7 @@ from urllib3.exceptions import ConnectTimeoutError
 from mpesa_agent.payments import states as outcomes
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja.errors import (
-    AuthenticationError, DarajaError, DarajaServerError, InvalidRequestError, OutcomeUnknownError,
+    AuthenticationError, DarajaError, DarajaServerError, InvalidRequestError, LiveMoneyRefused, OutcomeUnknownError,
     RequestRejectedError, ThrottledError, TransportError, error_class,
 )
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, normalize_phone, parse_amount
@@ -90,8 +90,9 @@ class DarajaClient:
                  timeout: float | tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
                  clock: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] | None = None,
-                 session: requests.Session | None = None):
+                 session: requests.Session | None = None, live_money: bool = True):
         self.consumer_key = consumer_key
+        self.live_money = live_money  # False: stk_push refuses (production without the switch)
         self._consumer_secret = consumer_secret
         self.shortcode = str(shortcode)
         self._passkey = passkey
@@ -111,7 +112,8 @@ class DarajaClient:
         """A client for the environment `settings` describe."""
         return cls(settings.consumer_key, settings.consumer_secret, settings.shortcode, settings.passkey,
                    settings.base_url, transaction_type=settings.transaction_type,
-                   party_b=settings.party_b or None)
+                   party_b=settings.party_b or None,
+                   live_money=settings.mpesa_env != "production" or settings.allow_live_money)
 
     def stk_push(self, phone_number: object, amount: object, account_reference: object,
                  description: object, callback_url: str) -> StkPushAck:
@@ -123,6 +125,8 @@ class DarajaClient:
         Never re-sent on its own: if the push may have reached Daraja (read timeout, 5xx, broken
         answer) it raises OutcomeUnknownError; if it never left (connect failure), TransportError.
         """
+        if not self.live_money:
+            raise LiveMoneyRefused()
         msisdn = _checked(normalize_phone, phone_number, "phone_number", InvalidPhoneNumber)
         whole_kes = _checked(parse_amount, amount, "amount", InvalidAmount)
         password, timestamp = self._password()

@@ -3,6 +3,7 @@
 ```
 DarajaError
 ├── InvalidRequestError        local validation failed before sending (phone, amount, ...)
+├── LiveMoneyRefused           production without MPESA_ALLOW_LIVE_MONEY=true: nothing sent
 ├── RequestRejectedError       400.002.02 etc.; `.field` names the field Daraja rejected
 ├── AuthenticationError        bad consumer key/secret, or token still invalid after one refresh
 ├── ThrottledError             500.003.02 spike arrest / 500.003.03 quota
@@ -53,6 +54,13 @@ class InvalidRequestError(DarajaError):
     """The request failed local validation; nothing was sent. `.field` names the argument."""
 
     summary = "The payment request is invalid"
+
+
+class LiveMoneyRefused(DarajaError):
+    """MPESA_ENV=production without MPESA_ALLOW_LIVE_MONEY=true: no prompt is sent to anyone."""
+
+    summary = ("Live money is switched off: with MPESA_ENV=production a payment prompt is sent only when "
+               "MPESA_ALLOW_LIVE_MONEY=true is also set (in .env.local)")
 
 
 class RequestRejectedError(DarajaError):

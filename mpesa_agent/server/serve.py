@@ -25,7 +25,7 @@ from dotenv import dotenv_values
 from flask import Flask
 
 from mpesa_agent import preflight
-from mpesa_agent.config import ConfigError, Settings, callback_url_problems
+from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mode
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
 from mpesa_agent.server.http import MAX_BODY_BYTES
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         log.warning("MPESA_CALLBACK_URL: %s", problem)
     manager = app.extensions["callback_manager"]
     counts = manager.store.counts()
-    print(f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
+    print(f"Mode: {mode(settings)}\n"
+          f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
           f"{settings.callback_token[:4]}… (MPESA_CALLBACK_URL {masked_callback_url(settings)}, token masked)\n"
           f"Store: SQLite {settings.payments_db} (WAL, synchronous=FULL): "
           f"{sum(counts['payments'].values())} payments, {sum(counts['callbacks'].values())} raw callbacks\n"
