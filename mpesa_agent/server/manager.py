@@ -126,17 +126,11 @@ class CallbackManager:
             payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id)
             _log_event(tx, EventType.PAYMENT_REGISTERED, payment)
             for parked in tx.parked_callbacks(checkout_id):
-                try:
-                    parsed = parse_callback(parked.body)
-                except InvalidCallback as exc:  # parked only after parsing, so only after a code change
-                    outcome, note = INVALID, str(exc)
-                    tx.set_callback_outcome(parked.id, outcome, note)
-                    _log_event(tx, EventType.CALLBACK_RECEIVED, payment, callback_summary(parked.id, outcome, note, None))
-                    continue
-                decision, payment = self._apply(tx, payment, parsed, parked.id)
+                result, changed = self._process(tx, parked)
+                payment = result.payment or payment
                 log.info("callback #%d %s: parked callback matched at registration: %s%s",
-                         parked.id, checkout_id, decision.outcome, f" ({decision.note})" if decision.note else "")
-                settled = settled or decision.settled
+                         parked.id, checkout_id, result.outcome, f" ({result.note})" if result.note else "")
+                settled = settled or changed
         log.info("registered %s: %s KES (%s)", checkout_id, amount, payment.status)
         if settled:
             self._wake(checkout_id)
@@ -239,7 +233,6 @@ class CallbackManager:
         if raw.outcome not in (RECEIVED, PARKED):
             return CallbackResult(raw.id, raw.outcome, raw.note, raw.checkout_request_id,
                                   tx.payment(raw.checkout_request_id or "")), False
-        settled = False
         try:
             parsed = parse_callback(raw.body)
         except InvalidCallback as exc:
@@ -259,8 +252,7 @@ class CallbackManager:
                            checkout_id)
             return CallbackResult(raw.id, outcome, raw.note if raw.outcome == PARKED else note, checkout_id, None), False
         decision, payment = self._apply(tx, payment, parsed, raw.id)
-        settled = decision.settled
-        return CallbackResult(raw.id, decision.outcome, decision.note, checkout_id, payment), settled
+        return CallbackResult(raw.id, decision.outcome, decision.note, checkout_id, payment), decision.settled
 
     def _processed(self, result: CallbackResult, settled: bool) -> CallbackResult:
         """After the commit: log, wake waiters, hand a held success to the verifier."""
