@@ -372,3 +372,81 @@ def test_stream_mode_and_usage_metadata():
     [response] = asyncio.run(run())
     assert response.content.parts[0].text == HELP_TEXT
     assert response.usage_metadata.total_token_count == 0
+
+
+# Issue 14: every class of misreading, through ADK's runner. Each sends nothing it was not told.
+@pytest.mark.parametrize("text, words", [
+    ("send 500 to +255 712 345 678", "Tanzania number (+255)"),
+    ("send 500 to +44 7911 123456", "United Kingdom number"),
+    ("send 500 to 07911 123456", "has 11 digits"),
+    ("tuma 500 kwa 020 2222 333", "landline"),
+])
+def test_foreign_and_landline_numbers_are_explained_and_nothing_is_sent(text, words):
+    [turn] = converse(text)
+    assert turn.calls == [] and words in turn.text and "To which phone number?" in turn.text
+
+
+def test_a_million_is_a_million():
+    [turn] = converse("Tuma milioni moja kwa 0741 223 344")
+    assert turn.calls == [send_call("0741223344", 1_000_000)]
+
+
+def test_an_amount_given_in_a_later_turn_after_for():
+    turns = converse("I'd like to request a payment", "from 0710 456 123", "for 3,000")
+    assert turns[0].calls == turns[1].calls == []
+    assert turns[2].calls == [send_call("0710456123", 3000)]
+
+
+def test_a_cancelled_request_is_not_sent_when_a_number_follows():
+    turns = converse("nataka kutuma 2k", "achana nayo", "0790112233")
+    assert "Nothing was sent" in turns[1].text
+    assert turns[2].calls == [] and "How much should I request?" in turns[2].text
+
+
+def test_a_correction_in_the_same_message_is_applied():
+    [turn] = converse("send 200 to 0757 889 900 no wait make it 250")
+    assert turn.calls == [send_call("0757889900", 250)]
+
+
+def test_a_correction_after_a_failed_request_is_sent_at_once():
+    first, second = converse("tuma 500 kwa 0711 000 222", "samahani ni 0711 000 223",
+                             send_results=[failure("Request cancelled by user")])
+    assert second.calls == [send_call("0711000223", 500)]
+
+
+def test_a_correction_after_a_request_that_went_out_is_confirmed_first():
+    turns = converse("send 200 to 0757 889 900 for rent", "no wait make it 250", "yes")
+    assert turns[1].calls == []
+    assert "200 KSh to 0757889900 already went out" in turns[1].text
+    assert "Send a new request for 250 KSh to 0757889900 for rent? (yes / no)" in turns[1].text
+    assert turns[2].calls == [send_call("0757889900", 250, "rent")]
+
+
+def test_a_correction_that_is_declined_sends_nothing():
+    turns = converse("send 200 to 0757 889 900", "samahani ni 0757 889 901", "hapana")
+    assert turns[1].calls == turns[2].calls == [] and "Nothing was sent" in turns[2].text
+
+
+def test_a_correction_while_asking_replaces_the_slot():
+    turns = converse("send to 0711 000 222", "samahani ni 0711 000 223", "300")
+    assert turns[2].calls == [send_call("0711000223", 300)]
+
+
+@pytest.mark.parametrize("text", ["niambie joke moja", "tell me a joke for 500", "nipe hadithi mbili"])
+def test_off_topic_messages_with_number_words_start_nothing(text):
+    first, second = converse(text, "0712345678")
+    assert first.calls == [] and second.calls == []
+
+
+@pytest.mark.parametrize("text, call", [
+    ("send 500 to 0757 88 99 00", send_call("0757889900", 500)),
+    ("1000ksh to0768123456", send_call("0768123456", 1000)),
+])
+def test_paired_and_glued_numbers(text, call):
+    [turn] = converse(text)
+    assert turn.calls == [call]
+
+
+def test_a_split_that_could_be_read_two_ways_is_asked():
+    [turn] = converse("send 100 712 345 678")
+    assert turn.calls == [] and "can't tell where the phone number starts" in turn.text

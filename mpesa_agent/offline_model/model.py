@@ -122,6 +122,7 @@ class Draft:
     phone: str | None = None
     amount: int | None = None
     context: str = ""
+    confirm: bool = False  # complete, and asked "(yes / no)": sent only on a yes
 
 
 @dataclass
@@ -224,10 +225,16 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
                 and chat.last_result[1].get("payment_status") == "failed"
             return Call(SEND_TOOL, {**_send_args(chat.last_send), **({"confirm_repeat": True} if failed else {})}), None
         return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
+    if chat.draft and chat.draft.confirm and msg.intent in (YES, RETRY):
+        return Call(SEND_TOOL, _draft_args(chat.draft)), None
+    if msg.correction and msg.intent == SEND and not chat.draft and chat.last_send:
+        return _correct_last(chat, msg)
     if msg.intent == SEND or (chat.draft and msg.starts_with_purpose):
         return _fill(chat, msg)
     if chat.draft and msg.intent == NO:
         return Say("OK, cancelled. Nothing was sent."), None
+    if chat.draft and chat.draft.confirm and msg.intent != HELP:
+        return Say(f"Send {_money(chat.draft.amount)} to {chat.draft.phone}? Please answer yes or no."), chat.draft
     if chat.draft and msg.intent != HELP:
         return Say(f"Sorry, I didn't get that. {_questions(chat.draft)} Or say \"cancel\"."), chat.draft
     if msg.intent == HELP:
@@ -257,10 +264,49 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     amount = None if msg.amount_problem else (msg.amount or draft.amount)
     draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
     if draft.phone and draft.amount and not problems:
-        return Call(SEND_TOOL, {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context}), None
+        return Call(SEND_TOOL, _draft_args(draft)), None
     if problems:
         return Say(" ".join(problems + [_questions(draft)])), draft
     return Say(_ask(draft)), draft
+
+
+def _draft_args(draft: Draft) -> dict:
+    return {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context}
+
+
+def _correct_last(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
+    """ "no wait make it 250" / "samahani ni 0711 000 223" after a request: that request, corrected.
+
+    If the first request never reached a phone (refused, or the prompt failed) the corrected one is
+    sent at once; if it did, a second prompt is asked about first, so that nobody pays twice.
+    """
+    last = chat.last_send or {}
+    if msg.phone_problem or msg.amount_problem:
+        return _fill(Chat(draft=Draft()), msg)
+    draft = Draft(phone=msg.phone or _phone_of(last), amount=msg.amount or _amount_of(last),
+                  context=msg.context or str(last.get("context") or ""))
+    if not (draft.phone and draft.amount):
+        return Say(_ask(draft)), draft
+    if (draft.phone, draft.amount) == (_phone_of(last), _amount_of(last)):
+        return Say(f"That is the same as the last request ({_money(draft.amount)} to {draft.phone}). "
+                   "What should I change?"), None
+    tool, result = chat.last_result or ("", {})
+    reached = tool == SEND_TOOL and result.get("status") not in ("error", "failed", "needs_confirmation")
+    if not reached:
+        return Call(SEND_TOOL, _draft_args(draft)), None
+    earlier = f"The request for {_money(_amount_of(last))} to {_phone_of(last)} already went out"
+    checkout_id = result.get("checkout_request_id")
+    earlier += f" (checkout ID {checkout_id})." if checkout_id else "."
+    purpose = f" for {draft.context}" if draft.context else ""
+    return (Say(f"{earlier} Send a new request for {_money(draft.amount)} to {draft.phone}{purpose}? (yes / no)"),
+            Draft(draft.phone, draft.amount, draft.context, confirm=True))
+
+
+def _amount_of(args: dict) -> int | None:
+    try:
+        return int(args.get("amount"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _ask(draft: Draft) -> str:
