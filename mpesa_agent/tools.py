@@ -19,6 +19,7 @@ from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.daraja.client import UNKNOWN_ID_REASON
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, OutcomeUnknownError,
                      RequestRejectedError, SubscriberLockedError, ThrottledError, TransportError)
 from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
@@ -46,6 +47,15 @@ class QuerySchedule:
 
     first: float = 17.0
     every: float = 7.0
+
+
+def duration(seconds: float) -> str:
+    """45 -> "45 seconds", 600 -> "10 minutes", 90 -> "2 minutes": what a person reads, rounded up."""
+    seconds = max(1, int(seconds + 0.999))
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def error(message: str, **extra) -> dict:
@@ -138,12 +148,12 @@ class Payments:
             if len(in_window) >= self.settings.rate_limit_count:
                 wait = int(self.settings.rate_limit_window - (now - in_window[0][0])) + 1
                 return error(f"Not sent: {display_phone(msisdn)} already got {len(in_window)} payment "
-                             f"requests recently. To protect the customer, try again in {wait} s.")
+                             f"requests recently. To protect the customer, try again in {duration(wait)}.")
             repeat = next((t for t, a in reversed(pushes) if a == amount and now - t <= REPEAT_WINDOW), None)
             if repeat is not None and not confirm_repeat:
                 ago = int(now - repeat)
                 return {"status": "needs_confirmation",
-                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {ago} s ago. "
+                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {duration(ago)} ago. "
                                    "Send the same request again?",
                         "phone_number": msisdn, "amount": amount}
             pushes.append((now, amount))
@@ -255,7 +265,11 @@ class Payments:
             _remember(self._queried, checkout_id, notification)
             return notification
         if result.state == PENDING:
-            if result.reason and not quiet:  # e.g. Daraja does not know this ID
+            if result.reason == UNKNOWN_ID_REASON and not quiet:
+                return error(f"I have no payment with checkout ID {checkout_id}, and M-Pesa does not know it "
+                             "either. Check the ID (copy it from the payment's message); a request sent "
+                             "a few seconds ago may not be known yet.", checkout_request_id=checkout_id)
+            if result.reason and not quiet:
                 return notes.pending_notification(checkout_id, f"⏳ No final answer yet: {result.reason}.")
             return notes.pending_notification(checkout_id)
         return notes.unknown_notification(checkout_id, result.reason or result.result_desc)

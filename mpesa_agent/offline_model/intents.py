@@ -608,7 +608,8 @@ def _is_amount_phrase(text: str) -> bool:
     if match:
         return True
     words = [m.group(0).lower() for m in _WORD.finditer(text)]
-    return bool(words) and all(w in _NUMBER_WORDS or w in _CONNECTORS for w in words) and bool(_word_numbers(text))
+    return bool(words) and all(w in _NUMBER_WORDS or w in _CONNECTORS or w.isdigit() for w in words) \
+        and bool(_word_numbers(text))
 
 
 def _clean_purpose(raw: str) -> str:
@@ -622,7 +623,13 @@ def _amount_at_end_of_purpose(raw: str, context: str) -> tuple[int | None, str |
     """ "for lunch 500 bob": the amount came after the purpose."""
     for match in _DIGIT_AMOUNT.finditer(raw):
         if raw[match.end():].strip(" .,!?") == "" or match["before"] or match["after"]:
-            amount, problem = find_amount(match.group(0))
-            trimmed = _clean_purpose(raw[:match.start()] + " " + raw[match.end():])
+            start = match.start()
+            while True:  # "for lunch thao 1", "for rent elfu 2": the words before the digits count too
+                word = re.search(r"([a-z]+)\s*$", raw[:start], re.IGNORECASE)
+                if not word or word.group(1).lower() not in _NUMBER_WORDS | _CONNECTORS:
+                    break
+                start = word.start(1)
+            amount, problem = find_amount(raw[start:match.end()])
+            trimmed = _clean_purpose(raw[:start] + " " + raw[match.end():])
             return amount, problem, trimmed
     return None, None, context

@@ -144,7 +144,10 @@ def decide(contents: list[types.Content]) -> Call | Say:
     last = events[-1]
     if last.kind == "result":
         call = _call_for(events, len(events) - 1)
-        return Say(reply_to_result(last.name, call.data if call else {}, last.data))
+        args = call.data if call else {}
+        if last.name == STATUS_TOOL:
+            args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
+        return Say(reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
     chat = _replay(events[:-1])
@@ -177,6 +180,16 @@ def _call_for(events: list[Event], index: int) -> Event | None:
         if event.kind == "call" and event.name == name:
             return event
     return None
+
+
+def _sent_with(events: list[Event], checkout_id: object) -> dict:
+    """The send call's arguments for the payment with this checkout ID, if this chat made it."""
+    for index, event in enumerate(events):
+        if event.kind == "result" and event.name == SEND_TOOL and checkout_id \
+                and event.data.get("checkout_request_id") == checkout_id:
+            call = _call_for(events, index)
+            return call.data if call else {}
+    return {}
 
 
 def _replay(events: list[Event]) -> Chat:
@@ -266,7 +279,7 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     if draft.phone and draft.amount and not problems:
         return Call(SEND_TOOL, _draft_args(draft)), None
     if problems:
-        return Say(" ".join(problems + [_questions(draft)])), draft
+        return Say(" ".join([_sentence(p) for p in problems] + [_questions(draft)])), draft
     return Say(_ask(draft)), draft
 
 
@@ -350,34 +363,45 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
 
 
 def reply_to_result(tool: str, args: dict, result: dict) -> str:
-    """Tell the person what a tool answered, keeping the tool's own message word for word."""
+    """Tell the merchant what a tool answered, in their terms: who paid what, or why not and what next.
+
+    The tools' dicts keep the brief's notification wording (an API contract); the chat says what the
+    shop sees ("✅ 0712345678 paid 500 KSh for lunch. Receipt ..."), and every line about a payment
+    ends with its checkout ID.
+    """
     message = str(result.get("message") or result.get("error") or result.get("result") or "").strip()
     status = str(result.get("status") or result.get("payment_status") or "").lower()
     checkout_id = result.get("checkout_request_id") or args.get("checkout_request_id")
     checking = tool == STATUS_TOOL
+    details = result.get("payment_details") or {}
+    who = _phone_of(args) or _phone_of({"phone_number": details.get("PhoneNumber")}) or "The customer"
+    amount = args.get("amount") or details.get("Amount")
+    what = f"{_money(amount)}" if amount else "the request"
+    purpose = f" for {args['context']}" if args.get("context") else ""
+    ref = _checkout(checkout_id)
     if status in ("success", "completed"):
-        lines = [f"✅ Yes, it went through! {message}" if checking else f"{_headline(args, result)}\n{message}"]
-        receipt = (result.get("payment_details") or {}).get("MpesaReceiptNumber")
-        if receipt and str(receipt) not in message:
-            lines.append(f"M-Pesa receipt: {receipt}")
-        return "\n".join(lines)
+        receipt = details.get("MpesaReceiptNumber")
+        paid = f"{who} paid {what}{purpose}." if amount else f"{who} paid{purpose}."
+        return f"✅ {'Yes: ' if checking else ''}{paid}{f' Receipt {receipt}.' if receipt else ''}{ref}"
     if status == "failed":
-        reason = f"{result.get('error_message', '')} {message}".lower()
-        hint = next((h for words, h in _FAILURE_HINTS if any(w in reason for w in words)),
+        reason = str(result.get("error_message") or message.removeprefix("❌ Payment failed:")).strip()
+        lowered = f"{reason} {message}".lower()
+        hint = next((h for words, h in _FAILURE_HINTS if any(w in lowered for w in words)),
                     'Tell me "try again" to send a new request.')
-        return f"{message}\n{hint}"
+        return f"❌ {who} did not pay {what}{purpose}: {_sentence(reason)}{ref}\n{hint}"
     if status in ("timeout", "pending"):
-        to = f" to {args['phone_number']}" if args.get("phone_number") else ""
-        waiting = ("The phone's owner has not completed the prompt yet, so it is still pending." if checking else
-                   f"📱 The payment request went{to}, but M-Pesa has not confirmed it yet, so it is still pending.")
-        return f"{message}\n{waiting}{_checkout(checkout_id)} {ASK_AGAIN_LATER}"
+        if checking:
+            return (f"⏳ Not paid yet: {who} has not answered the M-Pesa prompt{f' for {what}' if amount else ''}, "
+                    f"so it is still pending.{ref}\n{ASK_AGAIN_LATER}")
+        return (f"⏳ No answer yet from {who}{f' for {what}' if amount else ''}{purpose}: the prompt may still "
+                f"be on their phone, so it is still pending.{ref}\n{ASK_AGAIN_LATER}")
     if status == "unknown":
         if not checkout_id:  # M-Pesa never acknowledged the push: there is nothing to look up
-            return f"{message}\nPlease don't send it again until you know."
-        return (f"{message}\nI can't tell yet whether it went through, so please don't send it again yet."
-                f"{_checkout(checkout_id)} {ASK_AGAIN_LATER}")
+            return f"{_sentence(message)}\nPlease don't send it again until you know."
+        return (f"{_sentence(message)}{ref}\nI can't tell yet whether {who} paid, so please don't send it "
+                f"again yet. {ASK_AGAIN_LATER}")
     if status == "needs_confirmation":
-        return f"{message} (yes / no)"
+        return f"{_sentence(message)} (yes / no)"
     if status == "error":
         lowered = message.lower()
         if re.search(r"\b(?:try again|trying again|check|give)\b", lowered):
@@ -387,17 +411,14 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
-        return f"{message}\n{hint}".strip()
-    return message or "I got an answer I don't understand. " + ASK_AGAIN_LATER
+        return f"{_sentence(message)}\n{hint}".strip()
+    return _sentence(message) if message else "I got an answer I don't understand. " + ASK_AGAIN_LATER
 
 
-def _headline(args: dict, result: dict) -> str:
-    amount = args.get("amount") or (result.get("payment_details") or {}).get("Amount")
-    context = args.get("context")
-    headline = "📱 Payment sent! ✅ Completed successfully!"
-    if not amount:
-        return headline
-    return f"{headline} {_money(amount)} sent for {context}!" if context else f"{headline} {_money(amount)} sent!"
+def _sentence(text: str) -> str:
+    """End with a full stop unless the text already ends a sentence."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?…" else text + "."
 
 
 def _money(amount: object) -> str:
@@ -408,4 +429,4 @@ def _money(amount: object) -> str:
 
 
 def _checkout(checkout_id: object) -> str:
-    return f" Checkout ID: {checkout_id}." if checkout_id else ""
+    return f" Checkout ID: {checkout_id}" if checkout_id else ""
