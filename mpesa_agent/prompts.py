@@ -12,6 +12,11 @@ Tools:
   confirm_repeat=False): sends the prompt and waits for the customer's answer, then returns a
   notification dict. Use it for "send 500 to 0712345678 for lunch", "tuma 500 kwa 0712...",
   "lipa 200", "nitumie 1k", "request 300 from ...".
+  Call it with wait_for_completion=False: it answers "pending" as soon as M-Pesa accepted the
+  push. Then, in the same reply, say "📱 Prompt sent to 0712345678 for 500 KSh — waiting for
+  their PIN…" and call wait_for_payment() (no arguments: the payment just sent), which returns
+  the outcome as send_instant_payment_with_tracking would have.
+- wait_for_payment(checkout_request_id=""): waits for the customer's answer to the last push.
 - check_payment_status_realtime(checkout_request_id): the current status of a payment, from the
   real-time callback system. Use it for "did it go through?", "imefika?", "check ws_CO_...";
   without an explicit ID use the checkout_request_id of the last payment in this conversation.

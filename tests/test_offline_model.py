@@ -49,25 +49,38 @@ NEEDS_CONFIRMATION = {"status": "needs_confirmation", "phone_number": "254712345
 
 @dataclass
 class Turn:
-    calls: list  # [(tool name, args as the model wrote them)]
-    text: str
+    calls: list  # [(tool name, args as the model wrote them)], without the waits after a push
+    text: str  # the final reply (after a push: the outcome)
+    progress: str = ""  # what was shown while the tools ran, e.g. "📱 Prompt sent ..."
+    waits: int = 0
 
 
 def make_tools(send_results, status_results):
     """Fake tools with the real names and signatures, answering from queues (success by default)."""
-    send_queue, status_queue = list(send_results), list(status_results)
+    send_queue, status_queue, outcomes = list(send_results), list(status_results), []
 
     async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
                                                  wait_for_completion: bool = True,
                                                  confirm_repeat: bool = False) -> dict:
         """Send an STK Push and wait for its completion."""
-        return send_queue.pop(0) if send_queue else success(amount, phone_number, context)
+        outcome = send_queue.pop(0) if send_queue else success(amount, phone_number, context)
+        if wait_for_completion or outcome.get("status") not in FINAL or not outcome.get("checkout_request_id"):
+            return outcome
+        outcomes.append(outcome)  # what wait_for_payment will answer
+        return notes.pending_notification(outcome["checkout_request_id"], "📱 Payment request sent.")
+
+    async def wait_for_payment(checkout_request_id: str = "") -> dict:
+        """Wait for the outcome of the last push."""
+        return outcomes.pop(0)
 
     async def check_payment_status_realtime(checkout_request_id: str) -> dict:
         """The current status of a payment."""
         return status_queue.pop(0) if status_queue else success(checkout_id=checkout_request_id)
 
-    return [send_instant_payment_with_tracking, check_payment_status_realtime]
+    return [send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment]
+
+
+FINAL = ("success", "failed", "timeout", "pending", "unknown")
 
 
 def converse(*messages, send_results=(), status_results=(), fresh_model_each_turn=False) -> list[Turn]:
@@ -83,20 +96,25 @@ def converse(*messages, send_results=(), status_results=(), fresh_model_each_tur
             if fresh_model_each_turn:  # a new model, agent and runner over the same stored session
                 agent = Agent(name="t", model=OfflineModel(), tools=tools)
                 runner = Runner(agent=agent, app_name="t", session_service=runner.session_service)
-            calls, replies = [], []
+            calls, replies, progress = [], [], []
             message = types.Content(role="user", parts=[types.Part(text=text)])
             async for event in runner.run_async(user_id="u", session_id=session.id, new_message=message):
                 calls += [(call.name, dict(call.args)) for call in event.get_function_calls()]
                 if event.content and event.content.parts and not event.get_function_responses():
-                    replies += [part.text for part in event.content.parts if part.text]
-            turns.append(Turn(calls, "\n".join(replies)))
+                    shown = [part.text for part in event.content.parts if part.text]
+                    (progress if event.get_function_calls() else replies).extend(shown)
+            waits = [c for c in calls if c[0] == "wait_for_payment"]
+            assert all(args == {} for _, args in waits)
+            turns.append(Turn([c for c in calls if c[0] != "wait_for_payment"], "\n".join(replies),
+                              "\n".join(progress), len(waits)))
         return turns
 
     return asyncio.run(run())
 
 
 def send_call(phone="0712345678", amount=500, context="", **extra):
-    return (SEND, {"phone_number": phone, "amount": amount, "context": context, **extra})
+    return (SEND, {"phone_number": phone, "amount": amount, "context": context, "wait_for_completion": False,
+                   **extra})
 
 
 def test_registered_by_name():
@@ -477,3 +495,14 @@ def test_a_status_answer_names_who_paid_what_from_the_send():
                              send_results=[timeout()], status_results=[failure("Request cancelled by user")])
     assert second.text.startswith("❌ 0712345678 did not pay 500 KSh for lunch: Request cancelled by user. "
                                   f"Checkout ID: {CHECKOUT_ID}\nThey cancelled the prompt")
+
+
+def test_the_prompt_is_announced_before_the_outcome():
+    [turn] = converse("Send 500 to 0712345678 for lunch")
+    assert turn.progress == "📱 Prompt sent to 0712345678 for 500 KSh for lunch — waiting for their PIN…"
+    assert turn.waits == 1 and turn.text.startswith("✅ 0712345678 paid 500 KSh for lunch.")
+
+
+def test_a_refused_push_is_not_waited_for():
+    [turn] = converse("send 500 to 0712345678", send_results=[error("Not sent: M-Pesa could not be reached.")])
+    assert turn.waits == 0 and turn.progress == ""

@@ -82,7 +82,7 @@ def test_make_tools_binds_the_product_names_to_its_argument(payments):
 
 
 def test_the_agents_wired_tools_are_importable_from_the_tools_module():
-    assert [tool.__name__ for tool in agent.root_agent.tools] == list(TOOL_NAMES)
+    assert [tool.__name__ for tool in agent.root_agent.tools] == [*TOOL_NAMES, tools.WAIT_TOOL]
     assert tools.send_instant_payment_with_tracking is agent.send_instant_payment_with_tracking
     assert tools.check_payment_status_realtime is agent.check_payment_status_realtime
     with pytest.raises(AttributeError):
@@ -122,3 +122,8 @@ def test_an_id_nobody_knows_gets_one_clear_answer(settings):
                       "message": "I have no payment with checkout ID ws_CO_000000000000, and M-Pesa does not know "
                                  "it either. Check the ID (copy it from the payment's message); a request sent a "
                                  "few seconds ago may not be known yet."}
+
+
+def test_the_wait_tool_asks_for_an_id_when_none_is_known(payments):
+    wait = tools.make_wait_tool(payments)
+    assert asyncio.run(wait())["message"] == "Which payment? Give its checkout request ID (ws_CO_...)."

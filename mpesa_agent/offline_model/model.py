@@ -20,6 +20,7 @@ from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, norma
 MODEL_NAME = "offline-mpesa"
 SEND_TOOL = "send_instant_payment_with_tracking"
 STATUS_TOOL = "check_payment_status_realtime"
+WAIT_TOOL = "wait_for_payment"
 
 ASK_AMOUNT = "How much should I request?"
 ASK_PHONE = "To which phone number? (e.g. 0712345678)"
@@ -81,11 +82,13 @@ class OfflineModel(BaseLlm):
     ) -> AsyncGenerator[LlmResponse, None]:
         action = decide(llm_request.contents)
         if isinstance(action, Call):
-            part = types.Part(function_call=types.FunctionCall(name=action.name, args=action.args))
+            parts = [types.Part(function_call=types.FunctionCall(name=action.name, args=action.args))]
+            if action.say:  # shown at once (adk web streams it) while the call runs
+                parts.insert(0, types.Part(text=action.say))
         else:
-            part = types.Part(text=action.text)
+            parts = [types.Part(text=action.text)]
         yield LlmResponse(
-            content=types.Content(role="model", parts=[part]),
+            content=types.Content(role="model", parts=parts),
             model_version=self.model,
             usage_metadata=types.GenerateContentResponseUsageMetadata(
                 prompt_token_count=0, candidates_token_count=0, total_token_count=0
@@ -100,6 +103,7 @@ LLMRegistry.register(OfflineModel)
 class Call:
     name: str
     args: dict
+    say: str = ""  # text shown before the call's answer, e.g. "📱 Prompt sent ..."
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,12 @@ def decide(contents: list[types.Content]) -> Call | Say:
     if last.kind == "result":
         call = _call_for(events, len(events) - 1)
         args = call.data if call else {}
+        if last.name == SEND_TOOL and args.get("wait_for_completion") is False \
+                and last.data.get("status") == "pending" and last.data.get("checkout_request_id"):
+            return Call(WAIT_TOOL, {}, say=_progress(args))
+        if last.name == WAIT_TOOL:
+            return Say(reply_to_result(SEND_TOOL, _send_args(_sent_with(events, last.data.get("checkout_request_id")))
+                                       or _send_args(_last_send(events)), last.data))
         if last.name == STATUS_TOOL:
             args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
         return Say(reply_to_result(last.name, args, last.data))
@@ -182,6 +192,16 @@ def _call_for(events: list[Event], index: int) -> Event | None:
     return None
 
 
+def _progress(args: dict) -> str:
+    phone = _phone_of(args) or args.get("phone_number")
+    purpose = f" for {args['context']}" if args.get("context") else ""
+    return f"📱 Prompt sent to {phone} for {_money(args.get('amount'))}{purpose} — waiting for their PIN…"
+
+
+def _last_send(events: list[Event]) -> dict:
+    return next((e.data for e in reversed(events) if e.kind == "call" and e.name == SEND_TOOL), {})
+
+
 def _sent_with(events: list[Event], checkout_id: object) -> dict:
     """The send call's arguments for the payment with this checkout ID, if this chat made it."""
     for index, event in enumerate(events):
@@ -205,8 +225,8 @@ def _replay(events: list[Event]) -> Chat:
             call = _call_for(events, index)
             args = call.data if call else {}
             checkout_id = event.data.get("checkout_request_id") or args.get("checkout_request_id")
-            if event.name in (SEND_TOOL, STATUS_TOOL):
-                chat.last_result = (event.name, event.data)
+            if event.name in (SEND_TOOL, STATUS_TOOL, WAIT_TOOL):
+                chat.last_result = (SEND_TOOL if event.name == WAIT_TOOL else event.name, event.data)
             if event.name == SEND_TOOL:
                 if event.data.get("status") == "needs_confirmation":
                     chat.awaiting_confirmation = args
@@ -260,7 +280,7 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
 
 
 def _send_args(args: dict) -> dict:
-    return {key: args[key] for key in ("phone_number", "amount", "context") if key in args}
+    return {key: args[key] for key in ("phone_number", "amount", "context", "wait_for_completion") if key in args}
 
 
 def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
@@ -284,7 +304,8 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
 
 
 def _draft_args(draft: Draft) -> dict:
-    return {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context}
+    return {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context,
+            "wait_for_completion": False}
 
 
 def _correct_last(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
