@@ -17,8 +17,11 @@ from dataclasses import dataclass
 
 from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
+from google.adk.tools import ToolContext
+
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
+from mpesa_agent.daraja.client import UNKNOWN_ID_REASON
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
@@ -49,6 +52,15 @@ class QuerySchedule:
     every: float = 7.0
 
 
+def duration(seconds: float) -> str:
+    """45 -> "45 seconds", 600 -> "10 minutes", 90 -> "2 minutes": what a person reads, rounded up."""
+    seconds = max(1, int(seconds + 0.999))
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
 def error(message: str, **extra) -> dict:
     return {"status": "error", "message": message, **extra}
 
@@ -70,6 +82,7 @@ class Payments:
         # Final outcomes this process learned by STK Query while the callback server could not
         # tell; the server's record catches up when its reconciler queries.
         self._queried: dict[str, dict] = {}
+        self._untracked: dict[str, float] = {}  # sent without a registration: waited on by STK Query
         # Long-polls hold a thread for minutes: they get their own pool, so that a few waiting payments
         # cannot fill asyncio's default one (min(32, CPUs + 4) threads) and stall every other tool call.
         # Threads start on demand, and exit once this object is garbage-collected.
@@ -96,6 +109,8 @@ class Payments:
         _remember(self._sent, checkout_id, (msisdn, amount, context))
         log.info("push %s accepted for %s KES %d", checkout_id, masked_phone(msisdn), amount)
         registered = await self._register(ack, msisdn, amount, context)
+        if not registered:
+            _remember(self._untracked, checkout_id, self.clock())
         if not wait_for_completion:
             return notes.pending_notification(
                 checkout_id, f"📱 Payment request sent to {display_phone(msisdn)}: they should see an "
@@ -104,6 +119,16 @@ class Payments:
         if registered:
             return await self._wait(checkout_id, started + self.settings.wait_seconds)
         return await self._poll_daraja(checkout_id, started, started + self.settings.wait_seconds)
+
+    async def wait(self, checkout_request_id) -> dict:
+        """Wait for the outcome of a payment sent with wait_for_completion=False."""
+        checkout_id = str(checkout_request_id or "").strip()
+        if not CHECKOUT_ID_PATTERN.match(checkout_id):
+            return error("Which payment? Give its checkout request ID (ws_CO_...).")
+        started = self.clock()
+        if checkout_id in self._untracked:
+            return await self._poll_daraja(checkout_id, self._untracked[checkout_id], started + self.settings.wait_seconds)
+        return await self._wait(checkout_id, started + self.settings.wait_seconds)
 
     async def status(self, checkout_request_id) -> dict:
         checkout_id = str(checkout_request_id or "").strip()
@@ -139,12 +164,12 @@ class Payments:
             if len(in_window) >= self.settings.rate_limit_count:
                 wait = int(self.settings.rate_limit_window - (now - in_window[0][0])) + 1
                 return error(f"Not sent: {display_phone(msisdn)} already got {len(in_window)} payment "
-                             f"requests recently. To protect the customer, try again in {wait} s.")
+                             f"requests recently. To protect the customer, try again in {duration(wait)}.")
             repeat = next((t for t, a in reversed(pushes) if a == amount and now - t <= REPEAT_WINDOW), None)
             if repeat is not None and not confirm_repeat:
                 ago = int(now - repeat)
                 return {"status": "needs_confirmation",
-                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {ago} s ago. "
+                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {duration(ago)} ago. "
                                    "Send the same request again?",
                         "phone_number": msisdn, "amount": amount}
             pushes.append((now, amount))
@@ -258,7 +283,11 @@ class Payments:
             _remember(self._queried, checkout_id, notification)
             return notification
         if result.state == PENDING:
-            if result.reason and not quiet:  # e.g. Daraja does not know this ID
+            if result.reason == UNKNOWN_ID_REASON and not quiet:
+                return error(f"I have no payment with checkout ID {checkout_id}, and M-Pesa does not know it "
+                             "either. Check the ID (copy it from the payment's message); a request sent "
+                             "a few seconds ago may not be known yet.", checkout_request_id=checkout_id)
+            if result.reason and not quiet:
                 return notes.pending_notification(checkout_id, f"⏳ No final answer yet: {result.reason}.")
             return notes.pending_notification(checkout_id)
         return notes.unknown_notification(checkout_id, result.reason or result.result_desc)
@@ -281,7 +310,8 @@ def make_tools(payments: Payments) -> list:
 
     async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
                                                  wait_for_completion: bool = True,
-                                                 confirm_repeat: bool = False) -> dict:
+                                                 confirm_repeat: bool = False,
+                                                 tool_context: ToolContext = None) -> dict:
         """Ask a customer to pay by M-Pesa STK Push, then report the outcome as soon as it is known.
 
         The phone's owner gets an M-Pesa prompt to pay the merchant's shortcode and approves it with
@@ -292,6 +322,8 @@ def make_tools(payments: Payments) -> list:
             amount: Whole Kenya shillings to request, at least 1.
             context: What the payment is for, e.g. "lunch" (shown in the messages).
             wait_for_completion: Wait for the customer's answer (up to about 2 minutes) before replying.
+                False answers "pending" as soon as M-Pesa accepted the push: tell the person, then call
+                wait_for_payment for the outcome.
             confirm_repeat: True only after the person confirmed re-sending the same amount to the
                 same phone within 2 minutes (a previous call answered "needs_confirmation").
 
@@ -302,7 +334,10 @@ def make_tools(payments: Payments) -> list:
             `error_message` on failure.
         """
         try:
-            return await payments.send(phone_number, amount, context, wait_for_completion, confirm_repeat)
+            result = await payments.send(phone_number, amount, context, wait_for_completion, confirm_repeat)
+            if tool_context is not None and result.get("checkout_request_id"):
+                tool_context.state[LAST_CHECKOUT_ID] = result["checkout_request_id"]
+            return result
         except Exception as exc:  # the model must get an answer, never a traceback
             log.exception("send_instant_payment_with_tracking failed")
             return error(f"Something went wrong while sending the payment request ({type(exc).__name__}). "
@@ -328,6 +363,36 @@ def make_tools(payments: Payments) -> list:
             return error(f"Something went wrong while checking the payment ({type(exc).__name__}).")
 
     return [send_instant_payment_with_tracking, check_payment_status_realtime]
+
+
+WAIT_TOOL = "wait_for_payment"
+LAST_CHECKOUT_ID = "mpesa_last_checkout_id"  # session state: the payment the last send started
+
+
+def make_wait_tool(payments: Payments):
+    """The third tool: wait for a payment that was sent with wait_for_completion=False."""
+
+    async def wait_for_payment(checkout_request_id: str = "", tool_context: ToolContext = None) -> dict:
+        """Wait until the customer answers the M-Pesa prompt, then report the outcome.
+
+        Call it right after send_instant_payment_with_tracking(..., wait_for_completion=False) answered
+        "pending" and you told the person the prompt is on its way; it waits up to about 2 minutes.
+
+        Args:
+            checkout_request_id: The payment's ID; empty means the payment this chat sent last.
+
+        Returns:
+            The same dict as send_instant_payment_with_tracking with wait_for_completion=True.
+        """
+        checkout_id = checkout_request_id or (tool_context.state.get(LAST_CHECKOUT_ID, "") if tool_context else "")
+        try:
+            return await payments.wait(checkout_id)
+        except Exception as exc:
+            log.exception("wait_for_payment failed")
+            return error(f"Something went wrong while waiting for the payment ({type(exc).__name__}).",
+                         checkout_request_id=checkout_id)
+
+    return wait_for_payment
 
 
 def __getattr__(name: str):

@@ -9,23 +9,26 @@ from google.genai import types
 
 from mpesa_agent.agent import root_agent
 from mpesa_agent.offline_model import OfflineModel
-from mpesa_agent.tools import Payments, make_tools
+from mpesa_agent.tools import WAIT_TOOL, Payments, make_tools, make_wait_tool
 
 APP = "mpesa_agent"
 SEND = "send_instant_payment_with_tracking"
 STATUS = "check_payment_status_realtime"
+WAIT = (WAIT_TOOL, {})  # the model's second call after a push: wait for the PIN
 
 
 @dataclass
 class Turn:
-    calls: list[tuple[str, dict]]  # (tool name, args as the model wrote them), in order
-    results: list[dict]  # the tools' answers, in order
-    reply: str
+    calls: list[tuple[str, dict]]  # (tool name, args as the model wrote them), in order, without the waits
+    results: list[dict]  # the tools' answers, in order (a push's acknowledgement, then its outcome)
+    reply: str  # every text the model showed this turn, e.g. the progress line, then the outcome
+    trajectory: list[tuple[str, dict]]  # every tool call, waits included
 
 
 def offline_root_agent(payments: Payments):
     """A copy of `root_agent` with its tools bound to `payments`, on the offline model even with a GOOGLE_API_KEY."""
-    return root_agent.clone(update={"tools": make_tools(payments), "model": OfflineModel()})
+    return root_agent.clone(update={"tools": [*make_tools(payments), make_wait_tool(payments)],
+                                    "model": OfflineModel()})
 
 
 def converse(payments: Payments, *messages: str) -> list[Turn]:
@@ -39,14 +42,15 @@ async def chat(payments: Payments, messages) -> list[Turn]:
     session = await runner.session_service.create_session(app_name=APP, user_id="test")
     turns = []
     for text in messages:
-        turn = Turn([], [], "")
+        turn = Turn([], [], "", [])
         replies = []
         message = types.Content(role="user", parts=[types.Part(text=text)])
         async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):
-            turn.calls += [(call.name, dict(call.args or {})) for call in event.get_function_calls()]
+            turn.trajectory += [(call.name, dict(call.args or {})) for call in event.get_function_calls()]
             turn.results += [dict(result.response or {}) for result in event.get_function_responses()]
-            if event.content and not event.get_function_calls() and not event.get_function_responses():
+            if event.content and not event.get_function_responses():
                 replies += [part.text for part in event.content.parts or [] if part.text]
+        turn.calls = [call for call in turn.trajectory if call[0] != WAIT_TOOL]
         turn.reply = "\n".join(replies)
         turns.append(turn)
     await runner.close()

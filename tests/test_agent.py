@@ -1,18 +1,22 @@
 """The real root_agent on the offline model, with the real tools against a real simulator + callback server."""
+import re
+
 import pytest
 import requests
 
 from mpesa_agent.offline_model import REFUSAL
-from tests.conversation import SEND, STATUS, converse
+from tests.conversation import SEND, STATUS, WAIT, converse
 from test_callback_integration import payments, simulator_transaction, stack  # noqa: F401  (fixtures)
 
-SEED_SUCCESS = "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch"
-CANCELLED = ("❌ Payment failed: Request cancelled by user\n"
+PROGRESS = "📱 Prompt sent to 0712345678 for 500 KSh for lunch — waiting for their PIN…"
+SEED_SUCCESS = "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch"  # the API's words
+CANCELLED = ("❌ 0700001032 did not pay 100 KSh for test: Request cancelled by user. Checkout ID: {}\n"
              'They cancelled the prompt on their phone. Ask them to try again, then tell me "try again".')
 
 
 def send_call(phone, amount, context="", **extra):
-    return (SEND, {"phone_number": phone, "amount": amount, "context": context, **extra})
+    return (SEND, {"phone_number": phone, "amount": amount, "context": context, "wait_for_completion": False,
+                   **extra})
 
 
 def pushes_to(stack, msisdn):
@@ -23,11 +27,13 @@ def pushes_to(stack, msisdn):
 def test_the_seed_request_completes_in_one_turn(payments, stack):
     [turn] = converse(payments, "Send 500 to 0712345678 for lunch")
 
-    assert turn.calls == [send_call("0712345678", 500, "lunch")]
-    [result] = turn.results
-    receipt = result["payment_details"]["MpesaReceiptNumber"]
-    assert turn.reply == ("📱 Payment sent! ✅ Completed successfully! 500 KSh sent for lunch!\n"
-                          f"{SEED_SUCCESS}\nM-Pesa receipt: {receipt}")
+    assert turn.trajectory == [send_call("0712345678", 500, "lunch"), WAIT]
+    accepted, result = turn.results
+    receipt, checkout_id = result["payment_details"]["MpesaReceiptNumber"], result["checkout_request_id"]
+    assert (accepted["status"], accepted["checkout_request_id"]) == ("pending", checkout_id)
+    assert result["message"] == SEED_SUCCESS  # the tool keeps the brief's notification; the chat says who paid
+    assert turn.reply == (f"{PROGRESS}\n"
+                          f"✅ 0712345678 paid 500 KSh for lunch. Receipt {receipt}. Checkout ID: {checkout_id}")
     assert simulator_transaction(stack, result["checkout_request_id"])["queries"] == 0
 
 
@@ -37,7 +43,7 @@ def test_a_missing_amount_is_asked_for_and_the_answer_sends(payments):
     assert first.calls == []
     assert first.reply == "OK, a payment request to 0712345678. How much should I request?"
     assert second.calls == [send_call("0712345678", 500)]
-    assert "💰 Payment completed successfully! 500 KSh sent to 0712345678" in second.reply
+    assert "\n✅ 0712345678 paid 500 KSh. Receipt " in second.reply
 
 
 def test_did_it_go_through_uses_the_last_checkout_id_without_asking_daraja(payments, stack):
@@ -45,7 +51,8 @@ def test_did_it_go_through_uses_the_last_checkout_id_without_asking_daraja(payme
 
     checkout_id = sent.results[0]["checkout_request_id"]
     assert asked.calls == [(STATUS, {"checkout_request_id": checkout_id})]
-    assert asked.reply.startswith(f"✅ Yes, it went through! {SEED_SUCCESS}")
+    assert asked.reply.startswith("✅ Yes: 0712345678 paid 500 KSh for lunch. Receipt ")
+    assert asked.reply.endswith(f"Checkout ID: {checkout_id}")
     assert simulator_transaction(stack, checkout_id)["queries"] == 0
 
 
@@ -53,8 +60,8 @@ def test_a_cancelled_payment_says_so_and_what_to_do(payments):
     [turn] = converse(payments, "send 100 to 0700001032 for test")
 
     assert turn.calls == [send_call("0700001032", 100, "test")]
-    assert turn.results[0]["status"] == "failed"
-    assert turn.reply == CANCELLED
+    assert turn.results[-1]["status"] == "failed"
+    assert turn.reply.split("\n", 1)[1] == CANCELLED.format(turn.results[-1]["checkout_request_id"])
 
 
 def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
@@ -64,9 +71,9 @@ def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
     assert repeat.calls == [send_call("0744000333", 60, "tea")]
     assert repeat.results[0]["status"] == "needs_confirmation"
     assert repeat.reply.startswith("You already asked 0744000333 for 60 KSh ")
-    assert repeat.reply.endswith(" s ago. Send the same request again? (yes / no)")
+    assert re.search(r" \d+ seconds? ago\. Send the same request again\? \(yes / no\)$", repeat.reply)
     assert yes.calls == [send_call("0744000333", 60, "tea", confirm_repeat=True)]
-    assert "💰 Payment completed successfully! 60 KSh sent to 0744000333 for tea" in yes.reply
+    assert "\n✅ 0744000333 paid 60 KSh for tea. Receipt " in yes.reply
     assert len(pushes_to(stack, "254744000333")) == 2
 
 
@@ -74,8 +81,8 @@ def test_kenyan_phrasing(payments):
     [turn] = converse(payments, "tuma 1.5k kwa 0722 000 111")
 
     assert turn.calls == [send_call("0722000111", 1500)]
-    assert turn.reply.startswith("📱 Payment sent! ✅ Completed successfully! 1,500 KSh sent!\n"
-                                 "💰 Payment completed successfully! 1500 KSh sent to 0722000111\n")
+    assert turn.reply.startswith("📱 Prompt sent to 0722000111 for 1,500 KSh — waiting for their PIN…\n"
+                                 "✅ 0722000111 paid 1,500 KSh. Receipt ")
 
 
 @pytest.mark.parametrize("text", ["what's the weather in Nairobi?", "write me a poem about Mombasa"])

@@ -87,7 +87,7 @@ def test_case_follows_its_expected_tool_trajectory(replies, case):
     actual = [Invocation(user_content=turn.user_content,
                          final_response=types.Content(role="model", parts=[types.Part(text=result.reply)]),
                          intermediate_data=IntermediateData(
-                             tool_uses=[types.FunctionCall(name=name, args=args) for name, args in result.calls]))
+                             tool_uses=[types.FunctionCall(name=name, args=args) for name, args in result.trajectory]))
               for turn, result in zip(expected, replies[case.eval_id])]
 
     assert [calls(turn) for turn in actual] == [calls(turn) for turn in expected]

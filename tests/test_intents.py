@@ -50,7 +50,9 @@ def test_find_phone_takes_new_ranges(text, phone):
 
 @pytest.mark.parametrize("text, problem", [
     ("0201234567", "not a mobile number"), ("07123456", "has 8 digits"), ("07123456789", "has 11 digits"),
-    ("+14155552671", "not a valid Kenyan mobile"),
+    ("+14155552671", "a United States number (+1), not a Kenyan one"), ("+255 712 345 678", "a Tanzania number"),
+    ("020 2222 333", "landline"), ("07911 123456", "has 11 digits"), ("+44 7911 123456", "United Kingdom"),
+    ("255712345678", "Tanzania"), ("00255712345678", "Tanzania"),
     ("0712345678 and 0723456789", "more than one phone number"),
 ])
 def test_find_phone_explains_what_is_wrong(text, problem):
@@ -167,3 +169,65 @@ def test_understand_same_number():
 def test_understand_leading_purpose_is_a_slot_answer():
     msg = understand("for lunch")
     assert msg.starts_with_purpose and msg.context == "lunch"
+
+
+# Issue 14's misreadings, one class each: none may produce a phone or an amount nobody stated.
+@pytest.mark.parametrize("text, phone, problem", [
+    ("send 500 to +255 712 345 678", None, "Tanzania number (+255), not a Kenyan one"),
+    ("send 500 to +44 7911 123456", None, "United Kingdom number (+44)"),
+    ("send 500 to 07911 123456", None, "has 11 digits"),
+    ("send 500 to 020 2222 333", None, "landline"),
+    ("send 500 to 0757 88 99 00", "0757889900", None),
+    ("1000ksh to0768123456", "0768123456", None),
+    ("send 100 712 345 678", None, "can't tell where the phone number starts"),
+])
+def test_understand_foreign_landline_paired_and_glued_numbers(text, phone, problem):
+    msg = understand(text)
+    assert msg.phone == phone
+    assert (problem is None and msg.phone_problem is None) or problem in msg.phone_problem
+
+
+@pytest.mark.parametrize("text, amount", [
+    ("Tuma milioni moja kwa 0741 223 344", 1_000_000), ("tuma milioni 2 kwa 0741223344", 2_000_000),
+    ("send one million to 0741223344", 1_000_000), ("send 1.5 million to 0741223344", 1_500_000),
+    ("1000ksh to0768123456", 1000), ("tuma laki moja na elfu tano kwa 0741223344", 105_000),
+])
+def test_understand_big_amounts_in_words(text, amount):
+    assert understand(text).amount == amount
+
+
+@pytest.mark.parametrize("text, amount", [("for 3,000", 3000), ("for 500 bob", 500), ("for elfu mbili", 2000),
+                                          ("for ksh 1,250", 1250)])
+def test_for_an_amount_is_the_amount_not_a_purpose(text, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.amount, msg.context) == (SEND, amount, "")
+
+
+@pytest.mark.parametrize("text", ["achana nayo", "cancel that", "forget it", "usitume", "hapana, achana nayo",
+                                  "send 500 to 0712345678, cancel", "no, cancel it", "never mind"])
+def test_cancellations(text):
+    assert understand(text).intent == NO
+
+
+@pytest.mark.parametrize("text, phone, amount", [
+    ("send 200 to 0757 889 900 no wait make it 250", "0757889900", 250),
+    ("send 500 to 0712345678 actually 0722000000", "0722000000", 500),
+    ("tuma 300 kwa 0712345678 samahani 0712345679", "0712345679", 300),
+    ("achana na hiyo, tuma 300 kwa 0712345678", "0712345678", 300),
+])
+def test_corrections_in_the_same_message_win(text, phone, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount, msg.correction) == (SEND, phone, amount, True)
+
+
+@pytest.mark.parametrize("text, phone, amount", [("samahani ni 0711 000 223", "0711000223", None),
+                                                 ("no wait make it 250", None, 250)])
+def test_corrections_alone_are_marked(text, phone, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount, msg.correction) == (SEND, phone, amount, True)
+
+
+@pytest.mark.parametrize("text", ["niambie joke moja", "tell me a joke for 500", "nipe hadithi mbili", "moja",
+                                  "wait"])
+def test_off_topic_number_words_are_not_payments(text):
+    assert understand(text).intent != SEND

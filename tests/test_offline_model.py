@@ -10,6 +10,7 @@ from google.genai import types
 
 from mpesa_agent.payments import notifications as notes
 from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel, reply_to_result
+from mpesa_agent.offline_model.model import ASK_AGAIN_LATER
 from mpesa_agent.payments.states import FAILURE_REASONS
 
 SEND = "send_instant_payment_with_tracking"
@@ -43,30 +44,43 @@ def error(message):
 
 
 NEEDS_CONFIRMATION = {"status": "needs_confirmation", "phone_number": "254712345678", "amount": 500,
-                      "message": "You already asked 0712345678 for 500 KSh 45 s ago. Send the same request again?"}
+                      "message": "You already asked 0712345678 for 500 KSh 45 seconds ago. Send the same request again?"}
 
 
 @dataclass
 class Turn:
-    calls: list  # [(tool name, args as the model wrote them)]
-    text: str
+    calls: list  # [(tool name, args as the model wrote them)], without the waits after a push
+    text: str  # the final reply (after a push: the outcome)
+    progress: str = ""  # what was shown while the tools ran, e.g. "📱 Prompt sent ..."
+    waits: int = 0
 
 
 def make_tools(send_results, status_results):
     """Fake tools with the real names and signatures, answering from queues (success by default)."""
-    send_queue, status_queue = list(send_results), list(status_results)
+    send_queue, status_queue, outcomes = list(send_results), list(status_results), []
 
     async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
                                                  wait_for_completion: bool = True,
                                                  confirm_repeat: bool = False) -> dict:
         """Send an STK Push and wait for its completion."""
-        return send_queue.pop(0) if send_queue else success(amount, phone_number, context)
+        outcome = send_queue.pop(0) if send_queue else success(amount, phone_number, context)
+        if wait_for_completion or outcome.get("status") not in FINAL or not outcome.get("checkout_request_id"):
+            return outcome
+        outcomes.append(outcome)  # what wait_for_payment will answer
+        return notes.pending_notification(outcome["checkout_request_id"], "📱 Payment request sent.")
+
+    async def wait_for_payment(checkout_request_id: str = "") -> dict:
+        """Wait for the outcome of the last push."""
+        return outcomes.pop(0)
 
     async def check_payment_status_realtime(checkout_request_id: str) -> dict:
         """The current status of a payment."""
         return status_queue.pop(0) if status_queue else success(checkout_id=checkout_request_id)
 
-    return [send_instant_payment_with_tracking, check_payment_status_realtime]
+    return [send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment]
+
+
+FINAL = ("success", "failed", "timeout", "pending", "unknown")
 
 
 def converse(*messages, send_results=(), status_results=(), fresh_model_each_turn=False) -> list[Turn]:
@@ -82,20 +96,25 @@ def converse(*messages, send_results=(), status_results=(), fresh_model_each_tur
             if fresh_model_each_turn:  # a new model, agent and runner over the same stored session
                 agent = Agent(name="t", model=OfflineModel(), tools=tools)
                 runner = Runner(agent=agent, app_name="t", session_service=runner.session_service)
-            calls, replies = [], []
+            calls, replies, progress = [], [], []
             message = types.Content(role="user", parts=[types.Part(text=text)])
             async for event in runner.run_async(user_id="u", session_id=session.id, new_message=message):
                 calls += [(call.name, dict(call.args)) for call in event.get_function_calls()]
                 if event.content and event.content.parts and not event.get_function_responses():
-                    replies += [part.text for part in event.content.parts if part.text]
-            turns.append(Turn(calls, "\n".join(replies)))
+                    shown = [part.text for part in event.content.parts if part.text]
+                    (progress if event.get_function_calls() else replies).extend(shown)
+            waits = [c for c in calls if c[0] == "wait_for_payment"]
+            assert all(args == {} for _, args in waits)
+            turns.append(Turn([c for c in calls if c[0] != "wait_for_payment"], "\n".join(replies),
+                              "\n".join(progress), len(waits)))
         return turns
 
     return asyncio.run(run())
 
 
 def send_call(phone="0712345678", amount=500, context="", **extra):
-    return (SEND, {"phone_number": phone, "amount": amount, "context": context, **extra})
+    return (SEND, {"phone_number": phone, "amount": amount, "context": context, "wait_for_completion": False,
+                   **extra})
 
 
 def test_registered_by_name():
@@ -107,9 +126,7 @@ def test_registered_by_name():
 def test_the_seed_experience_in_one_turn():
     [turn] = converse("Send 500 to 0712345678 for lunch")
     assert turn.calls == [send_call(context="lunch")]
-    assert "📱 Payment sent! ✅ Completed successfully! 500 KSh sent for lunch!" in turn.text
-    assert "💰 Payment completed successfully! 500 KSh sent to 0712345678 for lunch" in turn.text
-    assert "NLJ7RT61SV" in turn.text
+    assert turn.text == f"✅ 0712345678 paid 500 KSh for lunch. Receipt NLJ7RT61SV. Checkout ID: {CHECKOUT_ID}"
 
 
 @pytest.mark.parametrize("text, call", [
@@ -123,7 +140,7 @@ def test_the_seed_experience_in_one_turn():
 def test_kenyan_phrasings_call_the_tool(text, call):
     [turn] = converse(text)
     assert turn.calls == [call]
-    assert "Completed successfully!" in turn.text
+    assert " paid " in turn.text
 
 
 def test_missing_amount_is_asked_and_carried_to_the_next_turn():
@@ -210,7 +227,8 @@ FAILURE_CASES = [  # outcomes.FAILURE_REASONS code -> words of the hint
 def test_failure_keeps_the_message_and_suggests_the_next_step(code, hint):
     reason = FAILURE_REASONS[code]
     [turn] = converse("send 500 to 0712345678", send_results=[failure(reason)])
-    assert turn.text.startswith(f"❌ Payment failed: {reason}\n") and hint in turn.text
+    assert turn.text.startswith(f"❌ 0712345678 did not pay 500 KSh: {reason}") and hint in turn.text
+    assert turn.text.split("\n")[0].endswith(f". Checkout ID: {CHECKOUT_ID}")
 
 
 def test_every_known_failure_reason_has_a_specific_hint():
@@ -231,7 +249,7 @@ def test_try_again_after_a_failure_resends_the_same_request():
     first, second = converse("send 500 to 0712345678 for lunch", "try again",
                              send_results=[failure("Request cancelled by user")])
     assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
-    assert "Completed successfully!" in second.text
+    assert " paid " in second.text
 
 
 def test_try_again_after_a_success_still_meets_the_repeat_guard():
@@ -242,8 +260,8 @@ def test_try_again_after_a_success_still_meets_the_repeat_guard():
 @pytest.mark.parametrize("result", [timeout(), pending()])
 def test_timeout_and_pending_say_it_is_still_pending(result):
     [turn] = converse("send 500 to 0712345678", send_results=[result])
-    assert result["message"] in turn.text and "pending" in turn.text
-    assert CHECKOUT_ID in turn.text and "did it go through?" in turn.text
+    assert turn.text == ("⏳ No answer yet from 0712345678 for 500 KSh: the prompt may still be on their phone, "
+                         f"so it is still pending. Checkout ID: {CHECKOUT_ID}\n{ASK_AGAIN_LATER}")
 
 
 def test_unknown_warns_not_to_resend():
@@ -261,7 +279,7 @@ def test_unknown_without_an_id_does_not_check_an_older_payment():
 
 def test_an_error_that_says_what_to_do_gets_no_extra_hint():
     message = ("Not sent: 0712345678 already got 5 payment requests recently. "
-               "To protect the customer, try again in 90 s.")
+               "To protect the customer, try again in 2 minutes.")
     [turn] = converse("send 500 to 0712345678", send_results=[error(message)])
     assert turn.text == message
 
@@ -281,7 +299,7 @@ def test_status_after_a_timeout_checks_the_last_payment():
     first, second = converse("send 500 to 0712345678 for lunch", "did it go through?",
                              send_results=[timeout()], status_results=[success()])
     assert second.calls == [(STATUS, {"checkout_request_id": CHECKOUT_ID})]
-    assert "✅ Yes, it went through!" in second.text and "💰 Payment completed successfully!" in second.text
+    assert second.text == f"✅ Yes: 0712345678 paid 500 KSh for lunch. Receipt NLJ7RT61SV. Checkout ID: {CHECKOUT_ID}"
 
 
 @pytest.mark.parametrize("question", ["has he paid?", "imefika?", "is the payment complete", "amelipa?"])
@@ -294,7 +312,8 @@ def test_status_phrasings_use_the_last_checkout_id(question):
 def test_status_with_an_explicit_id():
     [turn] = converse("status of ws_CO_123", status_results=[failure("Request cancelled by user", "ws_CO_123")])
     assert turn.calls == [(STATUS, {"checkout_request_id": "ws_CO_123"})]
-    assert "❌ Payment failed: Request cancelled by user" in turn.text and "try again" in turn.text
+    assert turn.text.startswith("❌ The customer did not pay the request: Request cancelled by user. "
+                                "Checkout ID: ws_CO_123\n") and "try again" in turn.text
 
 
 def test_status_by_phone_picks_that_phones_payment():
@@ -326,7 +345,7 @@ def test_confirming_a_repeat_resends_with_confirm_repeat(answer):
     first, second = converse("send 500 to 0712345678 for lunch", answer, send_results=[NEEDS_CONFIRMATION])
     assert NEEDS_CONFIRMATION["message"] in first.text
     assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
-    assert "Completed successfully!" in second.text
+    assert " paid " in second.text
 
 
 @pytest.mark.parametrize("answer", ["no", "hapana", "cancel"])
@@ -372,3 +391,118 @@ def test_stream_mode_and_usage_metadata():
     [response] = asyncio.run(run())
     assert response.content.parts[0].text == HELP_TEXT
     assert response.usage_metadata.total_token_count == 0
+
+
+# Issue 14: every class of misreading, through ADK's runner. Each sends nothing it was not told.
+@pytest.mark.parametrize("text, words", [
+    ("send 500 to +255 712 345 678", "Tanzania number (+255)"),
+    ("send 500 to +44 7911 123456", "United Kingdom number"),
+    ("send 500 to 07911 123456", "has 11 digits"),
+    ("tuma 500 kwa 020 2222 333", "landline"),
+])
+def test_foreign_and_landline_numbers_are_explained_and_nothing_is_sent(text, words):
+    [turn] = converse(text)
+    assert turn.calls == [] and words in turn.text and "To which phone number?" in turn.text
+
+
+def test_a_million_is_a_million():
+    [turn] = converse("Tuma milioni moja kwa 0741 223 344")
+    assert turn.calls == [send_call("0741223344", 1_000_000)]
+
+
+def test_an_amount_given_in_a_later_turn_after_for():
+    turns = converse("I'd like to request a payment", "from 0710 456 123", "for 3,000")
+    assert turns[0].calls == turns[1].calls == []
+    assert turns[2].calls == [send_call("0710456123", 3000)]
+
+
+def test_a_cancelled_request_is_not_sent_when_a_number_follows():
+    turns = converse("nataka kutuma 2k", "achana nayo", "0790112233")
+    assert "Nothing was sent" in turns[1].text
+    assert turns[2].calls == [] and "How much should I request?" in turns[2].text
+
+
+def test_a_correction_in_the_same_message_is_applied():
+    [turn] = converse("send 200 to 0757 889 900 no wait make it 250")
+    assert turn.calls == [send_call("0757889900", 250)]
+
+
+def test_a_correction_after_a_failed_request_is_sent_at_once():
+    first, second = converse("tuma 500 kwa 0711 000 222", "samahani ni 0711 000 223",
+                             send_results=[failure("Request cancelled by user")])
+    assert second.calls == [send_call("0711000223", 500)]
+
+
+def test_a_correction_after_a_request_that_went_out_is_confirmed_first():
+    turns = converse("send 200 to 0757 889 900 for rent", "no wait make it 250", "yes")
+    assert turns[1].calls == []
+    assert "200 KSh to 0757889900 already went out" in turns[1].text
+    assert "Send a new request for 250 KSh to 0757889900 for rent? (yes / no)" in turns[1].text
+    assert turns[2].calls == [send_call("0757889900", 250, "rent")]
+
+
+def test_a_correction_that_is_declined_sends_nothing():
+    turns = converse("send 200 to 0757 889 900", "samahani ni 0757 889 901", "hapana")
+    assert turns[1].calls == turns[2].calls == [] and "Nothing was sent" in turns[2].text
+
+
+def test_a_correction_while_asking_replaces_the_slot():
+    turns = converse("send to 0711 000 222", "samahani ni 0711 000 223", "300")
+    assert turns[2].calls == [send_call("0711000223", 300)]
+
+
+@pytest.mark.parametrize("text", ["niambie joke moja", "tell me a joke for 500", "nipe hadithi mbili"])
+def test_off_topic_messages_with_number_words_start_nothing(text):
+    first, second = converse(text, "0712345678")
+    assert first.calls == [] and second.calls == []
+
+
+@pytest.mark.parametrize("text, call", [
+    ("send 500 to 0757 88 99 00", send_call("0757889900", 500)),
+    ("1000ksh to0768123456", send_call("0768123456", 1000)),
+])
+def test_paired_and_glued_numbers(text, call):
+    [turn] = converse(text)
+    assert turn.calls == [call]
+
+
+def test_a_split_that_could_be_read_two_ways_is_asked():
+    [turn] = converse("send 100 712 345 678")
+    assert turn.calls == [] and "can't tell where the phone number starts" in turn.text
+
+
+def test_an_unknown_id_gets_one_answer_without_pending_words():
+    message = ("I have no payment with checkout ID ws_CO_9, and M-Pesa does not know it either. Check the ID "
+               "(copy it from the payment's message); a request sent a few seconds ago may not be known yet.")
+    [turn] = converse("check ws_CO_9", status_results=[{**error(message), "checkout_request_id": "ws_CO_9"}])
+    assert turn.text == message
+
+
+def test_every_problem_is_a_sentence():
+    [turn] = converse("send 0 to 0712345678")
+    assert turn.text == "Amount must be at least 1 KES, got 0. How much should I request?"
+
+
+@pytest.mark.parametrize("result", [success(), failure("Request cancelled by user"), timeout(), pending(), unknown()])
+def test_every_answer_about_a_payment_shows_its_checkout_id(result):
+    first, second = converse("send 500 to 0712345678 for lunch", "did it go through?",
+                             send_results=[result], status_results=[result])
+    assert f"Checkout ID: {CHECKOUT_ID}" in first.text and f"Checkout ID: {CHECKOUT_ID}" in second.text
+
+
+def test_a_status_answer_names_who_paid_what_from_the_send():
+    first, second = converse("send 500 to 0712345678 for lunch", "did it go through?",
+                             send_results=[timeout()], status_results=[failure("Request cancelled by user")])
+    assert second.text.startswith("❌ 0712345678 did not pay 500 KSh for lunch: Request cancelled by user. "
+                                  f"Checkout ID: {CHECKOUT_ID}\nThey cancelled the prompt")
+
+
+def test_the_prompt_is_announced_before_the_outcome():
+    [turn] = converse("Send 500 to 0712345678 for lunch")
+    assert turn.progress == "📱 Prompt sent to 0712345678 for 500 KSh for lunch — waiting for their PIN…"
+    assert turn.waits == 1 and turn.text.startswith("✅ 0712345678 paid 500 KSh for lunch.")
+
+
+def test_a_refused_push_is_not_waited_for():
+    [turn] = converse("send 500 to 0712345678", send_results=[error("Not sent: M-Pesa could not be reached.")])
+    assert turn.waits == 0 and turn.progress == ""

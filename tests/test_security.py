@@ -258,11 +258,21 @@ def test_the_server_starts_in_production_with_a_good_callback_url(tmp_path):
     port = free_port()
     env = base_env(MPESA_ENV="production", MPESA_CALLBACK_URL=f"https://pay.example.com/callback/{GOOD_TOKEN}",
                    MPESA_CONSUMER_KEY="real-looking-key", MPESA_CONSUMER_SECRET="real-looking-secret",
-                   CALLBACK_API_KEY="startup-key", PAYMENTS_DB=tmp_path / "p.db")
+                   CALLBACK_API_KEY="startup-key", PAYMENTS_DB=tmp_path / "p.db", MPESA_ALLOW_LIVE_MONEY="true")
     server = Process(["callback_server.py", "--port", str(port)], env, f"http://127.0.0.1:{port}/health",
                      tmp_path / "server.log").start()
     server.stop()
     assert "Reconciler: pending payments settled by STK Query 300 s after registration" in server.log()
+    assert server.log().startswith("Mode: production: LIVE MONEY (MPESA_ALLOW_LIVE_MONEY=true)")
+
+
+def test_production_without_the_live_money_switch_does_not_start(tmp_path):
+    env = base_env(MPESA_ENV="production", MPESA_CALLBACK_URL=f"https://pay.example.com/callback/{GOOD_TOKEN}",
+                   MPESA_CONSUMER_KEY="real-looking-key", MPESA_CONSUMER_SECRET="real-looking-secret",
+                   CALLBACK_API_KEY="startup-key", PAYMENTS_DB=tmp_path / "p.db")
+    done = subprocess.run([sys.executable, "callback_server.py", "--port", str(free_port())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "MPESA_ALLOW_LIVE_MONEY=true" in done.stderr
 
 
 def test_start_sh_refuses_a_bad_callback_url_before_starting_anything(tmp_path):

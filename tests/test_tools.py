@@ -49,7 +49,7 @@ def test_identical_push_within_two_minutes_needs_confirmation(payments, clock):
     clock.now += 30
     asked = payments._guard("254712345678", 500, False)
     assert asked["status"] == "needs_confirmation"
-    assert "0712345678" in asked["message"] and "500 KSh" in asked["message"] and "30 s ago" in asked["message"]
+    assert "0712345678" in asked["message"] and "500 KSh" in asked["message"] and "30 seconds ago" in asked["message"]
     assert payments._guard("254712345678", 700, False) is None, "a different amount is not a repeat"
     assert payments._guard("254712345678", 500, True) is None, "the person confirmed"
     clock.now += 121
@@ -82,7 +82,7 @@ def test_make_tools_binds_the_product_names_to_its_argument(payments):
 
 
 def test_the_agents_wired_tools_are_importable_from_the_tools_module():
-    assert [tool.__name__ for tool in agent.root_agent.tools] == list(TOOL_NAMES)
+    assert [tool.__name__ for tool in agent.root_agent.tools] == [*TOOL_NAMES, tools.WAIT_TOOL]
     assert tools.send_instant_payment_with_tracking is agent.send_instant_payment_with_tracking
     assert tools.check_payment_status_realtime is agent.check_payment_status_realtime
     with pytest.raises(AttributeError):
@@ -99,3 +99,43 @@ def test_production_without_the_live_money_switch_prompts_nobody():
     result = asyncio.run(payments.send("0712345678", 500, "lunch"))
     assert result["status"] == "error" and result["message"].startswith("Not sent: Live money is switched off")
     assert "MPESA_ALLOW_LIVE_MONEY=true" in result["message"]
+
+
+@pytest.mark.parametrize("seconds, words", [(1, "1 second"), (45, "45 seconds"), (59.2, "1 minute"),
+                                            (90, "2 minutes"), (597, "10 minutes"), (600, "10 minutes")])
+def test_durations_are_said_in_words(seconds, words):
+    assert tools.duration(seconds) == words
+
+
+def test_the_rate_limit_says_minutes(payments, clock):
+    for amount in (10, 20, 30, 35):
+        payments._guard("254712345678", amount, False)
+        clock.now += 1
+    assert payments._guard("254712345678", 40, False)["message"].endswith("try again in 10 minutes.")
+
+
+class UnknownEverywhere:
+    """The callback server has no such payment (404) and Daraja does not know the ID."""
+
+    def status(self, checkout_id):
+        from mpesa_agent.tracking import TrackingRejected
+        raise TrackingRejected(404, {"error": "unknown checkout_request_id"})
+
+    def stk_query(self, checkout_id):
+        from mpesa_agent.daraja.client import UNKNOWN_ID_REASON, StkQueryResult
+        return StkQueryResult(checkout_id, "pending", None, "The transaction does not Exist", UNKNOWN_ID_REASON, {})
+
+
+def test_an_id_nobody_knows_gets_one_clear_answer(settings):
+    fake = UnknownEverywhere()
+    payments = Payments(settings, daraja=fake, tracking=fake)
+    answer = asyncio.run(payments.status("ws_CO_000000000000"))
+    assert answer == {"status": "error", "checkout_request_id": "ws_CO_000000000000",
+                      "message": "I have no payment with checkout ID ws_CO_000000000000, and M-Pesa does not know "
+                                 "it either. Check the ID (copy it from the payment's message); a request sent a "
+                                 "few seconds ago may not be known yet."}
+
+
+def test_the_wait_tool_asks_for_an_id_when_none_is_known(payments):
+    wait = tools.make_wait_tool(payments)
+    assert asyncio.run(wait())["message"] == "Which payment? Give its checkout request ID (ws_CO_...)."

@@ -9,32 +9,23 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
+import phonenumbers
+from phonenumbers.geocoder import country_name_for_number
+
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
 
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
 
-_SEP = r"[\s.\-]?"
-_PHONE = re.compile(
-    r"(?<![\w+])(?:"
-    rf"\+?254{_SEP}\(?0?\)?{_SEP}\d{{3}}{_SEP}\d{{3}}{_SEP}\d{{3}}"  # +254 712 345 678, 254712345678
-    rf"|\(?0\d{{3}}\)?{_SEP}\d{{3}}{_SEP}\d{{3}}"  # 0712 345 678, (0712) 345678
-    rf"|0\d{{2}}{_SEP}\d{{3}}{_SEP}\d{{4}}"  # 071 234 5678
-    rf"|[17]\d{{2}}[\s.\-]\d{{3}}[\s.\-]\d{{3}}"  # 712 345 678
-    r"|[17]\d{8}"  # 712345678
-    r")(?!\d)"
-)
-# A long digit run that is not phone-shaped but was surely meant as one (0..., +..., 254..., 10+ digits).
-_PHONE_ATTEMPT = re.compile(r"(?<![\w.,])(?:\+\d{6,}|0\d{6,}|254\d{7,}|\d{10,})(?![\d.,]*\d)")
-
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _CUR_BEFORE = r"(?:kshs?|kes|shs?|shillings?)\.?"
 _CUR_AFTER = r"(?:kshs?|kes|shs?|shillings?|bob|/-|/=)"
-_MULT_AFTER = {"k": 1000, "thao": 1000, "thousand": 1000, "grand": 1000, "hundred": 100}
+_MULT_AFTER = {"k": 1000, "thao": 1000, "thousand": 1000, "grand": 1000, "hundred": 100, "million": 1_000_000,
+               "milioni": 1_000_000, "mln": 1_000_000, "billion": 1_000_000_000}
 _DIGIT_AMOUNT = re.compile(
     rf"(?<![\w.,/+*=^-])(?:(?P<before>{_CUR_BEFORE})\s*)?(?P<num>{_NUM})"
-    rf"(?:\s*(?P<mult>k|thao|thousand|grand|hundred)\b)?(?:\s*(?P<after>{_CUR_AFTER}))?"
+    rf"(?:\s*(?P<mult>k|thao|thousand|grand|hundred|million|milioni|mln|billion)\b)?(?:\s*(?P<after>{_CUR_AFTER}))?"
     r"(?![\w.,]*\d)(?!\w)(?!\s*[-+*/=^x]\s*\d)",
     re.IGNORECASE,
 )
@@ -57,18 +48,22 @@ _TENS = {
     "sitini": 60, "sabini": 70, "themanini": 80, "tisini": 90, "mbao": 20,
 }
 # Swahili and Sheng put the multiplier first ("mia tano" = 500, "thao mbili" = 2000).
-_PREFIX_MULT = {"mia": 100, "soo": 100, "elfu": 1000, "thao": 1000, "ngiri": 1000, "laki": 100_000}
-_POSTFIX_MULT = {"hundred": 100, "thousand": 1000, "thao": 1000, "grand": 1000}
+_PREFIX_MULT = {"mia": 100, "soo": 100, "elfu": 1000, "thao": 1000, "ngiri": 1000, "laki": 100_000,
+                "milioni": 1_000_000, "bilioni": 1_000_000_000}
+_POSTFIX_MULT = {"hundred": 100, "thousand": 1000, "thao": 1000, "grand": 1000, "million": 1_000_000,
+                 "millions": 1_000_000, "milioni": 1_000_000, "billion": 1_000_000_000}
 _NUMBER_WORDS = set(_UNITS) | set(_TENS) | set(_PREFIX_MULT) | set(_POSTFIX_MULT)
 _CONNECTORS = {"na", "and", "a", "an"}
-# Alone, these are more often other words ("that one", "mia" the name) than an amount.
-_AMBIGUOUS_ALONE = {"one", "mia", "soo", "hundred", "grand", "ngiri"}
+# Alone, these are more often other words ("that one", "joke moja", "mia" the name) than an amount,
+# and a 1-9 KSh request is never what someone meant: ask instead.
+_AMBIGUOUS_ALONE = {"mia", "soo", "hundred", "grand", "ngiri", "million", "milioni", "billion", "bilioni",
+                    *(word for word, value in _UNITS.items() if value < 10)}
 _WORD = re.compile(r"[a-z]+|\d+", re.IGNORECASE)
 
 _PURPOSE = re.compile(r"(?<!\w)(?:kwa ajili ya|as payment for|being payment for|payment for|for|ya|towards)\s+",
                       re.IGNORECASE)
 _PURPOSE_END = re.compile(
-    r"\s*(?:[,;!?]|\.(?:\s|$)|\n|\b(?:to|from|kwa|on|at|number|namba)?\s*<PHONE>|<PHONE>|\band (?:check|tell|let)\b)",
+    r"\s*(?:[;!?]|,(?!\d{3})|\.(?:\s|$)|\n|\b(?:to|from|kwa|on|at|number|namba)?\s*<PHONE>|<PHONE>|\band (?:check|tell|let)\b)",
     re.IGNORECASE,
 )
 _FILLER_TAIL = re.compile(
@@ -91,7 +86,8 @@ _STATUS_WORDS = re.compile(
 )
 _NOT_A_PAYMENT = re.compile(
     r"^\s*(?:how|why|where|when|what|can i|should i)\b|"
-    r"\b(?:joke|poem|story|song|email|e-mail|sms|text message|letter|photo|picture|file|link|recipe)s?\b",
+    r"\b(?:joke|poem|story|song|email|e-mail|sms|text message|letter|photo|picture|file|link|recipe|"
+    r"hadithi|wimbo|utani|methali|barua|picha|niambie|tell me)s?\b",
     re.IGNORECASE,
 )
 _RETRY_WORDS = re.compile(
@@ -120,6 +116,21 @@ _NO = {
     "don't send", "dont send", "do not send", "no don't", "no dont", "leave it", "wacha tu", "acha tu",
     "no cancel", "no stop",
 }
+# Cancelling at the start of a message: "achana nayo", "cancel that", "forget it", "usitume".
+_CANCEL = re.compile(
+    r"(?:(?:no|hapana|la|ah|aah|oh|sorry|samahani|wait)\b[\s,.!]*)*"
+    r"(?:cancel|achana|acha|wacha|forget|never ?mind|usitume|sitaki|stop|abort|leave it|sahau|don'?t send|"
+    r"do not send|usiitume|usilipe|hakuna haja)\b",
+    re.IGNORECASE,
+)
+# Where a correction or a cancellation starts; what follows replaces what came before.
+_CORRECTION = re.compile(
+    r"\b(?:no,? wait|wait|actually|sorry|samahani|pole|i mean|i meant|nilimaanisha|namaanisha|make it|make that|"
+    r"change (?:it|that|the amount|the number) to|badala yake|oops|correction|rather|nilikosea|si hiyo|"
+    r"no(?=[\s,]+(?:it'?s|its|make|send|tuma|ni|the|\d|\+))|hapana(?=[\s,]+(?:ni|tuma|\d|\+))|"
+    r"cancel|achana|forget (?:it|that|about it)|never ?mind|usitume|sahau)\b",
+    re.IGNORECASE,
+)
 _SAME_PHONE = re.compile(r"\b(?:same (?:number|phone|person)|that number|namba ile ile|hiyo namba|namba hiyo)\b",
                          re.IGNORECASE)
 
@@ -130,6 +141,8 @@ _FILLER_WORDS = {
     "phone", "amount", "actually", "sorry", "i", "mean", "meant", "oh", "ok", "okay", "make", "his", "her", "my",
     "their", "and", "use", "try", "instead", "then", "sasa", "basi", "na", "ya", "on", "mpesa", "m", "pesa",
     "tafadhali", "bob", "ksh", "kes", "sh", "shillings", "only", "just", "same", "that", "hiyo", "ile", "this",
+    "no", "wait", "samahani", "pole", "correction", "nilimaanisha", "badala", "yake", "oops", "change", "instead",
+    "rather", "hapana", "not",
 }
 
 
@@ -146,6 +159,7 @@ class Message:
     checkout_id: str | None = None
     same_phone: bool = False
     starts_with_purpose: bool = False
+    correction: bool = False  # "no wait make it 250", "samahani ni 07..": replaces what was said before
 
     @property
     def has_slots(self) -> bool:
@@ -153,8 +167,42 @@ class Message:
 
 
 def understand(text: str) -> Message:
-    """Read one message: what the person wants and every payment detail in it."""
+    """Read one message: what the person wants and every payment detail in it.
+
+    A correction ("... no wait make it 250", "samahani ni 0711 000 223") wins over what came before
+    it in the message; a cancellation ("achana nayo", "cancel that") with nothing after it cancels.
+    """
     text = " ".join(str(text or "").split())
+    marker = _last_marker(text)
+    if marker is None:
+        return _read(text)
+    before, after = _read(text[:marker.start()]), _read(text[marker.start():])
+    cancelled = bool(_CANCEL.match(text, marker.start()))
+    if not after.has_slots and not after.checkout_id:
+        if cancelled:
+            return Message(intent=NO)
+        if not before.has_slots:
+            return _read(text)
+    merged = {name: getattr(after, name) or (None if cancelled else getattr(before, name))
+              for name in ("phone", "amount", "context", "checkout_id")}
+    # a problem in the corrected part stands; one in the replaced part only if nothing replaced it
+    merged["phone_problem"] = after.phone_problem or (
+        None if cancelled or after.phone or after.same_phone else before.phone_problem)
+    merged["amount_problem"] = after.amount_problem or (None if cancelled or after.amount else before.amount_problem)
+    merged["same_phone"] = after.same_phone or (not cancelled and before.same_phone and not after.phone)
+    intent = after.intent if after.intent != OTHER else (SEND if (after.has_slots or before.intent == SEND) else OTHER)
+    if intent in (YES, NO, HELP) and after.has_slots:
+        intent = SEND
+    return Message(intent=intent, correction=True, starts_with_purpose=False, **merged)
+
+
+def _last_marker(text: str) -> re.Match | None:
+    """The last "no wait", "actually", "samahani", "cancel that"... that starts a correction."""
+    markers = [m for m in _CORRECTION.finditer(text)]
+    return markers[-1] if markers else None
+
+
+def _read(text: str) -> Message:
     checkout = CHECKOUT_ID.search(text)
     rest = CHECKOUT_ID.sub(" ", text)
     phone, phone_problem, rest = find_phone(rest)
@@ -177,7 +225,7 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
         return STATUS
     if bare in _YES and not slots.has_slots:
         return YES
-    if bare in _NO and not slots.has_slots:
+    if (bare in _NO or _CANCEL.match(bare)) and not slots.has_slots:
         return NO
     if _RETRY_WORDS.match(bare) and not slots.has_slots:
         return RETRY
@@ -189,7 +237,7 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
         return SEND
     if status:
         return STATUS
-    if slots.has_slots and _mostly_slots(text):
+    if slots.has_slots and _mostly_slots(text) and not _NOT_A_PAYMENT.search(text):
         return SEND
     if _HELP_WORDS.search(text):
         return HELP
@@ -210,59 +258,199 @@ def _mostly_slots(text: str) -> bool:
     return len(words) <= 3
 
 
+# A run of digit groups joined by single spaces, dots or dashes: "+255 712 345 678", "0757 88 99 00".
+# Letters may touch it ("to0768123456"); a digit, comma or dot before it may not ("1,200", "1.5").
+_DIGIT_RUN = re.compile(r"(?<![\d,.])(?P<plus>\+\s?|00(?=[1-9]))?\(?\d+\)?(?:[ .\-]\(?\d+\)?)*")
+_GROUP = re.compile(r"\d+")
+_MAX_DIGITS = 15  # E.164
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int
+    digits: str
+
+
 def find_phone(text: str) -> tuple[str | None, str | None, str]:
-    """Return (phone as 07.., why it is not a valid phone, text with phone-like spans as <PHONE>)."""
+    """Return (phone as 07.., why it is not a valid phone, text with phone-like spans as <PHONE>).
+
+    Any doubt is a problem, never a guess: a foreign number (+255 712 345 678) is not read as the
+    Kenyan one it contains, a landline or a wrong digit count is named, two numbers are asked about.
+    """
     found: list[str] = []
     problems: list[str] = []
-
-    def take(match: re.Match) -> str:
-        raw = match.group(0).strip()
-        try:
-            phone = display_phone(normalize_phone(raw))
-        except InvalidPhoneNumber as exc:
-            problems.append(_phone_problem(raw, exc))
-        else:
-            if phone not in found:
+    spans: list[tuple[int, int]] = []
+    for run in _DIGIT_RUN.finditer(text):
+        body = run.end("plus") if run["plus"] else run.start()
+        groups = [_Span(m.start(), m.end(), m.group(0)) for m in _GROUP.finditer(text, body, run.end())]
+        international = bool(run["plus"])
+        readings = {i: _read_phone(text, groups, i, international and i == 0) for i in range(len(groups))}
+        i = 0
+        while i < len(groups):
+            j, phone, problem = readings[i]
+            if j is None:
+                i += 1
+                continue
+            # "100 712 345 678": 0100712345 or 0712345678? Another reading that starts inside this one
+            # and ends after it is another way to split the same digits: ask, never pick.
+            other = next((readings[k][1] for k in range(i + 1, j + 1)
+                          if readings[k][0] is not None and readings[k][0] > j and readings[k][1] != phone), None)
+            if other and phone:
+                j = readings[next(k for k in range(i + 1, j + 1) if readings[k][1] == other)][0]
+                phone, problem = None, (f"I can't tell where the phone number starts in "
+                                        f"\"{_written(text, groups, i, j)}\" ({phone} or {other}?).")
+            start = run.start() if international and i == 0 else groups[i].start
+            spans.append((start, groups[j].end))
+            if phone and phone not in found:
                 found.append(phone)
-        return " <PHONE> "
-
-    rest = _PHONE.sub(take, text)
-    rest = _PHONE_ATTEMPT.sub(take, rest)
+            if problem:
+                problems.append(problem)
+            i = j + 1
+    rest = text
+    for start, end in reversed(spans):
+        rest = rest[:start] + " <PHONE> " + rest[end:]
+    if problems:
+        return None, problems[0], rest
     if len(found) > 1:
-        return None, (f"I see more than one phone number ({', '.join(found)}); I send one request at a time."), rest
-    if found:
-        return found[0], None, rest
-    return None, (problems[0] if problems else None), rest
+        return None, f"I see more than one phone number ({', '.join(found)}); I send one request at a time.", rest
+    return (found[0] if found else None), None, rest
 
 
-def _phone_problem(raw: str, exc: InvalidPhoneNumber) -> str:
-    digits = re.sub(r"\D", "", raw)
+def _read_phone(text: str, groups: list[_Span], i: int, international: bool
+                ) -> tuple[int | None, str | None, str | None]:
+    """Read a phone number starting at groups[i]: (last group used, phone, problem) or (None, ..) if none."""
+    first = groups[i].digits
+    if international:
+        return _read_international(text, groups, i)
+    if first.startswith("0"):
+        return _read_to_length(text, groups, i, 10, "0")
+    if first.startswith("254") and len(first) >= 3:
+        length = 13 if "".join(g.digits for g in groups[i:])[3:4] == "0" else 12
+        return _read_to_length(text, groups, i, length, "254")
+    if first[0] in "17" and len(first) in (3, 9):
+        j, total = _take(groups, i, 9)
+        if total == 9:
+            phone = _kenyan_mobile("0" + _digits(groups, i, j))
+            return (j, phone, None) if phone else (None, None, None)
+        return None, None, None
+    if len(first) >= 10:  # "255712345678", "447911123456": a number without its +
+        return _problem_for(text, groups, i, i, first)
+    return None, None, None
+
+
+def _read_international(text: str, groups: list[_Span], i: int) -> tuple[int, str | None, str | None]:
+    digits = ""
+    for j in range(i, len(groups)):
+        digits += groups[j].digits
+        if len(digits) > _MAX_DIGITS:
+            break
+        number = _parse("+" + digits)
+        if number is not None and phonenumbers.is_valid_number(number):
+            if number.country_code != 254:
+                return j, None, _foreign(text, groups, i, j, number.country_code)
+            phone = _kenyan_mobile("+" + digits)
+            return j, phone, None if phone else _problem_for(text, groups, i, j, digits)[2]
+    j, _ = _take(groups, i, _MAX_DIGITS)
+    return _problem_for(text, groups, i, j, _digits(groups, i, j))
+
+
+def _read_to_length(text: str, groups: list[_Span], i: int, length: int, prefix: str
+                    ) -> tuple[int | None, str | None, str | None]:
+    j, total = _take(groups, i, length)
+    digits = _digits(groups, i, j)
+    if total == length:
+        phone = _kenyan_mobile(digits)
+        return j, phone, None if phone else _problem_for(text, groups, i, j, digits)[2]
+    j, total = _take(groups, i, 13)
+    if total >= 7:  # meant as a phone, with digits missing or extra ("07911 123456")
+        return _problem_for(text, groups, i, j, _digits(groups, i, j))
+    return None, None, None
+
+
+def _take(groups: list[_Span], i: int, length: int) -> tuple[int, int]:
+    """Take groups from i while the digits stay within `length`: (last group taken, digit count)."""
+    total, j = 0, i
+    for k in range(i, len(groups)):
+        if total + len(groups[k].digits) > length and k > i:
+            break
+        total += len(groups[k].digits)
+        j = k
+        if total >= length:
+            break
+    return j, total
+
+
+def _digits(groups: list[_Span], i: int, j: int) -> str:
+    return "".join(g.digits for g in groups[i:j + 1])
+
+
+def _parse(text: str):
+    try:
+        return phonenumbers.parse(text, "KE")
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _kenyan_mobile(text: str) -> str | None:
+    try:
+        return display_phone(normalize_phone(text))
+    except InvalidPhoneNumber:
+        return None
+
+
+def _written(text: str, groups: list[_Span], i: int, j: int) -> str:
+    start = groups[i].start
+    while start > 0 and text[start - 1] in "+(":
+        start -= 1
+    return text[start:groups[j].end].strip()
+
+
+def _foreign(text: str, groups: list[_Span], i: int, j: int, country_code: int) -> str:
+    region = phonenumbers.region_code_for_country_code(country_code)
+    example = phonenumbers.example_number(region) if region else None
+    name = country_name_for_number(example, "en") if example else ""
+    where = f"a {name} number (+{country_code})" if name else f"a +{country_code} number"
+    return (f"{_written(text, groups, i, j)} is {where}, not a Kenyan one. M-Pesa requests go to Kenyan "
+            "mobile numbers only, like 0712345678 or +254712345678.")
+
+
+def _problem_for(text: str, groups: list[_Span], i: int, j: int, digits: str) -> tuple[int, None, str]:
+    written = _written(text, groups, i, j)
+    plus = text[max(0, groups[i].start - 2):groups[i].start].strip().endswith("+")
+    if not plus and not digits.startswith(("0", "254")):
+        number = _parse("+" + digits)
+        if number is not None and phonenumbers.is_valid_number(number) and number.country_code != 254:
+            return j, None, _foreign(text, groups, i, j, number.country_code)
     if digits.startswith("0") and len(digits) != 10:
-        return f"{raw} has {len(digits)} digits; a Kenyan mobile number has 10, like 0712345678."
-    if "not a mobile" in str(exc):
-        return f"{raw} is not a mobile number; M-Pesa needs a Kenyan mobile line, like 0712345678."
-    return f"{raw} is not a valid Kenyan mobile number; write it like 0712345678 or +254712345678."
+        return j, None, f"{written} has {len(digits)} digits; a Kenyan mobile number has 10, like 0712345678."
+    number = _parse(("+" if plus else "") + digits)
+    if number is not None and number.country_code == 254 and phonenumbers.is_valid_number(number):
+        return j, None, (f"{written} is a landline, not a mobile number; M-Pesa needs a Kenyan mobile line, "
+                         "like 0712345678.")
+    return j, None, f"{written} is not a valid Kenyan mobile number; write it like 0712345678 or +254712345678."
 
 
 def find_amount(text: str) -> tuple[int | None, str | None]:
     """Return (whole KES, why the amount cannot be used); (None, None) when there is none."""
-    candidates: list[tuple[bool, str, object]] = []  # (marked as money, as written, value)
+    candidates: list[tuple[int, str, object]] = []  # (where, as written, value)
     taken: list[range] = []
+    words = _word_numbers(text)
     for match in _DIGIT_AMOUNT.finditer(text):
         taken.append(range(*match.span()))
         if not (match["before"] or match["after"]) and (
                 _NOT_MONEY_AFTER.match(text, match.end()) or _NOT_MONEY_BEFORE.search(text, 0, match.start())):
             continue
-        value = _digit_value(match)
-        marked = bool(match["before"] or match["after"] or match["mult"])
-        candidates.append((marked, match.group(0).strip(), value))
-    for start, written, value in _word_numbers(text):
+        if not match["mult"] and any(start <= match.start() < start + len(written) for start, written, _ in words):
+            continue  # the "2" of "elfu 2" is part of the words' amount
+        candidates.append((match.start(), match.group(0).strip(), _digit_value(match)))
+    for start, written, value in words:
         if not any(start in span for span in taken):  # the "thao" of "2 thao" is already counted
-            candidates.append((True, written, value))
+            candidates.append((start, written, value))
+    candidates.sort()
     if not candidates:
         return None, None
-    marked = [c for c in candidates if c[0]]
-    chosen = marked if marked else candidates
+    chosen = candidates  # "10 or ksh 11": a currency mark on one does not make the other less meant
     values = list(dict.fromkeys(str(c[2]) for c in chosen))
     if len(values) > 1:
         shown = " or ".join(c[1] for c in chosen)
@@ -388,7 +576,7 @@ def _sw_count(words: list[str], pos: int, multiplier: int) -> tuple[int | None, 
     if multiplier == 100:
         word = words[pos]
         return (_UNITS[word], pos + 1) if word in _UNITS and _UNITS[word] < 10 else (None, pos)
-    limit = 1000 if multiplier == 1000 else 100
+    limit = 100 if multiplier == 100_000 else 1000
     value, nxt = _sw_group(words, pos, limit)
     if value is None:
         return None, pos
@@ -407,9 +595,21 @@ def _split_purpose(text: str) -> tuple[str, str, str]:
         end = end_match.start() if end_match else len(text)
         raw = text[start:end]
         purpose = _clean_purpose(raw)
+        if purpose and _is_amount_phrase(purpose):
+            continue  # "for 3,000", "for 500 bob": the amount, not what it is for
         if purpose and not purpose.startswith("<"):
             return purpose, text[:marker.start()] + " " + text[end:], raw
     return "", text, ""
+
+
+def _is_amount_phrase(text: str) -> bool:
+    """True for "3,000", "ksh 500", "1.5k", "elfu mbili": nothing but an amount."""
+    match = _DIGIT_AMOUNT.fullmatch(text.strip())
+    if match:
+        return True
+    words = [m.group(0).lower() for m in _WORD.finditer(text)]
+    return bool(words) and all(w in _NUMBER_WORDS or w in _CONNECTORS or w.isdigit() for w in words) \
+        and bool(_word_numbers(text))
 
 
 def _clean_purpose(raw: str) -> str:
@@ -423,7 +623,13 @@ def _amount_at_end_of_purpose(raw: str, context: str) -> tuple[int | None, str |
     """ "for lunch 500 bob": the amount came after the purpose."""
     for match in _DIGIT_AMOUNT.finditer(raw):
         if raw[match.end():].strip(" .,!?") == "" or match["before"] or match["after"]:
-            amount, problem = find_amount(match.group(0))
-            trimmed = _clean_purpose(raw[:match.start()] + " " + raw[match.end():])
+            start = match.start()
+            while True:  # "for lunch thao 1", "for rent elfu 2": the words before the digits count too
+                word = re.search(r"([a-z]+)\s*$", raw[:start], re.IGNORECASE)
+                if not word or word.group(1).lower() not in _NUMBER_WORDS | _CONNECTORS:
+                    break
+                start = word.start(1)
+            amount, problem = find_amount(raw[start:match.end()])
+            trimmed = _clean_purpose(raw[:start] + " " + raw[match.end():])
             return amount, problem, trimmed
     return None, None, context

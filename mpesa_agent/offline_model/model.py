@@ -20,6 +20,7 @@ from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, norma
 MODEL_NAME = "offline-mpesa"
 SEND_TOOL = "send_instant_payment_with_tracking"
 STATUS_TOOL = "check_payment_status_realtime"
+WAIT_TOOL = "wait_for_payment"
 
 ASK_AMOUNT = "How much should I request?"
 ASK_PHONE = "To which phone number? (e.g. 0712345678)"
@@ -81,11 +82,13 @@ class OfflineModel(BaseLlm):
     ) -> AsyncGenerator[LlmResponse, None]:
         action = decide(llm_request.contents)
         if isinstance(action, Call):
-            part = types.Part(function_call=types.FunctionCall(name=action.name, args=action.args))
+            parts = [types.Part(function_call=types.FunctionCall(name=action.name, args=action.args))]
+            if action.say:  # shown at once (adk web streams it) while the call runs
+                parts.insert(0, types.Part(text=action.say))
         else:
-            part = types.Part(text=action.text)
+            parts = [types.Part(text=action.text)]
         yield LlmResponse(
-            content=types.Content(role="model", parts=[part]),
+            content=types.Content(role="model", parts=parts),
             model_version=self.model,
             usage_metadata=types.GenerateContentResponseUsageMetadata(
                 prompt_token_count=0, candidates_token_count=0, total_token_count=0
@@ -100,6 +103,7 @@ LLMRegistry.register(OfflineModel)
 class Call:
     name: str
     args: dict
+    say: str = ""  # text shown before the call's answer, e.g. "📱 Prompt sent ..."
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Draft:
     phone: str | None = None
     amount: int | None = None
     context: str = ""
+    confirm: bool = False  # complete, and asked "(yes / no)": sent only on a yes
 
 
 @dataclass
@@ -143,7 +148,16 @@ def decide(contents: list[types.Content]) -> Call | Say:
     last = events[-1]
     if last.kind == "result":
         call = _call_for(events, len(events) - 1)
-        return Say(reply_to_result(last.name, call.data if call else {}, last.data))
+        args = call.data if call else {}
+        if last.name == SEND_TOOL and args.get("wait_for_completion") is False \
+                and last.data.get("status") == "pending" and last.data.get("checkout_request_id"):
+            return Call(WAIT_TOOL, {}, say=_progress(args))
+        if last.name == WAIT_TOOL:
+            return Say(reply_to_result(SEND_TOOL, _send_args(_sent_with(events, last.data.get("checkout_request_id")))
+                                       or _send_args(_last_send(events)), last.data))
+        if last.name == STATUS_TOOL:
+            args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
+        return Say(reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
     chat = _replay(events[:-1])
@@ -178,6 +192,26 @@ def _call_for(events: list[Event], index: int) -> Event | None:
     return None
 
 
+def _progress(args: dict) -> str:
+    phone = _phone_of(args) or args.get("phone_number")
+    purpose = f" for {args['context']}" if args.get("context") else ""
+    return f"📱 Prompt sent to {phone} for {_money(args.get('amount'))}{purpose} — waiting for their PIN…"
+
+
+def _last_send(events: list[Event]) -> dict:
+    return next((e.data for e in reversed(events) if e.kind == "call" and e.name == SEND_TOOL), {})
+
+
+def _sent_with(events: list[Event], checkout_id: object) -> dict:
+    """The send call's arguments for the payment with this checkout ID, if this chat made it."""
+    for index, event in enumerate(events):
+        if event.kind == "result" and event.name == SEND_TOOL and checkout_id \
+                and event.data.get("checkout_request_id") == checkout_id:
+            call = _call_for(events, index)
+            return call.data if call else {}
+    return {}
+
+
 def _replay(events: list[Event]) -> Chat:
     """Re-live the conversation to learn the open draft, the payments made and any pending question."""
     chat = Chat()
@@ -191,8 +225,8 @@ def _replay(events: list[Event]) -> Chat:
             call = _call_for(events, index)
             args = call.data if call else {}
             checkout_id = event.data.get("checkout_request_id") or args.get("checkout_request_id")
-            if event.name in (SEND_TOOL, STATUS_TOOL):
-                chat.last_result = (event.name, event.data)
+            if event.name in (SEND_TOOL, STATUS_TOOL, WAIT_TOOL):
+                chat.last_result = (SEND_TOOL if event.name == WAIT_TOOL else event.name, event.data)
             if event.name == SEND_TOOL:
                 if event.data.get("status") == "needs_confirmation":
                     chat.awaiting_confirmation = args
@@ -224,10 +258,16 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
                 and chat.last_result[1].get("payment_status") == "failed"
             return Call(SEND_TOOL, {**_send_args(chat.last_send), **({"confirm_repeat": True} if failed else {})}), None
         return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
+    if chat.draft and chat.draft.confirm and msg.intent in (YES, RETRY):
+        return Call(SEND_TOOL, _draft_args(chat.draft)), None
+    if msg.correction and msg.intent == SEND and not chat.draft and chat.last_send:
+        return _correct_last(chat, msg)
     if msg.intent == SEND or (chat.draft and msg.starts_with_purpose):
         return _fill(chat, msg)
     if chat.draft and msg.intent == NO:
         return Say("OK, cancelled. Nothing was sent."), None
+    if chat.draft and chat.draft.confirm and msg.intent != HELP:
+        return Say(f"Send {_money(chat.draft.amount)} to {chat.draft.phone}? Please answer yes or no."), chat.draft
     if chat.draft and msg.intent != HELP:
         return Say(f"Sorry, I didn't get that. {_questions(chat.draft)} Or say \"cancel\"."), chat.draft
     if msg.intent == HELP:
@@ -240,7 +280,7 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
 
 
 def _send_args(args: dict) -> dict:
-    return {key: args[key] for key in ("phone_number", "amount", "context") if key in args}
+    return {key: args[key] for key in ("phone_number", "amount", "context", "wait_for_completion") if key in args}
 
 
 def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
@@ -257,10 +297,50 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     amount = None if msg.amount_problem else (msg.amount or draft.amount)
     draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
     if draft.phone and draft.amount and not problems:
-        return Call(SEND_TOOL, {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context}), None
+        return Call(SEND_TOOL, _draft_args(draft)), None
     if problems:
-        return Say(" ".join(problems + [_questions(draft)])), draft
+        return Say(" ".join([_sentence(p) for p in problems] + [_questions(draft)])), draft
     return Say(_ask(draft)), draft
+
+
+def _draft_args(draft: Draft) -> dict:
+    return {"phone_number": draft.phone, "amount": draft.amount, "context": draft.context,
+            "wait_for_completion": False}
+
+
+def _correct_last(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
+    """ "no wait make it 250" / "samahani ni 0711 000 223" after a request: that request, corrected.
+
+    If the first request never reached a phone (refused, or the prompt failed) the corrected one is
+    sent at once; if it did, a second prompt is asked about first, so that nobody pays twice.
+    """
+    last = chat.last_send or {}
+    if msg.phone_problem or msg.amount_problem:
+        return _fill(Chat(draft=Draft()), msg)
+    draft = Draft(phone=msg.phone or _phone_of(last), amount=msg.amount or _amount_of(last),
+                  context=msg.context or str(last.get("context") or ""))
+    if not (draft.phone and draft.amount):
+        return Say(_ask(draft)), draft
+    if (draft.phone, draft.amount) == (_phone_of(last), _amount_of(last)):
+        return Say(f"That is the same as the last request ({_money(draft.amount)} to {draft.phone}). "
+                   "What should I change?"), None
+    tool, result = chat.last_result or ("", {})
+    reached = tool == SEND_TOOL and result.get("status") not in ("error", "failed", "needs_confirmation")
+    if not reached:
+        return Call(SEND_TOOL, _draft_args(draft)), None
+    earlier = f"The request for {_money(_amount_of(last))} to {_phone_of(last)} already went out"
+    checkout_id = result.get("checkout_request_id")
+    earlier += f" (checkout ID {checkout_id})." if checkout_id else "."
+    purpose = f" for {draft.context}" if draft.context else ""
+    return (Say(f"{earlier} Send a new request for {_money(draft.amount)} to {draft.phone}{purpose}? (yes / no)"),
+            Draft(draft.phone, draft.amount, draft.context, confirm=True))
+
+
+def _amount_of(args: dict) -> int | None:
+    try:
+        return int(args.get("amount"))
+    except (TypeError, ValueError):
+        return None
 
 
 def _ask(draft: Draft) -> str:
@@ -304,34 +384,45 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
 
 
 def reply_to_result(tool: str, args: dict, result: dict) -> str:
-    """Tell the person what a tool answered, keeping the tool's own message word for word."""
+    """Tell the merchant what a tool answered, in their terms: who paid what, or why not and what next.
+
+    The tools' dicts keep the brief's notification wording (an API contract); the chat says what the
+    shop sees ("✅ 0712345678 paid 500 KSh for lunch. Receipt ..."), and every line about a payment
+    ends with its checkout ID.
+    """
     message = str(result.get("message") or result.get("error") or result.get("result") or "").strip()
     status = str(result.get("status") or result.get("payment_status") or "").lower()
     checkout_id = result.get("checkout_request_id") or args.get("checkout_request_id")
     checking = tool == STATUS_TOOL
+    details = result.get("payment_details") or {}
+    who = _phone_of(args) or _phone_of({"phone_number": details.get("PhoneNumber")}) or "The customer"
+    amount = args.get("amount") or details.get("Amount")
+    what = f"{_money(amount)}" if amount else "the request"
+    purpose = f" for {args['context']}" if args.get("context") else ""
+    ref = _checkout(checkout_id)
     if status in ("success", "completed"):
-        lines = [f"✅ Yes, it went through! {message}" if checking else f"{_headline(args, result)}\n{message}"]
-        receipt = (result.get("payment_details") or {}).get("MpesaReceiptNumber")
-        if receipt and str(receipt) not in message:
-            lines.append(f"M-Pesa receipt: {receipt}")
-        return "\n".join(lines)
+        receipt = details.get("MpesaReceiptNumber")
+        paid = f"{who} paid {what}{purpose}." if amount else f"{who} paid{purpose}."
+        return f"✅ {'Yes: ' if checking else ''}{paid}{f' Receipt {receipt}.' if receipt else ''}{ref}"
     if status == "failed":
-        reason = f"{result.get('error_message', '')} {message}".lower()
-        hint = next((h for words, h in _FAILURE_HINTS if any(w in reason for w in words)),
+        reason = str(result.get("error_message") or message.removeprefix("❌ Payment failed:")).strip()
+        lowered = f"{reason} {message}".lower()
+        hint = next((h for words, h in _FAILURE_HINTS if any(w in lowered for w in words)),
                     'Tell me "try again" to send a new request.')
-        return f"{message}\n{hint}"
+        return f"❌ {who} did not pay {what}{purpose}: {_sentence(reason)}{ref}\n{hint}"
     if status in ("timeout", "pending"):
-        to = f" to {args['phone_number']}" if args.get("phone_number") else ""
-        waiting = ("The phone's owner has not completed the prompt yet, so it is still pending." if checking else
-                   f"📱 The payment request went{to}, but M-Pesa has not confirmed it yet, so it is still pending.")
-        return f"{message}\n{waiting}{_checkout(checkout_id)} {ASK_AGAIN_LATER}"
+        if checking:
+            return (f"⏳ Not paid yet: {who} has not answered the M-Pesa prompt{f' for {what}' if amount else ''}, "
+                    f"so it is still pending.{ref}\n{ASK_AGAIN_LATER}")
+        return (f"⏳ No answer yet from {who}{f' for {what}' if amount else ''}{purpose}: the prompt may still "
+                f"be on their phone, so it is still pending.{ref}\n{ASK_AGAIN_LATER}")
     if status == "unknown":
         if not checkout_id:  # M-Pesa never acknowledged the push: there is nothing to look up
-            return f"{message}\nPlease don't send it again until you know."
-        return (f"{message}\nI can't tell yet whether it went through, so please don't send it again yet."
-                f"{_checkout(checkout_id)} {ASK_AGAIN_LATER}")
+            return f"{_sentence(message)}\nPlease don't send it again until you know."
+        return (f"{_sentence(message)}{ref}\nI can't tell yet whether {who} paid, so please don't send it "
+                f"again yet. {ASK_AGAIN_LATER}")
     if status == "needs_confirmation":
-        return f"{message} (yes / no)"
+        return f"{_sentence(message)} (yes / no)"
     if status == "error":
         lowered = message.lower()
         if re.search(r"\b(?:try again|trying again|check|give)\b", lowered):
@@ -341,17 +432,14 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
-        return f"{message}\n{hint}".strip()
-    return message or "I got an answer I don't understand. " + ASK_AGAIN_LATER
+        return f"{_sentence(message)}\n{hint}".strip()
+    return _sentence(message) if message else "I got an answer I don't understand. " + ASK_AGAIN_LATER
 
 
-def _headline(args: dict, result: dict) -> str:
-    amount = args.get("amount") or (result.get("payment_details") or {}).get("Amount")
-    context = args.get("context")
-    headline = "📱 Payment sent! ✅ Completed successfully!"
-    if not amount:
-        return headline
-    return f"{headline} {_money(amount)} sent for {context}!" if context else f"{headline} {_money(amount)} sent!"
+def _sentence(text: str) -> str:
+    """End with a full stop unless the text already ends a sentence."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?…" else text + "."
 
 
 def _money(amount: object) -> str:
@@ -362,4 +450,4 @@ def _money(amount: object) -> str:
 
 
 def _checkout(checkout_id: object) -> str:
-    return f" Checkout ID: {checkout_id}." if checkout_id else ""
+    return f" Checkout ID: {checkout_id}" if checkout_id else ""
