@@ -273,12 +273,15 @@ class SseReader:
 
 
 def test_an_sse_client_that_reconnects_misses_none_and_sees_none_twice_at_1000_events_a_second(tmp_path):
-    """16 lean HTTP clients make the server write events at over 1,000/s; the SSE client drops the
-    stream every 300 events and resumes with Last-Event-ID."""
+    """Two writers of one log: the server (16 lean HTTP clients: parked callbacks, then registrations)
+    and a second process's store, which appends 50 events every 10 ms while the server is busy, so
+    the log grows at well over 1,000 events/s however loaded the machine is. The SSE client drops
+    the stream every 300 events and resumes with Last-Event-ID."""
     server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN).start()
     port = int(server.url.rsplit(":", 1)[1])
     reader = SseReader(f"{server.url}/events/stream")
-    payments, clients = 1200, 16
+    payments, clients = 600, 16
+    http_done = threading.Event()
 
     async def write(client: int) -> None:
         """Early callbacks then registrations: 4 events per payment (parked, registered, completed, received)."""
@@ -295,27 +298,47 @@ def test_an_sse_client_that_reconnects_misses_none_and_sees_none_twice_at_1000_e
         finally:
             await connection.close()
 
-    async def write_all() -> float:
-        started = time.monotonic()
-        await asyncio.gather(*(write(client) for client in range(clients)))
-        return time.monotonic() - started
+    async def over_http() -> None:
+        try:
+            await asyncio.gather(*(write(client) for client in range(clients)))
+        finally:
+            http_done.set()
+
+    def second_writer() -> int:
+        """Registrations and their events in batches of 50, every 10 ms, until the HTTP clients are done."""
+        store, batch = Store(tmp_path / "payments.db"), 0
+        try:
+            while not http_done.is_set():
+                with store.transaction() as tx:
+                    for n in range(50):
+                        payment = tx.insert_payment(f"ws_CO_other_{batch}_{n}", "254712345678", 100, "bulk", None)
+                        tx.append_event("payment.registered", payment.checkout_request_id, {"payment": payment.to_dict()})
+                batch += 1
+                time.sleep(0.01)
+        finally:
+            store.close()
+        return batch * 50
 
     try:
-        with ThreadPoolExecutor(1) as pool:
-            writing = pool.submit(asyncio.run, write_all())
+        with ThreadPoolExecutor(2) as pool:
+            started = time.monotonic()
+            http = pool.submit(asyncio.run, over_http())
+            other = pool.submit(second_writer)
             reconnects = 0
-            while not writing.done():
+            while not (http.done() and other.done()):
                 reader.read(stop_after=300, lasting=2)  # then disconnect, and reconnect with Last-Event-ID
                 reconnects += 1
-            seconds = writing.result()
-        last_id = payments * 4
+            http.result()
+            seconds, written_elsewhere = time.monotonic() - started, other.result()
+        last_id = payments * 4 + written_elsewhere
         if reader.last_id < last_id:
             reader.read(until_id=last_id, lasting=30)
         assert requests.get(f"{server.url}/events?after={last_id}", headers=AUTH, timeout=5).json()["events"] == []
     finally:
         server.stop()
     rate = last_id / seconds
-    print(f"{last_id} events in {seconds:.2f} s ({rate:.0f}/s), {reconnects} reconnects")
+    print(f"{last_id} events ({written_elsewhere} from the second writer) in {seconds:.2f} s ({rate:.0f}/s), "
+          f"{reconnects} reconnects")
     assert reconnects >= 3, "the client must have reconnected while events were being written"
     assert reader.seen == list(range(1, last_id + 1)), "every event exactly once, in order"
     assert rate >= 1000, f"events were written at {rate:.0f}/s, not the 1,000/s this test is about"
