@@ -10,8 +10,14 @@ mkdir -p logs data
 config=$($PY -m mpesa_agent.preflight) || { echo "Fix the settings above (.env / .env.local) and run ./start.sh again."; exit 1; }
 eval "$config"
 ADK_PORT=${ADK_PORT:-8000}
+SESSIONS_DB=${SESSIONS_DB:-$PWD/data/sessions.db}  # chats survive a restart (ADK's own SQLite sessions)
 
-pids=()
+# Every port first: a busy one is named with what holds it, before anything starts.
+ports=("$CALLBACK_PORT=callback server" "$ADK_PORT=adk web")
+[ "$MPESA_ENV" = simulator ] && ports+=("$SIM_PORT=simulator")
+$PY scripts/check_ports.py "${ports[@]}" || exit 1
+
+pids=() names=()
 stop() {
   trap - INT TERM EXIT
   echo; echo "Stopping..."
@@ -22,19 +28,20 @@ stop() {
 trap 'stop; exit 130' INT TERM
 trap stop EXIT
 
-# start NAME URL COMMAND...: run in the background, log to logs/NAME.log, wait until URL answers.
+# start NAME URL COMMAND...: run in the background, log to logs/NAME.log, wait until URL answers
+# as that program itself (its own health answer), or print its real error and stop everything.
 start() {
   local name=$1 url=$2; shift 2
   echo "Starting $name (log: logs/$name.log)..."
   "$@" >"logs/$name.log" 2>&1 &
-  pids+=($!)
-  if ! $PY scripts/wait_ready.py "$url" 60 "$!"; then
+  pids+=($!); names+=("$name")
+  if ! $PY scripts/wait_ready.py "$name" "$url" 60 "$!"; then
     echo "$name did not come up; last lines of logs/$name.log:"; tail -n 20 "logs/$name.log"; exit 1
   fi
 }
 
 if [ "$MPESA_ENV" = simulator ]; then
-  start simulator "http://127.0.0.1:$SIM_PORT/oauth/v1/generate" $PY -m mpesa_agent.simulator --port "$SIM_PORT"
+  start simulator "http://127.0.0.1:$SIM_PORT/simulator/health" $PY -m mpesa_agent.simulator --port "$SIM_PORT"
 else
   echo "MPESA_ENV=$MPESA_ENV: using Daraja at $DARAJA_URL (no simulator)."
   if [ -n "${START_NGROK:-}" ]; then
@@ -51,13 +58,18 @@ grep -m1 -i "callbacks" logs/callback_server.log || true
 export ADK_DISABLE_LOAD_DOTENV=1
 .venv/bin/adk telemetry disable >/dev/null 2>&1 || true
 start adk_web "http://127.0.0.1:$ADK_PORT/list-apps" \
-  .venv/bin/adk web --host 127.0.0.1 --port "$ADK_PORT" --session_service_uri memory:// --no-reload .
+  .venv/bin/adk web --host 127.0.0.1 --port "$ADK_PORT" --session_service_uri "sqlite:///$SESSIONS_DB" --no-reload .
 
 cat <<MSG
 
 Ready. Chat: http://127.0.0.1:$ADK_PORT/dev-ui/?app=mpesa_agent
 Try: "Send 500 to 0712345678 for lunch" (an STK Push asks that phone's owner to pay your shortcode).
-Logs: logs/simulator.log, logs/callback_server.log, logs/adk_web.log. Ctrl-C stops everything.
+Logs: logs/simulator.log, logs/callback_server.log, logs/adk_web.log. Chats: $SESSIONS_DB. Ctrl-C stops everything.
 MSG
 wait -n || true
-echo "A process stopped; see logs/."
+for i in "${!pids[@]}"; do
+  if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+    echo "${names[$i]} stopped; last lines of logs/${names[$i]}.log:"; tail -n 20 "logs/${names[$i]}.log"
+  fi
+done
+exit 1
