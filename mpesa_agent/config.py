@@ -22,6 +22,8 @@ SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c
 # Safaricom asks integrators to keep these out of callback URLs, in any case.
 FORBIDDEN_URL_WORDS = ("m-pesa", "mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
 MIN_CALLBACK_TOKEN_LENGTH = 24
+# Seconds between webhook attempts (about 3 days in all, then the endpoint is disabled); each gets +-20 % jitter.
+WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400)
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,23 @@ def _float(values: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(values: Mapping[str, str], name: str) -> bool:
+    return str(values.get(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _seconds_list(values: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = _list(values.get(name))
+    if not raw:
+        return default
+    try:
+        found = tuple(float(part) for part in raw)
+    except ValueError:
+        found = ()
+    if not found or any(not 0 <= value < 10**7 for value in found):
+        raise ConfigError(f"{name} must be seconds between attempts, comma-separated (e.g. 5,300,1800), got {values[name]!r}")
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the three processes; see `.env` for what each one means."""
@@ -93,6 +112,9 @@ class Settings:
     agent_model: str = "gemini-2.5-flash"
     use_gemini: bool = False
     simulator_callback_delay: float = 2.0
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = 10.0
+    webhooks_allow_private_urls: bool = False
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     @classmethod
@@ -123,14 +145,16 @@ class Settings:
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
-            verify_success_by_query=(values.get("VERIFY_SUCCESS_BY_QUERY") or "").strip().lower()
-            in ("1", "true", "yes", "on"),
+            verify_success_by_query=_bool(values, "VERIFY_SUCCESS_BY_QUERY"),
             trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),
             trusted_proxies=_list(values.get("TRUSTED_PROXIES")),
             agent_model=(values.get("MPESA_AGENT_MODEL") or "gemini-2.5-flash").strip(),
             use_gemini=bool((values.get("GOOGLE_API_KEY") or values.get("GEMINI_API_KEY") or "").strip()
                             or (values.get("GOOGLE_GENAI_USE_VERTEXAI") or values.get("GOOGLE_GENAI_USE_ENTERPRISE") or "").strip().lower() in ("1", "true")),
             simulator_callback_delay=_float(values, "SIMULATOR_CALLBACK_DELAY", 2.0),
+            webhook_retry_schedule=_seconds_list(values, "WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
+            webhook_timeout=_float(values, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhooks_allow_private_urls=_bool(values, "WEBHOOKS_ALLOW_PRIVATE_URLS"),
             root=root,
         )
 

@@ -14,7 +14,7 @@ import requests
 from bench.client import Connection
 from harness import callback_server
 from mpesa_agent.server.manager import CallbackManager
-from mpesa_agent.server.store import Event, Store
+from mpesa_agent.server.store import SCHEMA_VERSION, Event, Store
 from tests.test_callback_manager import callback_body, register
 from tests.test_store import make_version_1_database
 
@@ -114,7 +114,7 @@ def test_a_database_from_before_the_event_log_is_migrated(tmp_path):
     make_version_1_database(path)
     store = Store(path)
     try:
-        assert store.pragmas()["user_version"] == 2
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION
         assert store.payment("ws_CO_old").query_attempts == 0 and store.events() == []
     finally:
         store.close()

@@ -1,0 +1,120 @@
+"""Delivers the webhook outbox, off every request thread: one thread picks due rows and hands them
+to a pool of senders, records each attempt (a batch per commit) and reschedules failures.
+Started by serve.py beside the reconciler.
+
+At least once: a row leaves `pending` only in the commit that records its 2xx (or its last
+failure), so a crash between sending and recording sends it again after the restart. Receivers
+deduplicate on `webhook-id`. Only the dispatcher's own process sends, so rows in flight are
+tracked in memory.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from mpesa_agent.config import Settings
+from mpesa_agent.server.outbox import RESPONSE_KEPT, Attempt, Delivery, Outbox, signed_headers, url_problem
+from mpesa_agent.server.store import utcnow
+
+log = logging.getLogger("callback_server.webhooks")
+
+DELIVERY_THREADS = 32  # attempts in flight at once (a slow receiver holds one each for up to the timeout)
+IDLE_SECONDS = 1.0  # without a wake-up, look again this often (another process's commits, clock drift)
+
+
+class Dispatcher:
+    """`start()` runs it in a daemon thread; `stop()` ends it (attempts in flight are sent again later)."""
+
+    def __init__(self, outbox: Outbox, settings: Settings, threads: int = DELIVERY_THREADS):
+        self.outbox, self.settings, self.threads = outbox, settings, threads
+        self._wake, self._stopping = threading.Event(), threading.Event()
+        self._finished: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
+        self._in_flight: set[int] = set()
+        self._sessions = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Dispatcher":
+        self.outbox.store.commit_listeners.append(self._wake.set)  # a new event may have queued rows
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhook")
+        self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()  # before looking: a wake-up while we look is not lost
+            try:
+                pause = self.run_once()
+            except Exception:  # the database refused, say: the rows stay pending
+                log.exception("webhook dispatcher: pass failed; trying again in %s s", IDLE_SECONDS)
+                pause = IDLE_SECONDS
+            self._wake.wait(pause)
+
+    def run_once(self) -> float:
+        """Record finished attempts and send what is due; returns how long to sleep at most."""
+        finished = []
+        while not self._finished.empty():
+            finished.append(self._finished.get())
+        if finished:
+            for note in self.outbox.record(finished, self.settings.webhook_retry_schedule, time.time()):
+                log.warning("webhook endpoint %s", note)
+            self._in_flight.difference_update(attempt.delivery.outbox_id for attempt in finished)
+        free = self.threads - len(self._in_flight)
+        if free > 0:
+            for delivery in self.outbox.due(time.time(), free + len(self._in_flight)):
+                if free > 0 and delivery.outbox_id not in self._in_flight:
+                    self._in_flight.add(delivery.outbox_id)
+                    free -= 1
+                    self._pool.submit(self._send, delivery)
+        next_due, now = self.outbox.next_due(), time.time()
+        if next_due is None or next_due <= now:  # nothing queued, or all due rows are in flight: a finish wakes us
+            return IDLE_SECONDS
+        return min(IDLE_SECONDS, next_due - now)
+
+    def _send(self, delivery: Delivery) -> None:
+        """One attempt: POST the signed message; only a 2xx answer is a success."""
+        started, attempted_at = time.perf_counter(), utcnow()
+        status, text = None, ""
+        try:
+            problem = url_problem(delivery.url, self.settings.webhooks_allow_private_urls)  # DNS may have changed
+            if problem:
+                text = f"not sent: the url's {problem}"
+            else:
+                body = delivery.body
+                headers = signed_headers(str(delivery.event.id), body, delivery.secrets, time.time())
+                with self._session().post(delivery.url, data=body.encode(), headers=headers, stream=True,
+                                          timeout=self.settings.webhook_timeout, allow_redirects=False) as response:
+                    status = response.status_code
+                    text = response.raw.read(RESPONSE_KEPT * 4, decode_content=True).decode("utf-8", "replace")
+        except requests.Timeout:
+            text = f"no answer within {self.settings.webhook_timeout:g} s"
+        except requests.RequestException as exc:
+            text = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            log.exception("webhook %s to %s: unexpected error", delivery.event.id, delivery.endpoint_id)
+            text = f"internal error ({type(exc).__name__})"
+        finally:
+            self._finished.put(Attempt(delivery, status, (time.perf_counter() - started) * 1000, text, attempted_at))
+            self._wake.set()
+
+    def _session(self) -> requests.Session:
+        """One keep-alive session per sender thread; no proxies from the environment (the url is what was checked)."""
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = requests.Session()
+            session.trust_env = False
+        return session
