@@ -135,8 +135,9 @@ def test_the_api_pages_the_log_and_filters_it(app, client):
     first = client.get("/events?limit=2", headers=APP_AUTH).get_json()
     assert [e["checkout_request_id"] for e in first["events"]] == ["ws_CO_0", "ws_CO_1"]
     rest = client.get(f"/events?after={first['next_after']}", headers=APP_AUTH).get_json()
-    assert len(rest["events"]) == 5 and client.get(
-        f"/events?after={rest['next_after']}", headers=APP_AUTH).get_json() == {"events": [], "next_after": rest["next_after"]}
+    end = rest["next_after"]
+    assert len(rest["events"]) == 5 and client.get(f"/events?after={end}", headers=APP_AUTH).get_json() == {
+        "events": [], "next_after": end, "last_id": end}
     completed = client.get("/events?type=payment.completed", headers=APP_AUTH).get_json()["events"]
     assert [e["checkout_request_id"] for e in completed] == ["ws_CO_3"]
     assert len(client.get("/events?checkout_request_id=ws_CO_3", headers=APP_AUTH).get_json()["events"]) == 3

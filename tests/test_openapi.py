@@ -56,7 +56,7 @@ def test_the_document_is_valid_openapi_3_1_served_without_a_key_and_without_the_
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             bearer = operation["security"] == [{"bearerAuth": []}]
-            assert bearer == path.startswith(("/payment/", "/events", "/webhooks")), path
+            assert bearer == path.startswith(("/payment/", "/payments", "/events", "/webhooks")), path
             assert ("401" in operation["responses"]) == bearer, path
 
 
@@ -122,6 +122,11 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call("/health", "GET", "/health").status_code == 200
     assert call("/openapi.json", "GET", "/openapi.json").status_code == 200
 
+    listed = call("/payments", "GET", "/payments?status=completed&limit=10", headers=AUTH).get_json()["payments"]
+    assert {p["checkout_request_id"] for p in listed} == {"ws_CO_paid", "ws_CO_query"}
+    for bad in ("status=paid", "limit=0", "limit=x"):
+        assert call("/payments", "GET", f"/payments?{bad}", headers=AUTH).status_code == 400
+    assert call("/payments", "GET", "/payments").status_code == 401
     page = call("/events", "GET", "/events?limit=5", headers=AUTH).get_json()
     assert len(page["events"]) == 5 and page["next_after"] == page["events"][-1]["id"]
     for bad in ("after=-1", "limit=0", "type=payment.paid", "checkout_request_id=a%20b"):

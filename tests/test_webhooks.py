@@ -8,7 +8,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from mpesa_agent.config import ConfigError, Settings
-from mpesa_agent.server.outbox import Attempt, Outbox, retry_delay, signed_headers, url_problem
+from mpesa_agent.payments.webhooks import signed_headers
+from mpesa_agent.server.outbox import Attempt, Outbox, retry_delay, url_problem
 from mpesa_agent.server.store import SCHEMA_VERSION, Store
 from tests.test_store import make_version_1_database
 

@@ -50,7 +50,7 @@ def callback_prefix(settings: Settings) -> str:
         raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
                           f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
     prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
-    if prefix in ("/payment", "/health", "/events", "/webhooks") or prefix.startswith(("/payment/", "/events/",
+    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks") or prefix.startswith(("/payment/", "/events/",
                                                                                        "/webhooks/")):
         raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
                           "use e.g. /callback/<token>")

@@ -18,7 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from mpesa_agent.config import Settings
-from mpesa_agent.server.outbox import RESPONSE_KEPT, Attempt, Delivery, Outbox, signed_headers, url_problem
+from mpesa_agent.payments.webhooks import signed_headers
+from mpesa_agent.server.outbox import RESPONSE_KEPT, Attempt, Delivery, Outbox, url_problem
 from mpesa_agent.server.store import utcnow
 
 log = logging.getLogger("callback_server.webhooks")

@@ -152,10 +152,17 @@ SCHEMAS.update({
         },
     },
     "EventPage": {
-        "type": "object", "required": ["events", "next_after"], "additionalProperties": False,
+        "type": "object", "required": ["events", "next_after", "last_id"], "additionalProperties": False,
         "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                        "next_after": {"type": "integer", "minimum": 0,
-                                      "description": "Pass as `after` for the next page."}},
+                                      "description": "Pass as `after` for the next page."},
+                       "last_id": {"type": "integer", "minimum": 0,
+                                   "description": "The newest event's id in the whole log (0: none): "
+                                                  "stream after it for new events only."}},
+    },
+    "PaymentList": {
+        "type": "object", "required": ["payments"], "additionalProperties": False,
+        "properties": {"payments": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}}},
     },
     "Timeline": {
         "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
@@ -399,6 +406,19 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "404": _error("Wrong token (stored as rejected), the same answer as any unknown path."),
                     "413": _error("The body is over 64 KiB; not stored."),
                     "500": _error("The body could not be stored; Daraja did not get Accepted."),
+                },
+            }},
+            "/payments": {"get": {
+                "operationId": "payments",
+                "summary": "The newest payments, newest first (optionally in one status).",
+                "security": BEARER,
+                "parameters": [{"name": "status", "in": "query", "required": False, "schema": {"enum": STATES}},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
+                "responses": {
+                    "200": _json("The payments.", _ref("PaymentList")),
+                    "400": _error("status or limit is not valid."),
+                    "401": UNAUTHORIZED,
                 },
             }},
             "/events": {"get": {

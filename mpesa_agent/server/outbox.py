@@ -20,9 +20,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from standardwebhooks.webhooks import Webhook
-
 from mpesa_agent.payments.states import EventType
+from mpesa_agent.payments.webhooks import message
 from mpesa_agent.server.store import Event, Store, utcnow
 
 EVENT_TYPES = frozenset(map(str, EventType))
@@ -56,7 +55,8 @@ class Delivery:
 
     @property
     def body(self) -> str:
-        return message(self.event)
+        """The same bytes on every retry: built from the event's stored JSON."""
+        return message(self.event.type, self.event.created_at, self.event.to_json())
 
 
 @dataclass(frozen=True)
@@ -76,19 +76,6 @@ class Attempt:
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def message(event: Event) -> str:
-    """The body the spec recommends, built from the stored JSON (the same bytes on every retry)."""
-    return f'{{"type":{json.dumps(event.type)},"timestamp":{json.dumps(event.created_at)},"data":{event.to_json()}}}'
-
-
-def signed_headers(msg_id: str, body: str, signing_secrets: tuple[str, ...], now: float) -> dict[str, str]:
-    """The Standard Webhooks headers: one `v1,` signature per secret, space-separated."""
-    at = datetime.fromtimestamp(int(now), timezone.utc)
-    return {"webhook-id": msg_id, "webhook-timestamp": str(int(now)),
-            "webhook-signature": " ".join(Webhook(secret).sign(msg_id, at, body) for secret in signing_secrets),
-            "content-type": "application/json", "user-agent": "mpesa-agent-webhooks/1"}
 
 
 def url_problem(url: Any, allow_private: bool) -> str | None:

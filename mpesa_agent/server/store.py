@@ -509,6 +509,15 @@ class Store:
         with self._connection() as conn:
             return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at", args).fetchall()]
 
+    def recent_payments(self, status: str | None = None, limit: int = 20) -> list[Payment]:
+        """The newest payments (with `status`, if given), newest first."""
+        sql, args = f"SELECT {PAYMENT_COLUMNS} FROM payments", []
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", [status]
+        with self._connection() as conn:
+            return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at DESC LIMIT ?",
+                                                          [*args, limit]).fetchall()]
+
     def pending_older_than(self, seconds: float, now: datetime | None = None) -> list[Payment]:
         now = now or datetime.now(timezone.utc)
         cutoff = (now - timedelta(seconds=seconds)).astimezone(timezone.utc).isoformat(timespec="milliseconds")
