@@ -23,6 +23,7 @@ SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c
 FORBIDDEN_URL_WORDS = ("m-pesa", "mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
 MIN_CALLBACK_TOKEN_LENGTH = 24
 # Seconds between webhook attempts (about 3 days in all, then the endpoint is disabled); each gets +-20 % jitter.
+AFRICASTALKING_URLS = {"sandbox": "https://api.sandbox.africastalking.com", "live": "https://api.africastalking.com"}
 WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400)
 
 
@@ -115,6 +116,25 @@ class Settings:
     webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
     webhook_timeout: float = 10.0
     webhooks_allow_private_urls: bool = False
+    notify_events: tuple[str, ...] = ("payment.completed", "payment.failed")
+    notify_language: str = "en"
+    notify_email_to: tuple[str, ...] = ()
+    notify_sms_to: tuple[str, ...] = ()  # phone numbers, or "customer" for the payer's receipt
+    notify_whatsapp_to: tuple[str, ...] = ()
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = ""
+    smtp_starttls: bool = True
+    africastalking_username: str = "sandbox"
+    africastalking_api_key: str = field(default="", repr=False)
+    africastalking_sender_id: str = ""
+    africastalking_base_url: str = AFRICASTALKING_URLS["sandbox"]
+    whatsapp_token: str = field(default="", repr=False)
+    whatsapp_phone_number_id: str = ""
+    whatsapp_template: str = "payment_update"
+    whatsapp_base_url: str = "https://graph.facebook.com/v20.0"
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     @classmethod
@@ -155,6 +175,27 @@ class Settings:
             webhook_retry_schedule=_seconds_list(values, "WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
             webhook_timeout=_float(values, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
             webhooks_allow_private_urls=_bool(values, "WEBHOOKS_ALLOW_PRIVATE_URLS"),
+            notify_events=_list(values.get("NOTIFY_EVENTS") or "payment.completed,payment.failed"),
+            notify_language=(values.get("NOTIFY_LANGUAGE") or "en").strip().lower(),
+            notify_email_to=_list(values.get("NOTIFY_EMAIL_TO")),
+            notify_sms_to=_list(values.get("NOTIFY_SMS_TO")),
+            notify_whatsapp_to=_list(values.get("NOTIFY_WHATSAPP_TO")),
+            smtp_host=(values.get("SMTP_HOST") or "").strip(),
+            smtp_port=_int(values, "SMTP_PORT", 587),
+            smtp_user=(values.get("SMTP_USER") or "").strip(),
+            smtp_password=values.get("SMTP_PASSWORD") or "",
+            smtp_from=(values.get("SMTP_FROM") or values.get("SMTP_USER") or "").strip(),
+            smtp_starttls=_bool({"v": values.get("SMTP_STARTTLS") or "true"}, "v"),
+            africastalking_username=(values.get("AFRICASTALKING_USERNAME") or "sandbox").strip(),
+            africastalking_api_key=(values.get("AFRICASTALKING_API_KEY") or "").strip(),
+            africastalking_sender_id=(values.get("AFRICASTALKING_SENDER_ID") or "").strip(),
+            africastalking_base_url=(values.get("AFRICASTALKING_BASE_URL") or AFRICASTALKING_URLS[
+                "sandbox" if (values.get("AFRICASTALKING_USERNAME") or "sandbox").strip() == "sandbox" else "live"]
+            ).strip().rstrip("/"),
+            whatsapp_token=(values.get("WHATSAPP_TOKEN") or "").strip(),
+            whatsapp_phone_number_id=(values.get("WHATSAPP_PHONE_NUMBER_ID") or "").strip(),
+            whatsapp_template=(values.get("WHATSAPP_TEMPLATE") or "payment_update").strip(),
+            whatsapp_base_url=(values.get("WHATSAPP_BASE_URL") or "https://graph.facebook.com/v20.0").strip().rstrip("/"),
             root=root,
         )
 

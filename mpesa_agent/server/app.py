@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
 from mpesa_agent.server import api, callbacks, events, webhooks
+from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
@@ -31,6 +32,10 @@ def create_app(config: Settings | None = None) -> Flask:
     store = Store(settings.payments_db)
     app.extensions["callback_manager"] = CallbackManager(store, settings)
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
+    try:
+        app.extensions["webhooks"].sync_channels(channel_urls(settings), settings.notify_events, channel_id)
+    except ValueError as exc:
+        raise ConfigError(f"NOTIFY_EVENTS {exc}") from None
     app.register_blueprint(callbacks.blueprint, url_prefix=prefix)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(events.blueprint)

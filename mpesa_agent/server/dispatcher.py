@@ -1,6 +1,6 @@
-"""Delivers the webhook outbox, off every request thread: one thread picks due rows and hands them
-to a pool of senders, records each attempt (a batch per commit) and reschedules failures.
-Started by serve.py beside the reconciler.
+"""Delivers the webhook outbox (webhooks, and email / SMS / WhatsApp through channels.py), off every
+request thread: one thread picks due rows and hands them to a pool of senders, records each attempt
+(a batch per commit) and reschedules failures. Started by serve.py beside the reconciler.
 
 At least once: a row leaves `pending` only in the commit that records its 2xx (or its last
 failure), so a crash between sending and recording sends it again after the restart. Receivers
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import smtplib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ import requests
 
 from mpesa_agent.config import Settings
 from mpesa_agent.payments.webhooks import signed_headers
+from mpesa_agent.server import channels
 from mpesa_agent.server.outbox import RESPONSE_KEPT, Attempt, Delivery, Outbox, url_problem
 from mpesa_agent.server.store import utcnow
 
@@ -87,12 +89,13 @@ class Dispatcher:
         return min(IDLE_SECONDS, next_due - now)
 
     def _send(self, delivery: Delivery) -> None:
-        """One attempt: POST the signed message; only a 2xx answer is a success."""
+        """One attempt: POST the signed message (only a 2xx is a success), or send the notification."""
         started, attempted_at = time.perf_counter(), utcnow()
-        status, text = None, ""
+        status, text, delivered = None, "", None
         try:
-            problem = url_problem(delivery.url, self.settings.webhooks_allow_private_urls)  # DNS may have changed
-            if problem:
+            if channels.is_channel(delivery.url):  # email, SMS or WhatsApp (server/channels.py)
+                status, delivered, text = channels.send(delivery, self.settings, self._session())
+            elif problem := url_problem(delivery.url, self.settings.webhooks_allow_private_urls):  # DNS may change
                 text = f"not sent: the url's {problem}"
             else:
                 body = delivery.body
@@ -103,13 +106,14 @@ class Dispatcher:
                     text = response.raw.read(RESPONSE_KEPT * 4, decode_content=True).decode("utf-8", "replace")
         except requests.Timeout:
             text = f"no answer within {self.settings.webhook_timeout:g} s"
-        except requests.RequestException as exc:
+        except (requests.RequestException, OSError, smtplib.SMTPException) as exc:
             text = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             log.exception("webhook %s to %s: unexpected error", delivery.event.id, delivery.endpoint_id)
             text = f"internal error ({type(exc).__name__})"
         finally:
-            self._finished.put(Attempt(delivery, status, (time.perf_counter() - started) * 1000, text, attempted_at))
+            self._finished.put(Attempt(delivery, status, (time.perf_counter() - started) * 1000, text, attempted_at,
+                                       delivered))
             self._wake.set()
 
     def _session(self) -> requests.Session:

@@ -68,9 +68,12 @@ class Attempt:
     latency_ms: float
     response: str
     attempted_at: str
+    delivered: bool | None = None  # a channel's own verdict (an SMTP 250 is not a 2xx)
 
     @property
     def success(self) -> bool:
+        if self.delivered is not None:
+            return self.delivered
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
@@ -295,6 +298,21 @@ class Outbox:
                                        " WHERE id = ? AND enabled = 1", (note, utcnow(), d.endpoint_id)).rowcount:
                         disabled.append(f"{d.endpoint_id} {note}")
         return disabled
+
+    def sync_channels(self, urls: list[str], events: tuple[str, ...], ids) -> None:
+        """Make the notification endpoints (`ids(url)` each) exactly those of .env: added, updated, removed."""
+        kinds = json.dumps(_event_types(list(events))) if urls else "[]"
+        now = utcnow()
+        with self.store.transaction() as tx:
+            for url in urls:
+                tx.conn.execute("INSERT INTO webhook_endpoints (id, url, events, description, secret, created_at,"
+                                " updated_at) VALUES (?, ?, ?, 'from .env (NOTIFY_*)', ?, ?, ?) ON CONFLICT (id)"
+                                " DO UPDATE SET events = excluded.events", (ids(url), url, kinds, new_secret(), now, now))
+            gone = [row[0] for row in tx.conn.execute("SELECT id FROM webhook_endpoints WHERE substr(id, 1, 3) = 'ch_'")
+                    if row[0] not in {ids(url) for url in urls}]
+            for endpoint_id in gone:
+                tx.conn.execute("DELETE FROM webhook_attempts WHERE endpoint_id = ?", (endpoint_id,))
+                tx.conn.execute("DELETE FROM webhook_endpoints WHERE id = ?", (endpoint_id,))
 
     def counts(self) -> dict:
         """Outbox rows per status (for tests and the reliability report)."""
