@@ -3,7 +3,7 @@ HTTP with the Bearer key (and, for `trigger`, to the Daraja simulator), never to
 
     mpesa listen --forward-to http://127.0.0.1:5000/hooks      # live events, each forwarded signed
     mpesa trigger payment.failed --reason 1032                 # a real payment through the simulator
-    mpesa payments list | show ID      mpesa events list      mpesa webhooks add URL | list | replay ID
+    mpesa payments list | show ID | export      mpesa events list      mpesa webhooks add URL | list | replay ID
 
 Tables on a terminal, plain text in a pipe, `--json` for scripts. Run it as `mpesa` (installed by
 scripts/venv.sh from pyproject.toml) or `python -m mpesa_agent.cli`.
@@ -11,6 +11,7 @@ scripts/venv.sh from pyproject.toml) or `python -m mpesa_agent.cli`.
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import secrets
 import sys
@@ -210,6 +211,19 @@ def payments_list(ctx: Context, status: str | None, limit: int) -> None:
     found = ctx.api.call("GET", "/payments", params={"status": status, "limit": limit})
     ctx.show(found, found["payments"], ("checkout_request_id", "status", "amount", "phone_number", "receipt",
                                         "created_at"), "Payments")
+
+
+@payments.command("export")
+@click.option("--status", type=click.Choice(["pending", "completed", "failed", "unknown"]))
+@click.option("--limit", type=click.IntRange(1, 1000), default=1000, show_default=True)
+@click.pass_obj
+def payments_export(ctx: Context, status: str | None, limit: int) -> None:
+    """The newest payments as CSV (every field of the record), for a spreadsheet."""
+    found = ctx.api.call("GET", "/payments", params={"status": status, "limit": limit})["payments"]
+    if found:
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(found[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(found)
 
 
 @payments.command("show")

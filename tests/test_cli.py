@@ -1,5 +1,7 @@
 """The `mpesa` CLI as a user runs it: real processes (simulator, callback server, a receiver), the
 CLI as a subprocess, its output read as text or JSON."""
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -62,6 +64,9 @@ def test_payments_events_and_webhooks_commands(stack):
     assert listed and all(p["status"] == "completed" for p in listed)
     shown = json.loads(mpesa(stack, "--json", "payments", "show", listed[0]["checkout_request_id"]).stdout)
     assert shown["payment_status"] == "completed" and shown["events"][0]["type"] == "payment.registered"
+    exported = list(csv.DictReader(io.StringIO(mpesa(stack, "payments", "export", "--status", "completed").stdout)))
+    assert [row["checkout_request_id"] for row in exported] == [p["checkout_request_id"] for p in listed]
+    assert exported[0]["receipt"] == listed[0]["receipt"] and "created_at" in exported[0]
     page = json.loads(mpesa(stack, "--json", "events", "list", "--type", "payment.completed").stdout)
     assert page["events"] and {e["type"] for e in page["events"]} == {"payment.completed"}
 
