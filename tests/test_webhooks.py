@@ -1,6 +1,8 @@
 """Webhook endpoints and their outbox, in one process: the outbox row is written with its event,
 URLs are checked against server-side request forgery, signatures follow Standard Webhooks."""
 import sqlite3
+from collections import Counter
+from types import SimpleNamespace
 import time
 
 import pytest
@@ -9,6 +11,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from mpesa_agent.config import ConfigError, Settings
 from mpesa_agent.payments.webhooks import signed_headers
+from mpesa_agent.server.dispatcher import PER_ENDPOINT, Dispatcher
 from mpesa_agent.server.outbox import Attempt, Outbox, retry_delay, url_problem
 from mpesa_agent.server.store import SCHEMA_VERSION, Store
 from tests.test_store import make_version_1_database
@@ -115,6 +118,17 @@ def test_failures_are_retried_on_the_schedule_then_the_endpoint_is_disabled_with
     assert outbox.due(float("inf"), 10) == [] and outbox.counts() == {"failed": 1}
     client.patch(f"/webhooks/{endpoint['id']}", json={"enabled": True}, headers=AUTH)
     assert client.get("/webhooks", headers=AUTH).get_json()["webhooks"][0]["note"] is None
+
+
+def test_one_slow_or_dead_endpoint_never_takes_every_sender(app, client, settings):
+    first, second = add(client), add(client)
+    for n in range(2 * PER_ENDPOINT + 5):
+        register(client, f"ws_CO_{n}")
+    dispatcher, sent = Dispatcher(app.extensions["webhooks"], settings, threads=2 * PER_ENDPOINT), []
+    dispatcher._pool = SimpleNamespace(submit=lambda send, delivery: sent.append(delivery.endpoint_id))
+    dispatcher.run_once()
+    dispatcher.run_once()  # nothing finished: nothing more is sent
+    assert Counter(sent) == {first["id"]: PER_ENDPOINT, second["id"]: PER_ENDPOINT}
 
 
 def test_retry_delays_follow_the_schedule_with_jitter():

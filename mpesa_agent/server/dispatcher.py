@@ -14,6 +14,7 @@ import queue
 import smtplib
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -27,6 +28,7 @@ from mpesa_agent.server.store import utcnow
 log = logging.getLogger("callback_server.webhooks")
 
 DELIVERY_THREADS = 32  # attempts in flight at once (a slow receiver holds one each for up to the timeout)
+PER_ENDPOINT = 16  # attempts in flight to one endpoint: a slow or dead one never takes every sender
 IDLE_SECONDS = 1.0  # without a wake-up, look again this often (another process's commits, clock drift)
 
 
@@ -37,7 +39,7 @@ class Dispatcher:
         self.outbox, self.settings, self.threads = outbox, settings, threads
         self._wake, self._stopping = threading.Event(), threading.Event()
         self._finished: queue.SimpleQueue[Attempt] = queue.SimpleQueue()
-        self._in_flight: set[int] = set()
+        self._in_flight: dict[int, str] = {}  # outbox id -> endpoint id
         self._sessions = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -75,13 +77,15 @@ class Dispatcher:
         if finished:
             for note in self.outbox.record(finished, self.settings.webhook_retry_schedule, time.time()):
                 log.warning("webhook endpoint %s", note)
-            self._in_flight.difference_update(attempt.delivery.outbox_id for attempt in finished)
-        free = self.threads - len(self._in_flight)
-        if free > 0:
-            for delivery in self.outbox.due(time.time(), free + len(self._in_flight)):
-                if free > 0 and delivery.outbox_id not in self._in_flight:
-                    self._in_flight.add(delivery.outbox_id)
-                    free -= 1
+            for attempt in finished:
+                self._in_flight.pop(attempt.delivery.outbox_id, None)
+        free, busy = self.threads - len(self._in_flight), Counter(self._in_flight.values())
+        for endpoint_id in self.outbox.enabled_ids() if free > 0 else ():
+            room = min(free, PER_ENDPOINT - busy[endpoint_id])
+            for delivery in self.outbox.due(time.time(), room + busy[endpoint_id], endpoint_id) if room > 0 else ():
+                if room > 0 and delivery.outbox_id not in self._in_flight:
+                    self._in_flight[delivery.outbox_id] = endpoint_id
+                    room, free = room - 1, free - 1
                     self._pool.submit(self._send, delivery)
         next_due, now = self.outbox.next_due(), time.time()
         if next_due is None or next_due <= now:  # nothing queued, or all due rows are in flight: a finish wakes us

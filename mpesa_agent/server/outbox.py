@@ -256,15 +256,20 @@ class Outbox:
                 raise Invalid({"event_id": f"no event {data['event_id']}"})
         return queued
 
-    def due(self, now: float, limit: int) -> list[Delivery]:
-        """Outbox rows due by `now` for enabled endpoints, oldest due first."""
+    def enabled_ids(self) -> list[str]:
+        with self.store.reader() as conn:
+            return [row[0] for row in conn.execute("SELECT id FROM webhook_endpoints WHERE enabled = 1 ORDER BY id")]
+
+    def due(self, now: float, limit: int, endpoint_id: str | None = None) -> list[Delivery]:
+        """Outbox rows due by `now` for enabled endpoints (or this one), oldest due first."""
+        one = " AND o.endpoint_id = ?" if endpoint_id is not None else ""
         with self.store.reader() as conn:
             rows = conn.execute(
                 "SELECT o.id, o.attempts, p.id, p.url, p.secret, p.previous_secret, p.previous_secret_expires_at,"
                 " e.id, e.type, e.checkout_request_id, e.created_at, e.data FROM webhook_outbox o"
                 " JOIN webhook_endpoints p ON p.id = o.endpoint_id JOIN events e ON e.id = o.event_id"
-                " WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND p.enabled = 1"
-                " ORDER BY o.next_attempt_at LIMIT ?", (now, limit)).fetchall()
+                f" WHERE o.status = 'pending' AND o.next_attempt_at <= ? AND p.enabled = 1{one}"
+                " ORDER BY o.next_attempt_at LIMIT ?", (now, *([endpoint_id] if one else []), limit)).fetchall()
         today = utcnow()
         return [Delivery(r[0], r[1], r[2], r[3], (r[4], r[5]) if r[5] and r[6] > today else (r[4],),
                          Event(r[7], r[8], r[9], r[10], r[11])) for r in rows]

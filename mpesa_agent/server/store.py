@@ -104,7 +104,7 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS webhook_outbox_by_endpoint ON webhook_outbox (endpoint_id);
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_endpoint ON webhook_outbox (endpoint_id, status, next_attempt_at);
 CREATE TABLE IF NOT EXISTS webhook_attempts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     outbox_id INTEGER NOT NULL,
