@@ -22,6 +22,9 @@ SANDBOX_PASSKEY = "bfb279f9aa9bdbcf158e97dd71a467cd2e0c893059b10f78e6b72ada1ed2c
 # Safaricom asks integrators to keep these out of callback URLs, in any case.
 FORBIDDEN_URL_WORDS = ("m-pesa", "mpesa", "safaricom", "exe", "exec", "cmd", "sql", "query")
 MIN_CALLBACK_TOKEN_LENGTH = 24
+# Seconds between webhook attempts (about 3 days in all, then the endpoint is disabled); each gets +-20 % jitter.
+AFRICASTALKING_URLS = {"sandbox": "https://api.sandbox.africastalking.com", "live": "https://api.africastalking.com"}
+WEBHOOK_RETRY_SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 36000, 86400, 86400)
 
 
 class ConfigError(ValueError):
@@ -66,6 +69,23 @@ def _float(values: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _bool(values: Mapping[str, str], name: str) -> bool:
+    return str(values.get(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _seconds_list(values: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = _list(values.get(name))
+    if not raw:
+        return default
+    try:
+        found = tuple(float(part) for part in raw)
+    except ValueError:
+        found = ()
+    if not found or any(not 0 <= value < 10**7 for value in found):
+        raise ConfigError(f"{name} must be seconds between attempts, comma-separated (e.g. 5,300,1800), got {values[name]!r}")
+    return found
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the three processes; see `.env` for what each one means."""
@@ -94,6 +114,28 @@ class Settings:
     agent_model: str = "gemini-2.5-flash"
     use_gemini: bool = False
     simulator_callback_delay: float = 2.0
+    webhook_retry_schedule: tuple[float, ...] = WEBHOOK_RETRY_SCHEDULE
+    webhook_timeout: float = 10.0
+    webhooks_allow_private_urls: bool = False
+    notify_events: tuple[str, ...] = ("payment.completed", "payment.failed")
+    notify_language: str = "en"
+    notify_email_to: tuple[str, ...] = ()
+    notify_sms_to: tuple[str, ...] = ()  # phone numbers, or "customer" for the payer's receipt
+    notify_whatsapp_to: tuple[str, ...] = ()
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_user: str = ""
+    smtp_password: str = field(default="", repr=False)
+    smtp_from: str = ""
+    smtp_starttls: bool = True
+    africastalking_username: str = "sandbox"
+    africastalking_api_key: str = field(default="", repr=False)
+    africastalking_sender_id: str = ""
+    africastalking_base_url: str = AFRICASTALKING_URLS["sandbox"]
+    whatsapp_token: str = field(default="", repr=False)
+    whatsapp_phone_number_id: str = ""
+    whatsapp_template: str = "payment_update"
+    whatsapp_base_url: str = "https://graph.facebook.com/v20.0"
     root: Path = field(default=PROJECT_ROOT, compare=False)
 
     @classmethod
@@ -124,14 +166,38 @@ class Settings:
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
-            verify_success_by_query=_flag(values, "VERIFY_SUCCESS_BY_QUERY"),
-            allow_live_money=_flag(values, "MPESA_ALLOW_LIVE_MONEY"),
+            verify_success_by_query=_bool(values, "VERIFY_SUCCESS_BY_QUERY"),
+            allow_live_money=_bool(values, "MPESA_ALLOW_LIVE_MONEY"),
             trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),
             trusted_proxies=_list(values.get("TRUSTED_PROXIES")),
             agent_model=(values.get("MPESA_AGENT_MODEL") or "gemini-2.5-flash").strip(),
             use_gemini=bool((values.get("GOOGLE_API_KEY") or values.get("GEMINI_API_KEY") or "").strip()
                             or (values.get("GOOGLE_GENAI_USE_VERTEXAI") or values.get("GOOGLE_GENAI_USE_ENTERPRISE") or "").strip().lower() in ("1", "true")),
             simulator_callback_delay=_float(values, "SIMULATOR_CALLBACK_DELAY", 2.0),
+            webhook_retry_schedule=_seconds_list(values, "WEBHOOK_RETRY_SCHEDULE", WEBHOOK_RETRY_SCHEDULE),
+            webhook_timeout=_float(values, "WEBHOOK_TIMEOUT_SECONDS", 10.0),
+            webhooks_allow_private_urls=_bool(values, "WEBHOOKS_ALLOW_PRIVATE_URLS"),
+            notify_events=_list(values.get("NOTIFY_EVENTS") or "payment.completed,payment.failed"),
+            notify_language=(values.get("NOTIFY_LANGUAGE") or "en").strip().lower(),
+            notify_email_to=_list(values.get("NOTIFY_EMAIL_TO")),
+            notify_sms_to=_list(values.get("NOTIFY_SMS_TO")),
+            notify_whatsapp_to=_list(values.get("NOTIFY_WHATSAPP_TO")),
+            smtp_host=(values.get("SMTP_HOST") or "").strip(),
+            smtp_port=_int(values, "SMTP_PORT", 587),
+            smtp_user=(values.get("SMTP_USER") or "").strip(),
+            smtp_password=values.get("SMTP_PASSWORD") or "",
+            smtp_from=(values.get("SMTP_FROM") or values.get("SMTP_USER") or "").strip(),
+            smtp_starttls=_bool({"v": values.get("SMTP_STARTTLS") or "true"}, "v"),
+            africastalking_username=(values.get("AFRICASTALKING_USERNAME") or "sandbox").strip(),
+            africastalking_api_key=(values.get("AFRICASTALKING_API_KEY") or "").strip(),
+            africastalking_sender_id=(values.get("AFRICASTALKING_SENDER_ID") or "").strip(),
+            africastalking_base_url=(values.get("AFRICASTALKING_BASE_URL") or AFRICASTALKING_URLS[
+                "sandbox" if (values.get("AFRICASTALKING_USERNAME") or "sandbox").strip() == "sandbox" else "live"]
+            ).strip().rstrip("/"),
+            whatsapp_token=(values.get("WHATSAPP_TOKEN") or "").strip(),
+            whatsapp_phone_number_id=(values.get("WHATSAPP_PHONE_NUMBER_ID") or "").strip(),
+            whatsapp_template=(values.get("WHATSAPP_TEMPLATE") or "payment_update").strip(),
+            whatsapp_base_url=(values.get("WHATSAPP_BASE_URL") or "https://graph.facebook.com/v20.0").strip().rstrip("/"),
             root=root,
         )
 
@@ -147,10 +213,6 @@ class Settings:
     def callback_token(self) -> str:
         """The secret last segment of the callback path."""
         return self.callback_path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _flag(values: Mapping[str, str], name: str) -> bool:
-    return (values.get(name) or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def mode(settings: "Settings") -> str:

@@ -1,7 +1,7 @@
 """Fault and fuzz scenarios with real processes on 127.0.0.1: prove that nothing is lost.
 
     python -m reliability           # modest sizes, well under a minute
-    python -m reliability --full    # the issue's sizes (2,000 callbacks x 5 kill points, ...)
+    python -m reliability --full    # the issue's sizes (2,000 callbacks x 5 kill points, 1,000 webhooks, ...)
 
 Every scenario starts its own callback server (and, where needed, the Daraja simulator) as
 subprocesses on free ports, with a database in a temporary folder, injects its faults, and then
@@ -38,6 +38,7 @@ from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.tools import Payments, QuerySchedule, make_tools
 from mpesa_agent.tracking import TrackingClient
 from harness import HTTP_TIMEOUT, Stack, free_port
+from harness.webhooks import Receiver
 
 TOKEN = "5eed0fba11ab1e5eed0fba11ab1e0001"  # the secret segment of the test callback URL
 API_KEY = "reliability-api-key"
@@ -57,11 +58,12 @@ class Sizes:
     senders: int = 16
     per_case: int = 10  # payments in each callback-semantics case
     fuzz_inputs: int = 600
+    webhook_events: int = 300
 
 
 DEFAULT = Sizes()
 FUZZ_CHUNK = 2000  # fuzz inputs generated, sent and checked at a time
-FULL = Sizes(crash_callbacks=2000, crash_kills=5, senders=16, per_case=100, fuzz_inputs=5000)
+FULL = Sizes(crash_callbacks=2000, crash_kills=5, senders=16, per_case=100, fuzz_inputs=5000, webhook_events=1000)
 
 
 @dataclass
@@ -100,10 +102,10 @@ ENV = dict(
     RECONCILE_AFTER_SECONDS=3600, SIMULATOR_CALLBACK_DELAY=0.2)
 
 
-def new_stack(folder: Path, simulator: bool = False, wait_seconds: int = 15) -> Stack:
+def new_stack(folder: Path, simulator: bool = False, wait_seconds: int = 15, **env) -> Stack:
     """A callback server (and with `simulator=True` the simulator) in `folder`, with the report's settings."""
     return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=simulator,
-                 PAYMENT_WAIT_SECONDS=wait_seconds, **ENV)
+                 PAYMENT_WAIT_SECONDS=wait_seconds, **ENV, **env)
 
 
 def register(stack: Stack, payment: Expected, session=requests) -> requests.Response:
@@ -851,6 +853,48 @@ def fuzz(stack: Stack, inputs: int = DEFAULT.fuzz_inputs, seed: int | None = Non
     return row
 
 
+# --- webhooks -------------------------------------------------------------------------------
+
+def webhooks_through_crash(folder: Path, events: int = DEFAULT.webhook_events, delay: float = 0.1) -> Row:
+    """`events` registrations (one event each) to a receiver that takes `delay` s per delivery and
+    verifies each with standardwebhooks; the server is killed with -9 when a fifth has arrived.
+    Every event in the log must arrive verified at least once (repeats are allowed: `webhook-id`)."""
+    row = Row("webhooks through kill -9", f"{events:,} events to a receiver answering in {delay} s",
+              "kill -9 mid-burst", inputs=events)
+    with Receiver(delay=delay) as receiver, new_stack(folder, WEBHOOKS_ALLOW_PRIVATE_URLS="true",
+                                                      WEBHOOK_RETRY_SCHEDULE="0.2,0.5,1,2,5") as stack:
+        answer = stack.api("POST", "/webhooks", json={"url": receiver.url, "events": ["payment.registered"]})
+        receiver.secret = answer.json()["secret"]
+        payments = payments_for("ws_CO_hook", events)
+
+        def crash() -> None:
+            if receiver.wait_for(lambda got: len(got) >= events // 5, 120):
+                stack.restart_server(hard=True)  # kill -9, then start again at once; senders retry meanwhile
+
+        killer = threading.Thread(target=crash)
+        killer.start()
+        parallel(lambda p: until(lambda: _registered(stack, p), 60), payments, 16)
+        killer.join()
+        with sqlite3.connect(stack.db) as conn:
+            logged = {r[0] for r in conn.execute("SELECT id FROM events WHERE type = 'payment.registered'")}
+        row.check(len(logged) == events, f"{len(logged)} registration events logged, {events} expected")
+        receiver.wait_for(lambda got: logged <= {int(r.webhook_id) for r in got if r.status == 200}, 120)
+        delivered = receiver.delivered_ids()
+        row.acked = row.stored = len(delivered & logged)
+        row.lost = len(logged - delivered)
+        row.check(all(r.verified for r in receiver.received), "a delivery did not verify")
+        row.load += f", {sum(r.status == 200 for r in receiver.received) - len(delivered)} sent again"
+    return row
+
+
+def _registered(stack: Stack, payment: "Expected") -> bool:
+    try:
+        return register(stack, payment).status_code in (200, 201)
+    except requests.RequestException:
+        return False
+
+
+
 # --- the report --------------------------------------------------------------------------------
 
 COLUMNS = ("scenario", "load", "faults injected", "inputs tried", "callbacks acked", "callbacks stored",
@@ -882,6 +926,7 @@ def scenarios(folder: Path, sizes: Sizes, seed: int | None) -> list[tuple[str, o
         ("subscriber locked", lambda s: subscriber_locked(s["full"])),
         ("token expiry", lambda s: token_expiry(s["full"])),
         ("slow ack", lambda s: slow_ack(s["full"])),
+        ("webhooks through kill -9", lambda s: webhooks_through_crash(folder / "webhooks", sizes.webhook_events)),
     ]
 
 

@@ -1,4 +1,4 @@
-# Sourced by test.sh and start.sh: make .venv and install requirements.txt if it changed.
+# Sourced by test.sh and start.sh: make .venv and install requirements.txt (and the `mpesa` command) if they changed.
 PYTHON=${PYTHON:-python3}
 if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -15,9 +15,10 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   fi
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "Installing requirements.txt into .venv (first run takes about a minute)..."
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .   # the `mpesa` command
   echo "$want" > "$stamp"
 fi

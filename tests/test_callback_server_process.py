@@ -112,7 +112,7 @@ def test_a_late_callback_after_a_timed_out_wait_settles_the_payment(server):
     (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400),
 ])
 def test_the_http_servers_own_errors_are_json_too(server, raw, status):
-    """Answers cheroot gives before the app sees the request (docs promise JSON everywhere)."""
+    """Answers the HTTP server gives before the app sees the request (docs promise JSON everywhere)."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(raw)

@@ -14,7 +14,7 @@ import requests
 from bench.client import Connection
 from harness import callback_server
 from mpesa_agent.server.manager import CallbackManager
-from mpesa_agent.server.store import Event, Store
+from mpesa_agent.server.store import SCHEMA_VERSION, Event, Store
 from tests.test_callback_manager import callback_body, register
 from tests.test_store import make_version_1_database
 
@@ -114,7 +114,7 @@ def test_a_database_from_before_the_event_log_is_migrated(tmp_path):
     make_version_1_database(path)
     store = Store(path)
     try:
-        assert store.pragmas()["user_version"] == 2
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION
         assert store.payment("ws_CO_old").query_attempts == 0 and store.events() == []
     finally:
         store.close()
@@ -135,8 +135,9 @@ def test_the_api_pages_the_log_and_filters_it(app, client):
     first = client.get("/events?limit=2", headers=APP_AUTH).get_json()
     assert [e["checkout_request_id"] for e in first["events"]] == ["ws_CO_0", "ws_CO_1"]
     rest = client.get(f"/events?after={first['next_after']}", headers=APP_AUTH).get_json()
-    assert len(rest["events"]) == 5 and client.get(
-        f"/events?after={rest['next_after']}", headers=APP_AUTH).get_json() == {"events": [], "next_after": rest["next_after"]}
+    end = rest["next_after"]
+    assert len(rest["events"]) == 5 and client.get(f"/events?after={end}", headers=APP_AUTH).get_json() == {
+        "events": [], "next_after": end, "last_id": end}
     completed = client.get("/events?type=payment.completed", headers=APP_AUTH).get_json()["events"]
     assert [e["checkout_request_id"] for e in completed] == ["ws_CO_3"]
     assert len(client.get("/events?checkout_request_id=ws_CO_3", headers=APP_AUTH).get_json()["events"]) == 3

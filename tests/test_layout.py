@@ -41,6 +41,11 @@ def test_the_agent_process_imports_nothing_from_the_callback_server():
     assert not found, "\n".join(found)
 
 
+def test_the_cli_reaches_the_server_over_http_only():
+    found = violations([PACKAGE / "cli.py"], ("mpesa_agent.server", "mpesa_agent.simulator"))
+    assert not found, "\n".join(found)
+
+
 def test_the_shipped_package_imports_no_development_code():
     paths = sorted(PACKAGE.rglob("*.py"))
     development = DEVELOPMENT + tuple(path.stem for path in ROOT.glob("test_*.py"))

@@ -56,7 +56,7 @@ def test_the_document_is_valid_openapi_3_1_served_without_a_key_and_without_the_
     for path, operations in spec["paths"].items():
         for operation in operations.values():
             bearer = operation["security"] == [{"bearerAuth": []}]
-            assert bearer == path.startswith(("/payment/", "/events")), path
+            assert bearer == path.startswith(("/payment/", "/payments", "/events", "/webhooks")), path
             assert ("401" in operation["responses"]) == bearer, path
 
 
@@ -122,6 +122,11 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call("/health", "GET", "/health").status_code == 200
     assert call("/openapi.json", "GET", "/openapi.json").status_code == 200
 
+    listed = call("/payments", "GET", "/payments?status=completed&limit=10", headers=AUTH).get_json()["payments"]
+    assert {p["checkout_request_id"] for p in listed} == {"ws_CO_paid", "ws_CO_query"}
+    for bad in ("status=paid", "limit=0", "limit=x"):
+        assert call("/payments", "GET", f"/payments?{bad}", headers=AUTH).status_code == 400
+    assert call("/payments", "GET", "/payments").status_code == 401
     page = call("/events", "GET", "/events?limit=5", headers=AUTH).get_json()
     assert len(page["events"]) == 5 and page["next_after"] == page["events"][-1]["id"]
     for bad in ("after=-1", "limit=0", "type=payment.paid", "checkout_request_id=a%20b"):
@@ -139,6 +144,37 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert next(chunks).startswith(b"retry:") and f"id: {page['next_after']}\n".encode() in next(chunks)
     stream.close()
     seen.add((STREAM, "GET", "200"))
+
+    hooks, hook, replay, deliveries = "/webhooks", "/webhooks/{endpoint_id}", "/webhooks/{endpoint_id}/replay", \
+        "/webhooks/{endpoint_id}/deliveries"
+    created = call(hooks, "POST", hooks, json={"url": "https://93.184.215.14/hook", "events": ["*"]}, headers=AUTH)
+    assert created.status_code == 201
+    endpoint = created.get_json()["id"]
+    assert call(hooks, "POST", hooks, json={"url": "http://127.0.0.1/hook", "events": ["*"]}, headers=AUTH).status_code == 400
+    assert call(hooks, "POST", hooks, json={}).status_code == 401
+    assert call(hooks, "GET", hooks, headers=AUTH).get_json()["webhooks"][0]["id"] == endpoint
+    assert call(hooks, "GET", hooks).status_code == 401
+    assert call(hook, "PATCH", f"/webhooks/{endpoint}", json={"events": ["payment.completed"]}, headers=AUTH).status_code == 200
+    assert call(hook, "PATCH", f"/webhooks/{endpoint}", json={}, headers=AUTH).status_code == 400
+    assert call(hook, "PATCH", "/webhooks/ep_nobody", json={"enabled": True}, headers=AUTH).status_code == 404
+    assert call(hook, "PATCH", f"/webhooks/{endpoint}", json={}).status_code == 401
+    rotate = "/webhooks/{endpoint_id}/rotate-secret"
+    assert call(rotate, "POST", f"/webhooks/{endpoint}/rotate-secret", headers=AUTH).status_code == 200
+    assert call(rotate, "POST", "/webhooks/ep_nobody/rotate-secret", headers=AUTH).status_code == 404
+    assert call(rotate, "POST", f"/webhooks/{endpoint}/rotate-secret").status_code == 401
+    assert call(replay, "POST", f"/webhooks/{endpoint}/replay", json={"event_id": 1}, headers=AUTH).status_code == 202
+    assert call(replay, "POST", f"/webhooks/{endpoint}/replay", json={"since": "2020-01-01T00:00:00Z"},
+                headers=AUTH).get_json()["queued"] >= 1
+    assert call(replay, "POST", f"/webhooks/{endpoint}/replay", json={"event_id": 10**9}, headers=AUTH).status_code == 400
+    assert call(replay, "POST", "/webhooks/ep_nobody/replay", json={"event_id": 1}, headers=AUTH).status_code == 404
+    assert call(replay, "POST", f"/webhooks/{endpoint}/replay", json={"event_id": 1}).status_code == 401
+    assert call(deliveries, "GET", f"/webhooks/{endpoint}/deliveries", headers=AUTH).get_json()["deliveries"] == []
+    assert call(deliveries, "GET", f"/webhooks/{endpoint}/deliveries?limit=0", headers=AUTH).status_code == 400
+    assert call(deliveries, "GET", "/webhooks/ep_nobody/deliveries", headers=AUTH).status_code == 404
+    assert call(deliveries, "GET", f"/webhooks/{endpoint}/deliveries").status_code == 401
+    assert call(hook, "DELETE", f"/webhooks/{endpoint}", headers=AUTH).get_json() == {"deleted": endpoint}
+    assert call(hook, "DELETE", f"/webhooks/{endpoint}", headers=AUTH).status_code == 404
+    assert call(hook, "DELETE", f"/webhooks/{endpoint}").status_code == 401
 
     guarded = create_app(settings.replace(trusted_callback_ips=("196.201.212.0/24",)))
     assert post_callback(callback_body(), client=guarded.test_client(),

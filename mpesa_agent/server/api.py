@@ -1,4 +1,5 @@
-"""The `/payment/*` API the agent's tools use (register, status, wait), `/health` and `/openapi.json`."""
+"""The `/payment/*` API the agent's tools use (register, status, wait), `/payments` (the newest, for the
+CLI), `/health` and `/openapi.json`."""
 from __future__ import annotations
 
 import logging
@@ -8,7 +9,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from mpesa_agent.payments.notifications import notification_for, timeout_notification
 from mpesa_agent.payments.record import Payment
-from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, Verification
+from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, State, Verification
 from mpesa_agent.server.http import error, json_object, manager, seconds, settings
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
@@ -17,7 +18,9 @@ log = logging.getLogger("callback_server")
 
 DEFAULT_WAIT_SECONDS = 120
 MAX_WAIT_SECONDS = 300
+MAX_PAYMENTS_PAGE = 1000
 REQUIRED_FIELDS = ("checkout_request_id", "phone_number", "amount")
+STATES = tuple(map(str, State))
 
 blueprint = Blueprint("api", __name__)
 
@@ -62,6 +65,17 @@ def wait(checkout_request_id: str):
         return unknown_payment(checkout_request_id)
     body = notification(payment, timed_out=payment.status == PENDING)
     return jsonify({**body, "payment": payment.to_dict()})
+
+
+@blueprint.get("/payments")
+def payments():
+    status, raw = request.args.get("status") or None, request.args.get("limit", "20").strip()
+    if status is not None and status not in STATES:
+        return error(400, f"status must be one of {', '.join(STATES)}, got {status[:20]!r}")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw[:5]) <= MAX_PAYMENTS_PAGE):
+        return error(400, f"limit must be a whole number from 1 to {MAX_PAYMENTS_PAGE}, got {raw[:20]!r}")
+    found = manager().store.recent_payments(status, int(raw))
+    return jsonify({"payments": [payment.to_dict() for payment in found]})
 
 
 @blueprint.get("/health")

@@ -1,5 +1,5 @@
 """`create_app(settings)`: the callback server's Flask app, one Blueprint per concern (Daraja's
-callbacks, the `/payment/*` API, the event log), one Bearer check and JSON errors everywhere."""
+callbacks, the `/payment/*` API, the event log, webhooks), one Bearer check and JSON errors everywhere."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,9 +10,11 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
-from mpesa_agent.server import api, callbacks, events
+from mpesa_agent.server import api, callbacks, events, webhooks
+from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
+from mpesa_agent.server.outbox import Outbox
 from mpesa_agent.server.store import Store
 
 log = logging.getLogger("callback_server")
@@ -27,10 +29,17 @@ def create_app(config: Settings | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MPESA_SETTINGS=settings, CALLBACK_PREFIX=prefix)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    app.extensions["callback_manager"] = CallbackManager(Store(settings.payments_db), settings)
+    store = Store(settings.payments_db)
+    app.extensions["callback_manager"] = CallbackManager(store, settings)
+    app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
+    try:
+        app.extensions["webhooks"].sync_channels(channel_urls(settings), settings.notify_events, channel_id)
+    except ValueError as exc:
+        raise ConfigError(f"NOTIFY_EVENTS {exc}") from None
     app.register_blueprint(callbacks.blueprint, url_prefix=prefix)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(events.blueprint)
+    app.register_blueprint(webhooks.blueprint)
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
@@ -46,7 +55,8 @@ def callback_prefix(settings: Settings) -> str:
         raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
                           f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
     prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
-    if prefix in ("/payment", "/health", "/events") or prefix.startswith(("/payment/", "/events/")):
+    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks") or prefix.startswith(("/payment/", "/events/",
+                                                                                       "/webhooks/")):
         raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
                           "use e.g. /callback/<token>")
     for name, entries in (("TRUSTED_CALLBACK_IPS", settings.trusted_callback_ips),

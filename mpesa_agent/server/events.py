@@ -33,9 +33,10 @@ def events():
     limit, problem = _whole(request.args.get("limit"), "limit", DEFAULT_PAGE, 1, MAX_EVENTS_PAGE)
     if problem:
         return error(400, problem)
-    found = manager().store.events(limit=limit, **query)
+    store = manager().store
+    found = store.events(limit=limit, **query)
     return jsonify({"events": [event.to_dict() for event in found],
-                    "next_after": found[-1].id if found else query["after"]})
+                    "next_after": found[-1].id if found else query["after"], "last_id": store.last_event_id()})
 
 
 @blueprint.get("/events/stream")

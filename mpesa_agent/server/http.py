@@ -15,7 +15,7 @@ from mpesa_agent.payments.callbacks import has_lone_surrogate
 from mpesa_agent.server.manager import CallbackManager
 
 MAX_BODY_BYTES = 64 * 1024  # a real callback is under 1 KiB
-BEARER_PREFIXES = ("/payment", "/events")  # everything under these needs the API key
+BEARER_PREFIXES = ("/payment", "/payments", "/events", "/webhooks")  # everything under these needs the API key
 
 
 def settings() -> Settings:
@@ -43,7 +43,7 @@ def needs_api_key(path: str) -> bool:
 
 
 def require_api_key():
-    """`/payment/*` and `/events*` need `Authorization: Bearer <CALLBACK_API_KEY>`, checked in constant time."""
+    """`/payment/*`, `/payments`, `/events*` and `/webhooks*` need `Authorization: Bearer <CALLBACK_API_KEY>`, checked in constant time."""
     if not needs_api_key(request.path):
         return None
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")

@@ -152,16 +152,96 @@ SCHEMAS.update({
         },
     },
     "EventPage": {
-        "type": "object", "required": ["events", "next_after"], "additionalProperties": False,
+        "type": "object", "required": ["events", "next_after", "last_id"], "additionalProperties": False,
         "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                        "next_after": {"type": "integer", "minimum": 0,
-                                      "description": "Pass as `after` for the next page."}},
+                                      "description": "Pass as `after` for the next page."},
+                       "last_id": {"type": "integer", "minimum": 0,
+                                   "description": "The newest event's id in the whole log (0: none): "
+                                                  "stream after it for new events only."}},
+    },
+    "PaymentList": {
+        "type": "object", "required": ["payments"], "additionalProperties": False,
+        "properties": {"payments": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}}},
     },
     "Timeline": {
         "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
         "properties": {"checkout_request_id": {"type": "string"},
                        "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
     },
+})
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ENDPOINT_PROPERTIES = {
+    "id": {"type": "string"},
+    "url": {"type": "string", "format": "uri"},
+    "events": {"type": "array", "minItems": 1, "items": {"enum": ["*", *EVENT_TYPES]},
+               "description": 'The event types sent to it; ["*"] for all.'},
+    "description": {"type": "string"},
+    "enabled": {"type": "boolean"},
+    "note": {"type": ["string", "null"], "description": "Why it was disabled (its last attempt failed)."},
+    "created_at": {"type": "string", "format": "date-time"},
+    "updated_at": {"type": "string", "format": "date-time"},
+    "previous_secret_expires_at": {"type": ["string", "null"], "format": "date-time",
+                                   "description": "After a rotation, the old secret also signs until then."},
+}
+_WEBHOOK_INPUT = {
+    "url": {"type": "string", "maxLength": 2048, "description": "http(s); a loopback or private address is refused "
+                                                                 "unless WEBHOOKS_ALLOW_PRIVATE_URLS=true."},
+    "events": _ENDPOINT_PROPERTIES["events"],
+    "description": {"type": "string", "maxLength": 500},
+}
+SCHEMAS.update({
+    "WebhookEndpoint": {"type": "object", "required": list(_ENDPOINT_PROPERTIES), "additionalProperties": False,
+                        "properties": _ENDPOINT_PROPERTIES},
+    "WebhookEndpointWithSecret": {
+        "type": "object", "required": [*_ENDPOINT_PROPERTIES, "secret"], "additionalProperties": False,
+        "properties": {**_ENDPOINT_PROPERTIES, "secret": {
+            "type": "string", "pattern": "^whsec_",
+            "description": "Verify deliveries with it (any Standard Webhooks library); shown only here."}}},
+    "WebhookList": {"type": "object", "required": ["webhooks"], "additionalProperties": False,
+                    "properties": {"webhooks": {"type": "array", "items": _ref("WebhookEndpoint")}}},
+    "NewWebhook": {"type": "object", "required": ["url", "events"], "additionalProperties": False,
+                   "properties": _WEBHOOK_INPUT},
+    "WebhookChanges": {"type": "object", "minProperties": 1, "additionalProperties": False,
+                       "properties": {**_WEBHOOK_INPUT, "enabled": {
+                           "type": "boolean", "description": "true resumes a disabled endpoint and its pending messages."}}},
+    "Deliveries": {"type": "object", "required": ["endpoint_id", "deliveries"], "additionalProperties": False,
+                   "properties": {"endpoint_id": {"type": "string"}, "deliveries": {"type": "array", "items": {
+                       "type": "object", "description": "One attempt, newest first.",
+                       "required": ["id", "event_id", "attempt", "attempted_at", "status_code", "latency_ms",
+                                    "response", "success"],
+                       "additionalProperties": False,
+                       "properties": {
+                           "id": {"type": "integer"}, "event_id": {"type": "integer"},
+                           "attempt": {"type": "integer", "minimum": 1, "description": "1 for the first."},
+                           "attempted_at": {"type": "string", "format": "date-time"},
+                           "status_code": {"type": ["integer", "null"], "description": "null: no HTTP answer."},
+                           "latency_ms": {"type": "number"},
+                           "response": {"type": ["string", "null"],
+                                        "description": "The start of the answer's body, or the error."},
+                           "success": {"type": "boolean", "description": "Only a 2xx is a success."}}}}}},
+    "Replay": {"oneOf": [
+        {"type": "object", "required": ["event_id"], "additionalProperties": False,
+         "properties": {"event_id": {"type": "integer", "description": "This event, whatever its type."}}},
+        {"type": "object", "required": ["since"], "additionalProperties": False,
+         "properties": {"since": {"type": "string", "format": "date-time"},
+                        "until": {"type": "string", "format": "date-time", "description": "Default: now."}},
+         "description": "Every event of a subscribed type created in [since, until)."}]},
+    "Replayed": {"type": "object", "required": ["endpoint_id", "queued"], "additionalProperties": False,
+                 "properties": {"endpoint_id": {"type": "string"}, "queued": {"type": "integer", "minimum": 0}}},
+    "Deleted": {"type": "object", "required": ["deleted"], "additionalProperties": False,
+                "properties": {"deleted": {"type": "string"}}},
+    "WebhookMessage": {
+        "type": "object", "required": ["type", "timestamp", "data"], "additionalProperties": False,
+        "description": "What each endpoint receives (POST, Standard Webhooks headers webhook-id = the event's id, "
+                       "webhook-timestamp, webhook-signature).",
+        "properties": {"type": {"enum": EVENT_TYPES}, "timestamp": {"type": "string", "format": "date-time"},
+                       "data": _ref("Event")}},
 })
 
 
@@ -184,16 +264,16 @@ SCHEMAS.update({
 })
 
 
-def _ref(name: str) -> dict:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
 def _json(description: str, schema: dict, **extra: Any) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}, **extra}
 
 
 def _error(description: str) -> dict:
     return _json(description, _ref("Error"))
+
+
+def _body(name: str) -> dict:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
 
 
 UNAUTHORIZED = _json("Missing or wrong API key.", _ref("Error"), headers={
@@ -212,6 +292,50 @@ EVENT_CHECKOUT_ID = {"name": "checkout_request_id", "in": "query", "required": F
                      "description": "Only this payment's events."}
 
 
+NO_ENDPOINT = _error("No webhook endpoint with this id.")
+ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+WEBHOOK_PATHS = {
+    "/webhooks": {
+        "post": {"operationId": "webhook_create", "summary": "Add an endpoint; the answer holds its secret, once.",
+                 "security": BEARER, "requestBody": _body("NewWebhook"),
+                 "responses": {"201": _json("Added.", _ref("WebhookEndpointWithSecret")),
+                               "400": _error("A field is wrong (`fields` names each), e.g. a private URL."),
+                               "401": UNAUTHORIZED}},
+        "get": {"operationId": "webhook_list", "summary": "Every endpoint (without secrets).", "security": BEARER,
+                "responses": {"200": _json("The endpoints.", _ref("WebhookList")), "401": UNAUTHORIZED}},
+    },
+    "/webhooks/{endpoint_id}": {
+        "patch": {"operationId": "webhook_update", "summary": "Change url, events, description or enabled.",
+                  "security": BEARER, "parameters": [ENDPOINT_ID], "requestBody": _body("WebhookChanges"),
+                  "responses": {"200": _json("Changed.", _ref("WebhookEndpoint")),
+                                "400": _error("A field is wrong, or nothing to change."),
+                                "401": UNAUTHORIZED, "404": NO_ENDPOINT}},
+        "delete": {"operationId": "webhook_delete", "summary": "Remove an endpoint, its queue and its attempts.",
+                   "security": BEARER, "parameters": [ENDPOINT_ID],
+                   "responses": {"200": _json("Removed.", _ref("Deleted")), "401": UNAUTHORIZED,
+                                 "404": NO_ENDPOINT}},
+    },
+    "/webhooks/{endpoint_id}/rotate-secret": {"post": {
+        "operationId": "webhook_rotate_secret", "summary": "A new secret; the old one keeps signing for 24 h.",
+        "security": BEARER, "parameters": [ENDPOINT_ID],
+        "responses": {"200": _json("The endpoint with its new secret.", _ref("WebhookEndpointWithSecret")),
+                      "401": UNAUTHORIZED, "404": NO_ENDPOINT}}},
+    "/webhooks/{endpoint_id}/deliveries": {"get": {
+        "operationId": "webhook_deliveries", "summary": "Every delivery attempt, newest first.",
+        "security": BEARER, "parameters": [ENDPOINT_ID, {
+            "name": "limit", "in": "query", "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+        "responses": {"200": _json("The attempts.", _ref("Deliveries")), "400": _error("limit is not valid."),
+                      "401": UNAUTHORIZED, "404": NO_ENDPOINT}}},
+    "/webhooks/{endpoint_id}/replay": {"post": {
+        "operationId": "webhook_replay", "summary": "Send one event, or every event of a time range, again.",
+        "security": BEARER, "parameters": [ENDPOINT_ID], "requestBody": _body("Replay"),
+        "responses": {"202": _json("Queued for delivery.", _ref("Replayed")),
+                      "400": _error("Neither event_id nor since, or no such event."),
+                      "401": UNAUTHORIZED, "404": NO_ENDPOINT}}},
+}
+
+
 def openapi_spec(callback_prefix: str = "/callback") -> dict:
     """The document for a server whose callbacks arrive at `<callback_prefix>/<token>`."""
     return {
@@ -220,7 +344,7 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
             "title": "M-Pesa callback server",
             "version": "1.0.0",
             "description": "Receives Daraja's STK Push callbacks, serves the /payment/* API and the "
-                           "event log (see docs/callback_server.md). /payment/* and /events* need "
+                           "event log and webhooks (see docs/callback_server.md). /payment/*, /events* and /webhooks* need "
                            "`Authorization: Bearer <CALLBACK_API_KEY>`. Every answer is JSON, but the "
                            "event stream's.",
         },
@@ -284,6 +408,19 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "500": _error("The body could not be stored; Daraja did not get Accepted."),
                 },
             }},
+            "/payments": {"get": {
+                "operationId": "payments",
+                "summary": "The newest payments, newest first (optionally in one status).",
+                "security": BEARER,
+                "parameters": [{"name": "status", "in": "query", "required": False, "schema": {"enum": STATES}},
+                               {"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 20}}],
+                "responses": {
+                    "200": _json("The payments.", _ref("PaymentList")),
+                    "400": _error("status or limit is not valid."),
+                    "401": UNAUTHORIZED,
+                },
+            }},
             "/events": {"get": {
                 "operationId": "events",
                 "summary": "The event log, oldest first, after an id; page with `next_after`.",
@@ -333,6 +470,7 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "404": _error("No payment and no event with this id."),
                 },
             }},
+            **WEBHOOK_PATHS,
             "/health": {"get": {
                 "operationId": "health",
                 "summary": "Proves the database answers; counts payments and callbacks. No key needed.",

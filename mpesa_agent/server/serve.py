@@ -1,4 +1,5 @@
-"""Runs the callback server: settings, start-up checks, the API key, the HTTP server and the reconciler.
+"""Runs the callback server: settings, start-up checks, the API key, the HTTP server, the reconciler
+and the webhook dispatcher.
 
     python callback_server.py [--host 127.0.0.1] [--port 8001] [--db PATH]
                               [--connections 16000] [--per-source 200]
@@ -6,7 +7,8 @@
 Served by gevent's WSGI server (server/wsgi.py, chosen by measurement: docs/benchmark.md): a
 long-poll waiter, an event stream or an idle connection costs a greenlet, not a thread. A
 reconciler loop settles payments whose callback never came by STK Query (and confirms success
-callbacks with VERIFY_SUCCESS_BY_QUERY). See docs/callback_server.md.
+callbacks with VERIFY_SUCCESS_BY_QUERY); a dispatcher delivers webhooks from their outbox.
+See docs/callback_server.md.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from mpesa_agent import preflight
 from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mode
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
+from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.store import NewerDatabase
@@ -126,16 +129,21 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
+          f"Webhooks: {len(app.extensions['webhooks'].list())} endpoint(s), retried {len(settings.webhook_retry_schedule)} "
+          f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
+          f"{'allowed' if settings.webhooks_allow_private_urls else 'refused'}\n"
           f"Callback server on http://{args.host}:{args.port} (gevent, up to {args.connections} connections, "
           f"{args.per_source} per address)", flush=True)
     server = wsgi_server(app, args.host, args.port, args.connections, args.per_source, args.header_timeout)
     reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
+    dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop(timeout=5)
+        dispatcher.stop()
         reconciler.stop()
         owner.close()
     return 0

@@ -28,14 +28,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 from mpesa_agent.payments.record import FIELD_NAMES, FIELDS, UPDATABLE, Payment
 from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 1: payments and callbacks; 2: the event log, one receipt per completed payment
+SCHEMA_VERSION = 3  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -80,7 +80,51 @@ CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_are_never_deleted BEFORE DELETE ON events
     BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+
+-- Outbound webhooks (server/outbox.py): the endpoints, one outbox row per (event, endpoint) written
+-- with the event, and every delivery attempt.
+CREATE TABLE IF NOT EXISTS webhook_endpoints (
+    id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,                 -- JSON array of event types, or ["*"]
+    description TEXT NOT NULL DEFAULT '',
+    secret TEXT NOT NULL,                 -- whsec_...
+    previous_secret TEXT,                 -- after a rotation, also signs until previous_secret_expires_at
+    previous_secret_expires_at TEXT,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    note TEXT,                            -- why it was disabled
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id INTEGER NOT NULL REFERENCES events (id),
+    endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'delivered', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,        -- unix seconds
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS webhook_outbox_by_endpoint ON webhook_outbox (endpoint_id, status, next_attempt_at);
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    outbox_id INTEGER NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,             -- 1 for the first
+    attempted_at TEXT NOT NULL,
+    status_code INTEGER,                  -- none when no HTTP answer came
+    latency_ms REAL NOT NULL,
+    response TEXT,                        -- the start of the answer's body, or the error
+    success INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhook_attempts_by_endpoint ON webhook_attempts (endpoint_id, id);
 """
+# One outbox row per enabled endpoint subscribed to the event's type (run by append_event).
+FAN_OUT = ("INSERT INTO webhook_outbox (event_id, endpoint_id, next_attempt_at, created_at)"
+           " SELECT ?, id, ?, ? FROM webhook_endpoints WHERE enabled = 1"
+           " AND EXISTS (SELECT 1 FROM json_each(webhook_endpoints.events) WHERE value IN ('*', ?))")
 # One M-Pesa receipt completes at most one payment (lifecycle rule 3; this index is the backstop).
 RECEIPT_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS payments_by_completed_receipt ON payments (receipt)"
                  " WHERE status = 'completed' AND receipt IS NOT NULL")
@@ -207,11 +251,13 @@ class Transaction:
         return row[0] if row else None
 
     def append_event(self, type: str, checkout_request_id: str | None, data: dict) -> int:
-        """Append one event to the log (committed with the rest of this transaction)."""
+        """Append one event to the log, and its webhook outbox rows (committed with the rest of this transaction)."""
+        now = utcnow()
         cursor = self.conn.execute(
             "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?)",
-            (str(type), checkout_request_id, utcnow(),
+            (str(type), checkout_request_id, now,
              json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_json_default)))
+        self.conn.execute(FAN_OUT, (cursor.lastrowid, time.time(), now, str(type)))
         return cursor.lastrowid
 
     def insert_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
@@ -265,6 +311,7 @@ class Store:
         self._commits = threading.Condition()
         self._committing = False
         self._new_events = threading.Condition()  # notified after every commit: event readers look again
+        self.commit_listeners: list[Callable[[], None]] = []  # called after every commit (the webhook dispatcher)
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
         self._idle_readers: list[sqlite3.Connection] = []
         self._off_the_loop = _off_the_loop()
@@ -302,6 +349,10 @@ class Store:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
+
+    def reader(self):
+        """A read connection from the pool, as a context manager (for modules that keep their own SQL)."""
+        return self._connection()
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -407,6 +458,8 @@ class Store:
                 if current is not None and error is None:
                     with self._new_events:
                         self._new_events.notify_all()
+                    for listener in self.commit_listeners:
+                        listener()
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
 
@@ -468,6 +521,15 @@ class Store:
             sql, args = sql + " AND created_at <= ?", [*args, created_before]
         with self._connection() as conn:
             return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at", args).fetchall()]
+
+    def recent_payments(self, status: str | None = None, limit: int = 20) -> list[Payment]:
+        """The newest payments (with `status`, if given), newest first."""
+        sql, args = f"SELECT {PAYMENT_COLUMNS} FROM payments", []
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", [status]
+        with self._connection() as conn:
+            return [_payment(row) for row in conn.execute(sql + " ORDER BY created_at DESC LIMIT ?",
+                                                          [*args, limit]).fetchall()]
 
     def pending_older_than(self, seconds: float, now: datetime | None = None) -> list[Payment]:
         now = now or datetime.now(timezone.utc)

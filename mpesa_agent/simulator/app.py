@@ -1,4 +1,5 @@
-"""The simulator's Flask app: Daraja's paths and JSON, plus the /simulator control API."""
+"""The simulator's Flask app: Daraja's paths and JSON, the messaging stand-ins (messaging.py), plus
+the /simulator control API."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import ConfigError, Settings
 
+from . import messaging
 from .checks import Rejected, bad_payload, check_push, check_query, envelope, nairobi_now
 from .state import Options, Simulator, error_answer
 
@@ -27,6 +29,8 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # keep Daraja's field order
     app.extensions["simulator"] = sim
+    app.extensions["messages"] = messaging.Inbox()
+    app.register_blueprint(messaging.blueprint)
 
     @app.before_request
     def start_clock():
@@ -126,6 +130,7 @@ def create_app(settings: Settings | None = None, **overrides) -> Flask:
     @app.post("/simulator/reset")
     def reset():
         sim.reset()
+        app.extensions["messages"].messages.clear()
         return {"status": "reset"}
 
     @app.post("/simulator/expire-tokens")
