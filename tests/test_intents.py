@@ -246,3 +246,8 @@ def test_understand_amounts_glued_to_a_word(text, phone, amount):
                                   "nina watoto 2", "5 wanachama wamelipa"])
 def test_counts_of_people_are_not_amounts(text):
     assert understand(text).amount is None
+
+
+@pytest.mark.parametrize("text", ["nataka kutuma pesa", "nataka kulipwa", "nataka kumtumia mteja ombi la malipo"])
+def test_swahili_infinitives_are_send_requests(text):
+    assert understand(text).intent == SEND

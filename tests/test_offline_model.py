@@ -558,3 +558,10 @@ def test_cancel_after_a_completed_payment_says_it_went_through():
 def test_cancel_while_the_prompt_is_pending_says_it_cannot_be_withdrawn():
     _, cancel = converse("send 500 to 0712345678", "usitume", send_results=[timeout()])
     assert cancel.calls == [] and "already went to 0712345678 and cannot be withdrawn" in cancel.text
+
+
+def test_two_numbers_without_their_amounts_get_one_clear_question():
+    [turn] = converse("send 500 and 300 to 0766 100 600 and 0777 100 600")
+    assert turn.calls == []
+    assert turn.text == ('I see more than one phone number (0766100600, 0777100600). For several requests, give each '
+                         'number its amount, like "500 to 0712345678 and 300 to 0722000111".')

@@ -82,6 +82,7 @@ _FILLER_TAIL = re.compile(
 
 _SEND_WORDS = re.compile(
     r"\b(?:send|tuma|tumia|nitumie|nitumia|mtumie|mtumia|tumie|lipa|lipe|nilipe|alipe|lipia|pay|request|"
+    r"kutuma|kumtumia|kutumia|kutumiwa|kulipwa|kumlipisha|kulipisha|"
     r"charge|bill|collect|prompt|push|stk|transfer|invoice)\b",
     re.IGNORECASE,
 )

@@ -14,7 +14,8 @@ from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import HELP, NO, RETRY, SEND, STATUS, YES, Message, Request, understand
+from mpesa_agent.offline_model.intents import (HELP, MORE_THAN_ONE_PHONE, NO, RETRY, SEND, STATUS, YES, Message,
+                                              Request, understand)
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 MODEL_NAME = "offline-mpesa"
@@ -352,6 +353,8 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
     if draft.phone and draft.amount and not problems:
         return Call(SEND_TOOL, _draft_args(draft)), None
+    if (msg.phone_problem or "").startswith(MORE_THAN_ONE_PHONE):  # its example says what to write
+        return Say(_sentence(msg.phone_problem)), Draft(context=draft.context)
     if problems:
         return Say(" ".join([_sentence(p) for p in problems] + [_questions(draft)])), draft
     return Say(_ask(draft)), draft
