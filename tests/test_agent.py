@@ -92,3 +92,14 @@ def test_other_requests_are_refused_without_a_tool_call(payments, stack, text):
     assert turn.calls == []
     assert turn.reply == REFUSAL
     assert requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"] == []
+
+
+def test_two_payments_in_one_message_push_both_only_after_yes(payments, stack):
+    listed, declined = converse(payments, "send 70 to 0745 100 200 and 80 to 0746 100 200", "hapana")
+    assert listed.calls == declined.calls == []
+    assert pushes_to(stack, "254745100200") == pushes_to(stack, "254746100200") == []
+
+    listed, yes = converse(payments, "send 70 to 0745 100 200 and 80 to 0746 100 200", "yes")
+    assert yes.calls == [send_call("0745100200", 70), send_call("0746100200", 80)]
+    assert [len(pushes_to(stack, msisdn)) for msisdn in ("254745100200", "254746100200")] == [1, 1]
+    assert yes.reply.endswith("All 2 requests are done: 2 of 2 paid.")

@@ -54,7 +54,7 @@ def replies(stack):
 
 def test_the_eval_set_has_enough_well_formed_cases():
     ids = [case.eval_id for case in EVAL_SET.eval_cases]
-    assert len(ids) >= 30
+    assert len(ids) >= 120  # issue 14: the classes of misreading, in the way shop owners type
     assert len(set(ids)) == len(ids)
     for case in EVAL_SET.eval_cases:
         assert case.session_input.app_name == APP

@@ -231,3 +231,23 @@ def test_corrections_alone_are_marked(text, phone, amount):
                                   "wait"])
 def test_off_topic_number_words_are_not_payments(text):
     assert understand(text).intent != SEND
+
+
+@pytest.mark.parametrize("text, phone, amount", [
+    ("tuma 500kwa 0712 345 111", "0712345111", 500), ("send500 to 0729 111 222", "0729111222", 500),
+    ("lipa200 0712345678", "0712345678", 200), ("request 1.5k from0712345678", "0712345678", 1500),
+])
+def test_understand_amounts_glued_to_a_word(text, phone, amount):
+    msg = understand(text)
+    assert (msg.intent, msg.phone, msg.amount) == (SEND, phone, amount)
+
+
+@pytest.mark.parametrize("text", ["kuna 3 members hawajalipa", "we are 12 members", "watu 5 bado",
+                                  "nina watoto 2", "5 wanachama wamelipa"])
+def test_counts_of_people_are_not_amounts(text):
+    assert understand(text).amount is None
+
+
+@pytest.mark.parametrize("text", ["nataka kutuma pesa", "nataka kulipwa", "nataka kumtumia mteja ombi la malipo"])
+def test_swahili_infinitives_are_send_requests(text):
+    assert understand(text).intent == SEND

@@ -506,3 +506,62 @@ def test_the_prompt_is_announced_before_the_outcome():
 def test_a_refused_push_is_not_waited_for():
     [turn] = converse("send 500 to 0712345678", send_results=[error("Not sent: M-Pesa could not be reached.")])
     assert turn.waits == 0 and turn.progress == ""
+
+
+def test_two_payments_in_one_message_are_listed_and_sent_one_after_another_on_yes():
+    first, second = converse("send 500 to 0712345678 for lunch and 300 to 0722000111", "yes",
+                             send_results=[success(500, "0712345678", "lunch", "ws_CO_1"),
+                                           failure("Request cancelled by user", "ws_CO_2")])
+    assert first.calls == []
+    assert first.text == ("2 payment requests, 800 KSh in all:\n1. 500 KSh to 0712345678 for lunch\n"
+                          "2. 300 KSh to 0722000111\nSend them one after another? (yes / no)")
+    assert second.calls == [send_call("0712345678", 500, "lunch"), send_call("0722000111", 300)]
+    assert second.waits == 2
+    assert "✅ 0712345678 paid 500 KSh for lunch." in second.progress  # shown before the second prompt
+    assert second.text.startswith("❌ 0722000111 did not pay 300 KSh: Request cancelled by user.")
+    assert second.text.endswith("All 2 requests are done: 1 of 2 paid.")
+
+
+def test_the_same_amount_each_from_several_phones():
+    first, second = converse("request 200 each from 0711000111, 0722000222", "sawa")
+    assert "2 payment requests, 400 KSh in all:" in first.text
+    assert second.calls == [send_call("0711000111", 200), send_call("0722000222", 200)]
+
+
+@pytest.mark.parametrize("answer", ["no", "achana nayo"])
+def test_a_declined_list_sends_nothing(answer):
+    turns = converse("tuma 500 kwa 0712345678 na 300 kwa 0722000111", "what?", answer, "0733000111")
+    assert all(turn.calls == [] for turn in turns)
+    assert turns[1].text == "Send these 2 requests one after another? Please answer yes or no."
+    assert "Nothing was sent" in turns[2].text
+
+
+def test_a_list_that_cannot_be_paired_is_asked_about():
+    [turn] = converse("send 500 and 300 to 0712345678 and 0722000111")
+    assert turn.calls == [] and "give each number its amount" in turn.text
+
+
+def test_who_owes_is_the_purpose():
+    [turn] = converse("Wanjiku owes me 350, her number is 0712 345 678")
+    assert turn.calls == [send_call("0712345678", 350, "Wanjiku's debt")]
+
+
+def test_cancel_after_a_completed_payment_says_it_went_through():
+    _, cancel = converse("send 500 to 0712345678 for lunch", "cancel")
+    assert cancel.calls == []
+    assert cancel.text.startswith("That payment already went through: 0712345678 paid 500 KSh. It cannot be "
+                                  "cancelled here")
+    assert "Nothing was sent" not in cancel.text and "nothing was sent" not in cancel.text
+    assert cancel.text.endswith(f"Checkout ID: {CHECKOUT_ID}")
+
+
+def test_cancel_while_the_prompt_is_pending_says_it_cannot_be_withdrawn():
+    _, cancel = converse("send 500 to 0712345678", "usitume", send_results=[timeout()])
+    assert cancel.calls == [] and "already went to 0712345678 and cannot be withdrawn" in cancel.text
+
+
+def test_two_numbers_without_their_amounts_get_one_clear_question():
+    [turn] = converse("send 500 and 300 to 0766 100 600 and 0777 100 600")
+    assert turn.calls == []
+    assert turn.text == ('I see more than one phone number (0766100600, 0777100600). For several requests, give each '
+                         'number its amount, like "500 to 0712345678 and 300 to 0722000111".')

@@ -59,6 +59,9 @@ def test_a_process_that_dies_at_start_shows_its_own_error_and_nothing_stays_up(t
     assert f"Database error: {tmp_path / 'payments.db'}: it is a folder, not a file" in output
     assert "Ready" not in output
     with socket.socket() as probe:  # the simulator it had started was stopped too
+        # SO_REUSEADDR: the health check's closed connection may leave the port in TIME_WAIT; a socket
+        # still listening on it makes the bind fail all the same.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", sim))
 
 

@@ -17,6 +17,8 @@ from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, displ
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
+MORE_THAN_ONE_PHONE = "I see more than one phone number"
+MAX_REQUESTS = 5  # in one message; more is a list to send from a spreadsheet, not a chat
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _CUR_BEFORE = r"(?:kshs?|kes|shs?|shillings?)\.?"
@@ -31,10 +33,17 @@ _DIGIT_AMOUNT = re.compile(
 )
 # Numbers that are clearly not money: times, durations, percentages, counts of things.
 _NOT_MONEY_AFTER = re.compile(
-    r"\s*(?:am|pm|:|%|min|mins|minutes?|hours?|hrs?|days?|weeks?|months?|years?|people|times|x)\b",
+    r"\s*(?:am|pm|:|%|min|mins|minutes?|hours?|hrs?|days?|weeks?|months?|years?|people|persons?|members?|"
+    r"wanachama|watu|watoto|kids|children|items?|pieces?|pcs|vitu|kg|kgs|kilos?|litres?|liters?|km|times|x)\b",
     re.IGNORECASE,
 )
-_NOT_MONEY_BEFORE = re.compile(r"\b(?:times|plus|minus|divided by|multiplied by|x)\s*$", re.IGNORECASE)
+# "watu 5", "nina watoto 2": Swahili names what it counts first.
+_NOT_MONEY_BEFORE = re.compile(r"\b(?:times|plus|minus|divided by|multiplied by|x|watu|watoto|wanachama|members|"
+                               r"people|vitu|items)\s*$", re.IGNORECASE)
+# "500kwa", "send500", "from0712...": an amount or a number glued to a word is read as if spaced.
+_GLUED_BEFORE = re.compile(r"\b(send|tuma|lipa|pay|request|charge|collect|bill|push|nitumie|mtumie|to|from|kwa|"
+                           r"for|ya)(?=\d)", re.IGNORECASE)
+_GLUED_AFTER = re.compile(r"(?<=\d)(kwa|to|from|for|ya)\b", re.IGNORECASE)
 
 _UNITS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -73,6 +82,7 @@ _FILLER_TAIL = re.compile(
 
 _SEND_WORDS = re.compile(
     r"\b(?:send|tuma|tumia|nitumie|nitumia|mtumie|mtumia|tumie|lipa|lipe|nilipe|alipe|lipia|pay|request|"
+    r"kutuma|kumtumia|kutumia|kutumiwa|kulipwa|kumlipisha|kulipisha|"
     r"charge|bill|collect|prompt|push|stk|transfer|invoice)\b",
     re.IGNORECASE,
 )
@@ -147,6 +157,15 @@ _FILLER_WORDS = {
 
 
 @dataclass(frozen=True)
+class Request:
+    """One payment request of several in a message: "500 to 0712... and 300 to 0722..."."""
+
+    phone: str
+    amount: int
+    context: str = ""
+
+
+@dataclass(frozen=True)
 class Message:
     """One user message, understood. `phone` is in the written form 07XXXXXXXX / 01XXXXXXXX."""
 
@@ -160,6 +179,7 @@ class Message:
     same_phone: bool = False
     starts_with_purpose: bool = False
     correction: bool = False  # "no wait make it 250", "samahani ni 07..": replaces what was said before
+    requests: tuple[Request, ...] = ()  # two or more payments, each phone with its own amount
 
     @property
     def has_slots(self) -> bool:
@@ -173,9 +193,15 @@ def understand(text: str) -> Message:
     it in the message; a cancellation ("achana nayo", "cancel that") with nothing after it cancels.
     """
     text = " ".join(str(text or "").split())
+    text = _GLUED_AFTER.sub(r" \1", _GLUED_BEFORE.sub(r"\1 ", text))
     marker = _last_marker(text)
     if marker is None:
-        return _read(text)
+        msg = _read(text)
+        if msg.intent == SEND and (msg.phone_problem or "").startswith(MORE_THAN_ONE_PHONE):
+            requests = _several(text)
+            if requests:
+                return Message(intent=SEND, requests=requests)
+        return msg
     before, after = _read(text[:marker.start()]), _read(text[marker.start():])
     cancelled = bool(_CANCEL.match(text, marker.start()))
     if not after.has_slots and not after.checkout_id:
@@ -196,6 +222,40 @@ def understand(text: str) -> Message:
     return Message(intent=intent, correction=True, starts_with_purpose=False, **merged)
 
 
+# Where one request ends and the next begins; "1,200" is one amount, not two.
+_SEPARATOR = re.compile(r"\s*(?:;|&|,(?!\d{3})|\b(?:and|na|then|plus|also|pia)\b)\s*", re.IGNORECASE)
+_EACH = re.compile(r"\b(?:each|apiece|every one|kila mmoja|kila mtu|kila namba|kila moja)\b", re.IGNORECASE)
+
+
+def _several(text: str) -> tuple[Request, ...]:
+    """ "send 500 to 0712.. and 300 to 0722..", "request 200 each from 0711.., 0722..": every phone
+    with the amount stated for it, or () when any pairing is in doubt (the caller then asks)."""
+    chunks, start = [], 0
+    for separator in _SEPARATOR.finditer(text):
+        piece = text[start:separator.start()]
+        if any(find_phone(piece)[:2]):  # a request ends after its phone, at the next separator
+            chunks.append(piece)
+            start = separator.end()
+    chunks.append(text[start:])
+    reads = [_read(chunk) for chunk in chunks]
+    if not 2 <= len(reads) <= MAX_REQUESTS or any(
+            r.phone_problem or r.amount_problem or r.same_phone or r.checkout_id or not r.phone for r in reads):
+        return ()
+    phones = [r.phone for r in reads]
+    amounts = [r.amount for r in reads]
+    contexts = [r.context for r in reads]
+    if len(set(phones)) != len(phones):
+        return ()
+    if not all(amounts):
+        stated = {a for a in amounts if a}
+        if not _EACH.search(text) or len(stated) != 1:
+            return ()
+        amounts = [stated.pop()] * len(reads)
+        if len({c for c in contexts if c}) == 1:  # "200 each for chama": the purpose is everyone's
+            contexts = [next(c for c in contexts if c)] * len(reads)
+    return tuple(Request(p, a, c) for p, a, c in zip(phones, amounts, contexts))
+
+
 def _last_marker(text: str) -> re.Match | None:
     """The last "no wait", "actually", "samahani", "cancel that"... that starts a correction."""
     markers = [m for m in _CORRECTION.finditer(text)]
@@ -211,11 +271,28 @@ def _read(text: str) -> Message:
     if amount is None and amount_problem is None and inside:
         amount, amount_problem, context = _amount_at_end_of_purpose(inside, context)
     same_phone = bool(_SAME_PHONE.search(text)) and phone is None
+    context = context or _debtor(text)
     fields = dict(phone=phone, phone_problem=phone_problem, amount=amount, amount_problem=amount_problem,
                   context=context, same_phone=same_phone,
                   starts_with_purpose=bool(context) and bool(_PURPOSE.match(text)))
     return Message(intent=_intent(text, checkout, Message(intent=OTHER, **fields)),
                    checkout_id=checkout.group(0) if checkout else None, **fields)
+
+
+# "Wanjiku owes me 350", "Otieno ananidai elfu moja": who owes is what the request is for.
+_OWES = re.compile(r"^(?:(?:my|our) (?:customer|client|friend|neighbour|neighbor) |mteja |jamaa )?"
+                   r"(?P<name>[a-z][a-z'-]{1,30}) (?:owes (?:me|us)|ananidai|anatudai|has not paid|hajalipa)\b",
+                   re.IGNORECASE)
+_NOT_A_NAME = {"he", "she", "they", "it", "someone", "somebody", "customer", "client", "mteja", "yeye", "huyu",
+               "who", "nobody", "everyone", "mtu", "jamaa", "i", "you", "we", "this", "that"}
+
+
+def _debtor(text: str) -> str:
+    match = _OWES.match(text.strip())
+    name = match["name"] if match else ""
+    if not name or name.lower() in _NOT_A_NAME or name.lower() in _NUMBER_WORDS:
+        return ""
+    return f"{name[0].upper()}{name[1:]}'s debt"
 
 
 def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
@@ -313,7 +390,8 @@ def find_phone(text: str) -> tuple[str | None, str | None, str]:
     if problems:
         return None, problems[0], rest
     if len(found) > 1:
-        return None, f"I see more than one phone number ({', '.join(found)}); I send one request at a time.", rest
+        return None, (f"{MORE_THAN_ONE_PHONE} ({', '.join(found)}). For several requests, give each number "
+                      "its amount, like \"500 to 0712345678 and 300 to 0722000111\"."), rest
     return (found[0] if found else None), None, rest
 
 

@@ -14,7 +14,8 @@ from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import HELP, NO, RETRY, SEND, STATUS, YES, Message, understand
+from mpesa_agent.offline_model.intents import (HELP, MORE_THAN_ONE_PHONE, NO, RETRY, SEND, STATUS, YES, Message,
+                                              Request, understand)
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 MODEL_NAME = "offline-mpesa"
@@ -127,6 +128,7 @@ class Draft:
     amount: int | None = None
     context: str = ""
     confirm: bool = False  # complete, and asked "(yes / no)": sent only on a yes
+    requests: tuple[Request, ...] = ()  # several requests listed together, sent one after another on a yes
 
 
 @dataclass
@@ -153,16 +155,45 @@ def decide(contents: list[types.Content]) -> Call | Say:
                 and last.data.get("status") == "pending" and last.data.get("checkout_request_id"):
             return Call(WAIT_TOOL, {}, say=_progress(args))
         if last.name == WAIT_TOOL:
-            return Say(reply_to_result(SEND_TOOL, _send_args(_sent_with(events, last.data.get("checkout_request_id")))
-                                       or _send_args(_last_send(events)), last.data))
+            args = _send_args(_sent_with(events, last.data.get("checkout_request_id"))) or _send_args(_last_send(events))
+            return _next_in_batch(events, reply_to_result(SEND_TOOL, args, last.data))
         if last.name == STATUS_TOOL:
             args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
-        return Say(reply_to_result(last.name, args, last.data))
+            return Say(reply_to_result(last.name, args, last.data))
+        return _next_in_batch(events, reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
     chat = _replay(events[:-1])
     action, _ = respond(chat, understand(last.text))
     return action
+
+
+def _next_in_batch(events: list[Event], outcome: str) -> Call | Say:
+    """After one request of a confirmed list has its outcome: show it and send the next, or sum up."""
+    turn = max(i for i, e in enumerate(events) if e.kind == "user")
+    chat = _replay(events[:turn])
+    batch = chat.draft.requests if chat.draft and chat.draft.confirm and not chat.awaiting_confirmation else ()
+    if not batch or understand(events[turn].text).intent not in (YES, RETRY):
+        return Say(outcome)
+    sent = sum(1 for e in events[turn:] if e.kind == "call" and e.name == SEND_TOOL)
+    if sent < len(batch):
+        return Call(SEND_TOOL, _request_args(batch[sent]), say=outcome)
+    finals = [e.data for e in events[turn:] if e.kind == "result" and not (
+        e.name == SEND_TOOL and e.data.get("status") == "pending" and e.data.get("checkout_request_id"))]
+    paid = sum(1 for r in finals if str(r.get("status")).lower() in ("success", "completed"))
+    return Say(f"{outcome}\nAll {len(batch)} requests are done: {paid} of {len(batch)} paid.")
+
+
+def _request_args(request: Request) -> dict:
+    return _draft_args(Draft(request.phone, request.amount, request.context))
+
+
+def _list_requests(requests: tuple[Request, ...]) -> str:
+    total = sum(r.amount for r in requests)
+    lines = [f"{n}. {_money(r.amount)} to {r.phone}{f' for {r.context}' if r.context else ''}"
+             for n, r in enumerate(requests, start=1)]
+    return "\n".join([f"{len(requests)} payment requests, {_money(total)} in all:", *lines,
+                      "Send them one after another? (yes / no)"])
 
 
 def _events(contents: list[types.Content]) -> list[Event]:
@@ -259,13 +290,20 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
             return Call(SEND_TOOL, {**_send_args(chat.last_send), **({"confirm_repeat": True} if failed else {})}), None
         return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
     if chat.draft and chat.draft.confirm and msg.intent in (YES, RETRY):
+        if chat.draft.requests:  # the rest follow one by one, each after the last one's outcome
+            return Call(SEND_TOOL, _request_args(chat.draft.requests[0])), None
         return Call(SEND_TOOL, _draft_args(chat.draft)), None
+    if msg.intent == SEND and msg.requests:
+        return Say(_list_requests(msg.requests)), Draft(confirm=True, requests=msg.requests)
     if msg.correction and msg.intent == SEND and not chat.draft and chat.last_send:
         return _correct_last(chat, msg)
     if msg.intent == SEND or (chat.draft and msg.starts_with_purpose):
         return _fill(chat, msg)
     if chat.draft and msg.intent == NO:
         return Say("OK, cancelled. Nothing was sent."), None
+    if chat.draft and chat.draft.requests and msg.intent != HELP:
+        return Say(f"Send these {len(chat.draft.requests)} requests one after another? Please answer yes or no."), \
+            chat.draft
     if chat.draft and chat.draft.confirm and msg.intent != HELP:
         return Say(f"Send {_money(chat.draft.amount)} to {chat.draft.phone}? Please answer yes or no."), chat.draft
     if chat.draft and msg.intent != HELP:
@@ -275,8 +313,25 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     if msg.intent == YES:
         return Say("There is nothing waiting for a yes. " + EXAMPLES), None
     if msg.intent == NO:
-        return Say("OK, nothing was sent. " + EXAMPLES), None
+        return Say(_cannot_cancel(chat) or "OK, nothing was sent. " + EXAMPLES), None
     return Say(REFUSAL), None
+
+
+def _cannot_cancel(chat: Chat) -> str:
+    """ "cancel" after the last request already went out: say what happened, never "nothing was sent"."""
+    tool, result = chat.last_result or ("", {})
+    status = str(result.get("status") or result.get("payment_status") or "").lower()
+    if tool != SEND_TOOL or not result.get("checkout_request_id"):
+        return ""
+    args = chat.last_send or {}
+    phone, amount, ref = _phone_of(args), _money(_amount_of(args)), _checkout(result.get("checkout_request_id"))
+    if status in ("success", "completed"):
+        return (f"That payment already went through: {phone} paid {amount}. It cannot be cancelled here; to give "
+                f"the money back, send it to them from your M-Pesa.{ref}")
+    if status == "failed":
+        return f"The last request ({amount} to {phone}) was not paid, and I will not send it again.{ref}"
+    return (f"The prompt for {amount} already went to {phone} and cannot be withdrawn from here; they can "
+            f"decline it on their phone. I will not send it again.{ref}")
 
 
 def _send_args(args: dict) -> dict:
@@ -298,6 +353,8 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
     if draft.phone and draft.amount and not problems:
         return Call(SEND_TOOL, _draft_args(draft)), None
+    if (msg.phone_problem or "").startswith(MORE_THAN_ONE_PHONE):  # its example says what to write
+        return Say(_sentence(msg.phone_problem)), Draft(context=draft.context)
     if problems:
         return Say(" ".join([_sentence(p) for p in problems] + [_questions(draft)])), draft
     return Say(_ask(draft)), draft
