@@ -2,6 +2,7 @@
 start, wait, kill -9."""
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -173,3 +174,10 @@ class Stack:
     def pushes_to(self, msisdn: str) -> list[dict]:
         """The simulator's transactions for one phone: each is one PIN prompt on the customer's phone."""
         return [t for t in self.control("GET", "/transactions")["transactions"] if t["phone_number"] == msisdn]
+
+
+def installed() -> bool:
+    """.venv holds what scripts/venv.sh would install (the same stamp): start.sh would not install first."""
+    stamp = ROOT / ".venv" / ".requirements.sha256"
+    wanted = hashlib.sha256((ROOT / "requirements.txt").read_bytes() + (ROOT / "pyproject.toml").read_bytes())
+    return stamp.is_file() and stamp.read_text().strip() == wanted.hexdigest()

@@ -1,7 +1,6 @@
 """Forged callbacks, the API key, secrets in logs and answers, start-up refusals, source allow-lists."""
 import asyncio
 import base64
-import hashlib
 import hmac
 import http.client
 import json
@@ -22,7 +21,7 @@ from mpesa_agent.server.http import address_in, client_address
 from mpesa_agent.config import ConfigError
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.tools import Payments, QuerySchedule, make_tools
-from harness import ROOT, Process, Stack, base_env, free_port
+from harness import ROOT, Process, Stack, base_env, free_port, installed
 from test_callback_manager import callback_body
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # conftest's MPESA_CALLBACK_URL
@@ -276,9 +275,7 @@ def test_production_without_the_live_money_switch_does_not_start(tmp_path):
 
 
 def test_start_sh_refuses_a_bad_callback_url_before_starting_anything(tmp_path):
-    stamp = ROOT / ".venv" / ".requirements.sha256"
-    wanted = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != wanted:
+    if not installed():
         pytest.skip("start.sh would install requirements into .venv first; run ./test.sh")
     env = base_env(MPESA_ENV="production", MPESA_CALLBACK_URL=f"http://pay.example.com/callback/{GOOD_TOKEN}",
                    MPESA_CONSUMER_KEY="real-looking-key", MPESA_CONSUMER_SECRET="real-looking-secret",

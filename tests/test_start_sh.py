@@ -1,5 +1,4 @@
 """./start.sh says plainly what stops it: a busy port (and who holds it), a process that dies at start."""
-import hashlib
 import os
 import signal
 import socket
@@ -8,16 +7,14 @@ import subprocess
 import pytest
 import requests
 
-from harness import ROOT, base_env, free_port
+from harness import ROOT, base_env, free_port, installed
 
 TOKEN = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 
 
 @pytest.fixture(autouse=True)
-def installed():
-    stamp = ROOT / ".venv" / ".requirements.sha256"
-    wanted = hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
-    if not stamp.is_file() or stamp.read_text().strip() != wanted:
+def requirements_installed():
+    if not installed():
         pytest.skip("start.sh would install requirements into .venv first; run ./test.sh")
 
 
