@@ -10,8 +10,9 @@ callbacks and registrations share one fsync and nobody returns before their work
 Writers queue on a Python lock instead of SQLite's busy handler, which sleeps up to 100 ms.
 
 Reads use a small pool of connections (opening one costs ~0.1 ms): thousands of held
-connections may be open, and most never touch the database. Served under gevent, the COMMIT
-(the fsync) runs on a native thread, so other connections go on while the disk works. The writer stays open, so the
+connections may be open, and most never touch the database. Served under gevent, the COMMIT's
+fsync (0.2 ms here) holds the event loop: running it on a native thread instead cost 0.3 ms of
+CPU per commit in hand-offs, more than it saved (docs/benchmark.md). The writer stays open, so the
 WAL is not checkpointed and deleted every time the last reader closes. Batches run in
 `BEGIN IMMEDIATE`, which takes the write lock up front, so read-then-write decisions cannot race.
 Money is INTEGER (registered amounts) or exact Decimal text (amounts read from callbacks).
@@ -21,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -196,16 +196,6 @@ def _event(row: sqlite3.Row) -> Event:
     return Event(row[0], row[1], row[2], row[3], row[4])
 
 
-def _off_the_loop():
-    """How to run a call that waits for the disk: under gevent (the served process), on a native
-    thread so that every other connection goes on meanwhile; otherwise simply."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        import gevent
-        return lambda function, *args: gevent.get_hub().threadpool.apply(function, args)
-    return lambda function, *args: function(*args)
-
-
 def _json_default(value):
     return str(value)  # Decimal amounts from callbacks: exact text, never float
 
@@ -314,7 +304,6 @@ class Store:
         self.commit_listeners: list[Callable[[], None]] = []  # called after every commit (the webhook dispatcher)
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
         self._idle_readers: list[sqlite3.Connection] = []
-        self._off_the_loop = _off_the_loop()
         self._migrate()
 
     def _migrate(self) -> None:
@@ -444,7 +433,7 @@ class Store:
                     current, self._batch = self._batch, None
                     if current is not None:
                         try:
-                            self._off_the_loop(self._writer.execute, "COMMIT")  # the fsync
+                            self._writer.execute("COMMIT")
                         except BaseException as exc:
                             error = exc
                             if self._writer.in_transaction:
