@@ -103,6 +103,7 @@ class Settings:
     callback_api_key: str = field(default="", repr=False)
     payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
     max_amount: int = 150_000
+    confirm_above: int = 10_000  # MCP callers must pass confirm=true for a larger push
     rate_limit_count: int = 5
     rate_limit_window: int = 600
     wait_seconds: int = 120
@@ -162,6 +163,7 @@ class Settings:
             callback_api_key=(values.get("CALLBACK_API_KEY") or "").strip(),
             payments_db=db if db.is_absolute() else root / db,
             max_amount=_int(values, "PAYMENT_MAX_AMOUNT", 150_000),
+            confirm_above=_int(values, "PAYMENT_CONFIRM_ABOVE", 10_000),
             rate_limit_count=_int(values, "PAYMENT_RATE_LIMIT_COUNT", 5),
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),

@@ -1,0 +1,1 @@
+"""The payment tools as an MCP server (the official `mcp` SDK): `python -m mpesa_agent.mcp`."""

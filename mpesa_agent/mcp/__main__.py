@@ -1,0 +1,5 @@
+import sys
+
+from mpesa_agent.mcp.server import main
+
+sys.exit(main())
