@@ -13,7 +13,9 @@ ADK_PORT=${ADK_PORT:-8000}
 SESSIONS_DB=${SESSIONS_DB:-$PWD/data/sessions.db}  # chats survive a restart (ADK's own SQLite sessions)
 
 # Every port first: a busy one is named with what holds it, before anything starts.
+A2A_PORT=${A2A_PORT:-8004}
 ports=("$CALLBACK_PORT=callback server" "$ADK_PORT=adk web")
+[ -n "${START_A2A:-}" ] && ports+=("$A2A_PORT=A2A server")
 [ "$MPESA_ENV" = simulator ] && ports+=("$SIM_PORT=simulator")
 $PY scripts/check_ports.py "${ports[@]}" || exit 1
 
@@ -59,6 +61,11 @@ export ADK_DISABLE_LOAD_DOTENV=1
 .venv/bin/adk telemetry disable >/dev/null 2>&1 || true
 start adk_web "http://127.0.0.1:$ADK_PORT/list-apps" \
   .venv/bin/adk web --host 127.0.0.1 --port "$ADK_PORT" --session_service_uri "sqlite:///$SESSIONS_DB" --no-reload .
+
+if [ -n "${START_A2A:-}" ]; then  # the agent over A2A, for other agents (off by default)
+  start a2a "http://127.0.0.1:$A2A_PORT/.well-known/agent-card.json" $PY -m mpesa_agent.a2a_server --port "$A2A_PORT"
+  echo "A2A: http://127.0.0.1:$A2A_PORT (agent card at /.well-known/agent-card.json)"
+fi
 
 cat <<MSG
 

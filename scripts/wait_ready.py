@@ -18,6 +18,8 @@ def is_itself(name: str, body: bytes) -> bool:
         return isinstance(data, list) and "mpesa_agent" in data
     if name == "simulator":
         return isinstance(data, dict) and data.get("status") == "ok" and "shortcodes" in data
+    if name == "a2a":
+        return isinstance(data, dict) and data.get("name") == "mpesa_agent"
     if name == "callback_server":
         return isinstance(data, dict) and data.get("status") in ("ok", "degraded") and "db" in data
     return True

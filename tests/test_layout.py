@@ -7,7 +7,8 @@ from harness import ROOT
 PACKAGE = ROOT / "mpesa_agent"
 # The modules of the agent processes (adk web / adk run, and the MCP server on the same tools); the
 # callback server runs in another process.
-AGENT_PROCESS = [PACKAGE / name for name in ("agent.py", "prompts.py", "tools.py", "tracking.py", "config.py")] + [
+AGENT_PROCESS = [PACKAGE / name for name in ("agent.py", "prompts.py", "tools.py", "tracking.py", "config.py",
+                                             "a2a_server.py")] + [
     path for folder in ("offline_model", "payments", "daraja", "mcp") for path in sorted((PACKAGE / folder).rglob("*.py"))]
 DEVELOPMENT = ("harness", "bench", "reliability", "tests")  # and the top-level test_*.py modules
 DOING_IO = ("requests", "urllib3", "urllib.request", "http", "socket", "sqlite3", "flask", "werkzeug", "cheroot", "gevent",

@@ -62,12 +62,13 @@ def test_a_process_that_dies_at_start_shows_its_own_error_and_nothing_stays_up(t
         probe.bind(("127.0.0.1", sim))
 
 
-def test_ready_only_when_all_three_answer_as_themselves_and_chats_are_kept_in_a_file(tmp_path):
+def test_ready_only_when_every_process_answers_as_itself_and_chats_are_kept_in_a_file(tmp_path):
     sessions, adk = tmp_path / "sessions.db", free_port()
     env = base_env(MPESA_ENV="simulator", MPESA_BASE_URL=f"http://127.0.0.1:{free_port()}",
                    CALLBACK_SERVER_URL=f"http://127.0.0.1:{(server := free_port())}",
                    MPESA_CALLBACK_URL=f"http://127.0.0.1:{server}/callback/{TOKEN}", CALLBACK_API_KEY="start-sh-key",
-                   PAYMENTS_DB=tmp_path / "payments.db", ADK_PORT=str(adk), SESSIONS_DB=sessions)
+                   PAYMENTS_DB=tmp_path / "payments.db", ADK_PORT=str(adk), SESSIONS_DB=sessions,
+                   START_A2A="1", A2A_PORT=str(a2a := free_port()))
     process = subprocess.Popen(["bash", "start.sh"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
@@ -80,6 +81,8 @@ def test_ready_only_when_all_three_answer_as_themselves_and_chats_are_kept_in_a_
         created = requests.post(f"http://127.0.0.1:{adk}/apps/mpesa_agent/users/u/sessions/s1", json={}, timeout=10)
         assert created.status_code == 200, created.text
         assert sessions.is_file() and b"s1" in sessions.read_bytes()
+        card = requests.get(f"http://127.0.0.1:{a2a}/.well-known/agent-card.json", timeout=10).json()
+        assert card["name"] == "mpesa_agent"  # START_A2A=1 started the agent over A2A too
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
