@@ -53,7 +53,7 @@ else
   fi
 fi
 start callback_server "http://127.0.0.1:$CALLBACK_PORT/health" $PY callback_server.py --port "$CALLBACK_PORT"
-grep -m1 -i "callbacks" logs/callback_server.log || true
+grep -E "^Mode:|callbacks expected" logs/callback_server.log || true
 
 # Our settings layer .env < .env.local < environment; ADK's own .env loading would put .env's
 # values into the environment and hide .env.local's overrides.
