@@ -4,19 +4,19 @@ from google.adk.agents import Agent
 from mpesa_agent.config import Settings
 from mpesa_agent.offline_model import OfflineModel
 from mpesa_agent.prompts import DESCRIPTION, INSTRUCTION
-from mpesa_agent.tools import Payments, make_tools, make_wait_tool
+from mpesa_agent.tools import Payments, agent_tools
 
 settings = Settings.from_env()
 payments = Payments(settings)
-send_instant_payment_with_tracking, check_payment_status_realtime = make_tools(payments)
-wait_for_payment = make_wait_tool(payments)
+tools = agent_tools(payments)  # the push behind ADK's confirmation above PAYMENT_CONFIRM_ABOVE
+send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:]
 
 root_agent = Agent(
     name="mpesa_agent",
     model=settings.agent_model if settings.use_gemini else OfflineModel(),
     description=DESCRIPTION,
     instruction=INSTRUCTION,
-    tools=[send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment],
+    tools=tools,
 )
 
 __all__ = ["root_agent", "send_instant_payment_with_tracking", "check_payment_status_realtime"]

@@ -103,7 +103,7 @@ class Settings:
     callback_api_key: str = field(default="", repr=False)
     payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
     max_amount: int = 150_000
-    confirm_above: int = 10_000  # MCP callers must pass confirm=true for a larger push
+    confirm_above: int = 10_000  # a larger push needs the person's approval (ADK confirmation; confirm=true over MCP)
     rate_limit_count: int = 5
     rate_limit_window: int = 600
     wait_seconds: int = 120

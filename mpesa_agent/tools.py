@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
-from google.adk.tools import ToolContext
+from google.adk.tools import FunctionTool, ToolContext
 
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
@@ -303,6 +303,24 @@ class Payments:
 def _account_reference(context: str) -> str:
     """Daraja's AccountReference: alphanumeric, at most 12 characters, shown to the customer."""
     return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"
+
+
+def agent_tools(payments: Payments) -> list:
+    """The agent's three tools as ADK wires them: a push above PAYMENT_CONFIRM_ABOVE (and within
+    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway) is approved or rejected by the person
+    through ADK's tool confirmation before anything is sent (adk web shows the step)."""
+    send, status = make_tools(payments)
+    settings = payments.settings
+
+    def needs_approval(phone_number: str, amount: int, context: str = "", wait_for_completion: bool = True,
+                       confirm_repeat: bool = False, tool_context: ToolContext = None) -> bool:
+        try:
+            whole = parse_amount(amount, maximum=settings.max_amount)
+        except InvalidAmount:
+            return False  # the tool refuses it, with its own message
+        return whole > settings.confirm_above
+
+    return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments)]
 
 
 def make_tools(payments: Payments) -> list:

@@ -9,11 +9,12 @@ from google.genai import types
 
 from mpesa_agent.agent import root_agent
 from mpesa_agent.offline_model import OfflineModel
-from mpesa_agent.tools import WAIT_TOOL, Payments, make_tools, make_wait_tool
+from mpesa_agent.tools import WAIT_TOOL, Payments, agent_tools
 
 APP = "mpesa_agent"
 SEND = "send_instant_payment_with_tracking"
 STATUS = "check_payment_status_realtime"
+CONFIRMATION = "adk_request_confirmation"  # ADK's approve / reject step before a large push
 WAIT = (WAIT_TOOL, {})  # the model's second call after a push: wait for the PIN
 
 
@@ -23,11 +24,12 @@ class Turn:
     results: list[dict]  # the tools' answers, in order (a push's acknowledgement, then its outcome)
     reply: str  # every text the model showed this turn, e.g. the progress line, then the outcome
     trajectory: list[tuple[str, dict]]  # every tool call, waits included
+    approvals: int = 0  # ADK tool confirmations this turn asked for (each approved, as a person would)
 
 
 def offline_root_agent(payments: Payments):
     """A copy of `root_agent` with its tools bound to `payments`, on the offline model even with a GOOGLE_API_KEY."""
-    return root_agent.clone(update={"tools": [*make_tools(payments), make_wait_tool(payments)],
+    return root_agent.clone(update={"tools": agent_tools(payments),
                                     "model": OfflineModel()})
 
 
@@ -45,11 +47,21 @@ async def chat(payments: Payments, messages) -> list[Turn]:
         turn = Turn([], [], "", [])
         replies = []
         message = types.Content(role="user", parts=[types.Part(text=text)])
-        async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):
-            turn.trajectory += [(call.name, dict(call.args or {})) for call in event.get_function_calls()]
-            turn.results += [dict(result.response or {}) for result in event.get_function_responses()]
-            if event.content and not event.get_function_responses():
-                replies += [part.text for part in event.content.parts or [] if part.text]
+        while message is not None:
+            approvals = []
+            async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):
+                calls = event.get_function_calls()
+                approvals += [call for call in calls if call.name == CONFIRMATION]
+                turn.trajectory += [(call.name, dict(call.args or {})) for call in calls if call.name != CONFIRMATION]
+                turn.results += [dict(result.response or {}) for result in event.get_function_responses()
+                                 if result.name != CONFIRMATION]
+                if event.content and not event.get_function_responses():
+                    replies += [part.text for part in event.content.parts or [] if part.text]
+            turn.approvals += len(approvals)
+            message = types.Content(role="user", parts=[  # the person approves (tests/test_confirmation.py rejects)
+                types.Part(function_response=types.FunctionResponse(id=call.id, name=CONFIRMATION,
+                                                                    response={"confirmed": True}))
+                for call in approvals]) if approvals else None
         turn.calls = [call for call in turn.trajectory if call[0] != WAIT_TOOL]
         turn.reply = "\n".join(replies)
         turns.append(turn)

@@ -4,6 +4,7 @@ import asyncio
 import json
 import sys
 
+import anyio
 import pytest
 import requests
 from mcp import ClientSession
@@ -11,6 +12,11 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamablehttp_client
 
 from harness import ROOT, Process, Stack, free_port
+
+# anyio imports its subprocess module lazily, and pytest rewrites it then (anyio is a pytest
+# plugin): after hypothesis has changed the recursion limit, CPython 3.11.7's ast.parse fails
+# with "AST constructor recursion depth mismatch". Importing it here, at collection, avoids that.
+anyio.open_process  # noqa: B018
 
 
 @pytest.fixture(scope="module")

@@ -490,6 +490,9 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
         return f"{_sentence(message)}\n{hint}".strip()
+    if not status and "rejected" in message.lower():  # ADK's answer when the person rejected the push
+        return (f"🛑 Not sent: you rejected the request{f' for {what}' if amount else ''} to {who}. "
+                "Nothing reached their phone.")
     return _sentence(message) if message else "I got an answer I don't understand. " + ASK_AGAIN_LATER
 
 
