@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{sqlite3.sqlite_version}, open-file limit {fds}; load average {load_before:.1f} before the run, and "
           f"other processes used {others:.0%} of the cores during it (they compete with the figures below)")
     print(f"Disk: write+fsync p50 {disk['p50']:.2f} / p99 {disk['p99']:.2f} ms (synchronous=FULL: a callback "
-          "waits for 2 commits, a registration for 1; concurrent ones share them by group commit)")
+          "and a registration each wait for 1 commit; concurrent ones share them by group commit)")
     widths = [max(len(row[i]) for row in rows + [("figure", "measured", "target", "")]) for i in range(4)]
     for row in [("figure", "measured", "target", ""), tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(cell.ljust(width) for cell, width in zip(row, widths)) + " |")

@@ -464,8 +464,8 @@ def test_a_late_callback_adds_the_receipt_to_a_query_settled_success(manager):
 
 def test_a_callback_stored_before_a_crash_is_applied_at_start(manager, settings):
     register(manager)
-    callback_id = manager.record_callback(callback_body(), {}, "196.201.212.69")  # crash before processing
-    parked_id = manager.record_callback(callback_body(checkout_request_id="ws_CO_2"), {}, None)
+    callback_id = manager.store.record_callback(callback_body(), {}, "196.201.212.69")  # crash before processing
+    parked_id = manager.store.record_callback(callback_body(checkout_request_id="ws_CO_2"), {}, None)
     restarted = CallbackManager(Store(settings.payments_db), settings)
     assert restarted.store.callback(callback_id).outcome == "applied"
     assert restarted.status("ws_CO_1").status == "completed"

@@ -137,11 +137,6 @@ class CallbackManager:
         self._request_verification(payment)
         return Registration(payment, True)
 
-    def record_callback(self, raw_body: bytes, headers: Mapping[str, str] | None,
-                        source_addr: str | None) -> int:
-        """Commit the raw callback (nothing parsed yet) and return its id."""
-        return self.store.record_callback(raw_body, headers, source_addr)
-
     def record_rejected(self, raw_body: bytes, headers: Mapping[str, str] | None,
                         source_addr: str | None, why: str) -> int | None:
         """Count a refused callback (wrong token, untrusted source); keep a small sample for review.

@@ -31,7 +31,7 @@ from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mod
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
 from mpesa_agent.server.dispatcher import Dispatcher
-from mpesa_agent.server.http import MAX_BODY_BYTES
+from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
@@ -213,7 +213,7 @@ def buffered_chunked_bodies(app: Flask):
                 body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
             except (ValueError, OSError) as exc:  # a malformed chunk: nothing reaches the app or the store
                 start_response("400 Bad Request", [("Content-Type", "application/json"), ("Connection", "close")])
-                return [json.dumps({"status": "error", "error": f"bad chunked body: {str(exc)[:80]}"}).encode()]
+                return [json.dumps(error_body(f"bad chunked body: {str(exc)[:80]}")).encode()]
             environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
             environ.pop("wsgi.input_terminated", None)  # werkzeug ignores the length otherwise
             del environ["HTTP_TRANSFER_ENCODING"]

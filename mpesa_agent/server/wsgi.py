@@ -25,6 +25,8 @@ import gevent
 from gevent import pywsgi
 from gevent.pool import Pool
 
+from mpesa_agent.server.http import error_body
+
 log = logging.getLogger("callback_server")
 
 HEADER_SECONDS = 10.0
@@ -36,7 +38,7 @@ DEFAULT_PER_SOURCE = 200
 
 def json_error(status: str, message: str) -> bytes:
     """A complete HTTP response: `status` with the app's JSON error body, closing the connection."""
-    body = json.dumps({"status": "error", "error": message}).encode()
+    body = json.dumps(error_body(message)).encode()
     return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n").encode("latin-1") + body
 
@@ -47,8 +49,6 @@ class RequestTimeout(socket.timeout):
 
 class Handler(pywsgi.WSGIHandler):
     """pywsgi's handler with a deadline on the request head, a read timeout on bodies and JSON errors."""
-
-    MessageClass = pywsgi.WSGIHandler.MessageClass
 
     def handle_one_request(self):
         if self.socket is not None:
@@ -84,7 +84,7 @@ class Handler(pywsgi.WSGIHandler):
             self.close_connection = True
             return
         status = "400 Bad Request" if error_code == 400 else "500 Internal Server Error"
-        body = json.dumps({"status": "error", "error": status[4:].lower()}).encode()
+        body = json.dumps(error_body(status[4:].lower())).encode()
         try:
             self.start_response(status, [("Content-Type", "application/json"), ("Connection", "close")])
             self.write(body)
