@@ -94,6 +94,9 @@ class CallbackManager:
         # Called with a checkout id after a success callback is held for verification (the
         # reconciler sets it); without it, held payments wait for the reconciler's next start.
         self.on_unverified_success: Callable[[str], None] | None = None
+        # Called inside the transaction of every decision, after its changes and events (the automatic
+        # retrier schedules a retry of a failure there, so that the schedule commits with the failure).
+        self.decision_hooks: list[Callable[[Transaction, Payment, Decision], None]] = []
         self.rejected = 0  # refused callbacks since start (only a sample of them is stored)
         self._sample_budget, self._budget_at = float(REJECTED_SAMPLES_PER_MINUTE), time.monotonic()
         self.recover()
@@ -103,8 +106,10 @@ class CallbackManager:
         return bool(self.settings and self.settings.verify_success_by_query)
 
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
-                 description: Any = "", merchant_request_id: Any = None) -> Registration:
-        """Track a payment; the same registration again is harmless, a different one conflicts."""
+                 description: Any = "", merchant_request_id: Any = None, *, retry_of: str | None = None,
+                 attempt: int = 1) -> Registration:
+        """Track a payment; the same registration again is harmless, a different one conflicts.
+        A retry (server/retries.py) names the payment it retries and its attempt number."""
         checkout_id, msisdn, amount, description, merchant_id = validate_registration(
             checkout_request_id, phone_number, amount, description, merchant_request_id,
             self.settings.max_amount if self.settings else None)
@@ -123,7 +128,8 @@ class CallbackManager:
                     existing = tx.update_payment(checkout_id, merchant_request_id=merchant_id)
                     _log_event(tx, EventType.PAYMENT_UPDATED, existing)
                 return Registration(existing, False)
-            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id)
+            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id,
+                                        **({"retry_of": retry_of, "attempt": attempt} if retry_of else {}))
             _log_event(tx, EventType.PAYMENT_REGISTERED, payment)
             for parked in tx.parked_callbacks(checkout_id):
                 result, changed = self._process(tx, parked)
@@ -286,6 +292,8 @@ class CallbackManager:
             payment = tx.update_payment(payment.checkout_request_id, **decision.changes)
         for event_type in decision.events:
             _log_event(tx, event_type, payment)
+        for hook in self.decision_hooks:
+            hook(tx, payment, decision)
         return decision, payment
 
     def _settle(self, checkout_request_id: str, evidence: QueryEvidence | GiveUp) -> tuple[Decision, Payment]:

@@ -28,11 +28,11 @@ from flask import Flask
 
 from mpesa_agent import preflight
 from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mode
-from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
 from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
+from mpesa_agent.server.retries import AutoRetrier
 from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
 
@@ -129,14 +129,17 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
+          f"Automatic retry: {auto_retry_line(settings)}\n"
           f"Webhooks: {len(app.extensions['webhooks'].list())} endpoint(s), retried {len(settings.webhook_retry_schedule)} "
           f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
           f"{'allowed' if settings.webhooks_allow_private_urls else 'refused'}\n"
           f"Callback server on http://{args.host}:{args.port} (gevent, up to {args.connections} connections, "
           f"{args.per_source} per address)", flush=True)
     server = wsgi_server(app, args.host, args.port, args.connections, args.per_source, args.header_timeout)
-    reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
+    retries = app.extensions["retries"]  # its Daraja client is shared: one OAuth token per process
+    reconciler = Reconciler(manager, retries.daraja, settings).start()
     dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
+    retrier = AutoRetrier(retries).start() if settings.auto_retry else None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -145,8 +148,17 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         server.stop(timeout=5)
         dispatcher.stop()
         reconciler.stop()
+        if retrier is not None:
+            retrier.stop()
         owner.close()
     return 0
+
+
+def auto_retry_line(settings: Settings) -> str:
+    if not settings.auto_retry:
+        return "off (PAYMENT_AUTO_RETRY=false)"
+    return (f"on: no answer (1037, 1019, 1036) and M-Pesa busy (26, 1001) retried {settings.auto_retry_delay:g} s "
+            f"later, at most {settings.auto_retry_max} retries per payment; never a cancel or a wrong PIN")
 
 
 class DatabaseInUse(RuntimeError):

@@ -35,7 +35,8 @@ from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks
+SCHEMA_VERSION = 4  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: retries (payments.retry_of / attempt / retried_as, the payment_retries table)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -120,6 +121,25 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     success INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_endpoint ON webhook_attempts (endpoint_id, id);
+
+-- Issue 13, retries (server/retries.py): at most one retry per payment, claimed here before its push is
+-- sent, so two requests (or a request and the automatic retrier) can never both push; a claim whose push
+-- answer was lost (a crash) becomes 'unknown' and is never sent again.
+CREATE TABLE IF NOT EXISTS payment_retries (
+    retry_of TEXT PRIMARY KEY REFERENCES payments (checkout_request_id),
+    attempt INTEGER NOT NULL,             -- the new push's place in the chain (2 for a first retry)
+    requested_by TEXT NOT NULL CHECK (requested_by IN ('person', 'auto')),
+    state TEXT NOT NULL CHECK (state IN ('scheduled', 'sending', 'sent', 'unknown', 'skipped')),
+    due_at TEXT NOT NULL,                 -- when it may be sent (automatic retries wait)
+    tries INTEGER NOT NULL DEFAULT 0,     -- automatic sends that Daraja refused before anything went out
+    checkout_request_id TEXT,             -- the new push's, once Daraja accepted it
+    note TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payment_retries_due ON payment_retries (state, due_at);
+CREATE UNIQUE INDEX IF NOT EXISTS payments_by_retry_of ON payments (retry_of) WHERE retry_of IS NOT NULL;
+CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at);
 """
 # One outbox row per enabled endpoint subscribed to the event's type (run by append_event).
 FAN_OUT = ("INSERT INTO webhook_outbox (event_id, endpoint_id, next_attempt_at, created_at)"
@@ -217,8 +237,9 @@ class Transaction:
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
-                       description: str, merchant_request_id: str | None) -> Payment:
-        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow())
+                       description: str, merchant_request_id: str | None, **initial) -> Payment:
+        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow(),
+                              **initial)
         values = payment.to_dict()
         self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                           tuple(values.values()))
@@ -318,7 +339,8 @@ class Store:
         present = {row[1] for row in self._writer.execute("PRAGMA table_info(payments)")}
         added = [f"ALTER TABLE payments ADD COLUMN {f.name} {f.metadata['sql']};"  # columns added since
                  for f in FIELDS if present and f.name not in present]
-        self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{chr(10).join(added)}\n"
+        # The columns first: the schema's indexes may be on them (payments_by_retry_of).
+        self._writer.executescript(f"BEGIN IMMEDIATE;\n{chr(10).join(added)}\n{SCHEMA}\n"
                                    f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
         self._create_receipt_index()
 
