@@ -8,8 +8,8 @@ from mpesa_agent.tools import Payments, agent_tools
 
 settings = Settings.from_env()
 payments = Payments(settings)
-tools = agent_tools(payments)  # the push behind ADK's confirmation above PAYMENT_CONFIRM_ABOVE
-send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:]
+tools = agent_tools(payments)  # pushes and retries behind ADK's tool confirmation where the person must approve
+send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:3]
 
 root_agent = Agent(
     name="mpesa_agent",

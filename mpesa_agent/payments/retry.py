@@ -51,8 +51,8 @@ class PushCheck:
     """The guard's verdict: `ok`, `rate_limited` (wait `wait` seconds) or `repeat` (`ago` seconds ago)."""
 
     verdict: str
-    wait: float = 0.0
-    ago: float = 0.0
+    wait: int = 0  # whole seconds, rounded up
+    ago: int = 0
     recent: int = 0  # pushes to this phone within the rate window
 
     @property
@@ -66,10 +66,11 @@ def check_push(history: Iterable[tuple[float, int]], amount: int, now: float, *,
     pushes = [(at, sent) for at, sent in history if now - at <= max(window, repeat_window)]
     in_window = sorted(at for at, _ in pushes if now - at <= window)
     if len(in_window) >= count:
-        return PushCheck("rate_limited", wait=window - (now - in_window[-count]) + 1, recent=len(in_window))
+        return PushCheck("rate_limited", wait=int(window - (now - in_window[-count])) + 1, recent=len(in_window))
     repeats = [at for at, sent in pushes if sent == amount and now - at <= repeat_window]
     if repeats and not confirmed:
-        return PushCheck("repeat", ago=now - max(repeats), wait=repeat_window - (now - max(repeats)),
+        last = max(repeats)
+        return PushCheck("repeat", ago=int(now - last), wait=int(repeat_window - (now - last)) + 1,
                          recent=len(in_window))
     return PushCheck("ok", recent=len(in_window))
 

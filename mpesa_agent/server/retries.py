@@ -212,13 +212,13 @@ class Retries:
         phone = display_phone(original.phone_number)
         if check.verdict == "rate_limited":
             raise RetryRefused(429, f"not sent: {phone} already got {check.recent} payment requests in the last "
-                                    f"{self.settings.rate_limit_window} s; try again in {int(check.wait) + 1} s",
-                               retry_after=int(check.wait) + 1)
+                                    f"{self.settings.rate_limit_window} s; try again in {check.wait} s",
+                               retry_after=check.wait)
         if check.verdict == "repeat":
-            raise RetryRefused(409, f"not sent: {phone} was asked for {original.amount} KSh {int(check.ago)} s ago. "
+            raise RetryRefused(409, f"not sent: {phone} was asked for {original.amount} KSh {check.ago} s ago. "
                                     "Send {\"confirm_repeat\": true} once the person confirms a second prompt, or "
-                                    f"wait {int(check.wait) + 1} s", needs="confirm_repeat",
-                               retry_after=int(check.wait) + 1)
+                                    f"wait {check.wait} s", needs="confirm_repeat",
+                               retry_after=check.wait)
 
     def _push_check(self, tx: Transaction, original: Payment, confirmed: bool):
         now = self.clock()
