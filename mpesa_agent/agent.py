@@ -4,7 +4,7 @@ from google.adk.agents import Agent
 from mpesa_agent.config import Settings
 from mpesa_agent.offline_model import OfflineModel
 from mpesa_agent.prompts import DESCRIPTION, INSTRUCTION
-from mpesa_agent.tools import Payments, agent_tools
+from mpesa_agent.tools import Payments, agent_tools, explain_approval
 
 settings = Settings.from_env()
 payments = Payments(settings)
@@ -17,6 +17,7 @@ root_agent = Agent(
     description=DESCRIPTION,
     instruction=INSTRUCTION,
     tools=tools,
+    after_tool_callback=explain_approval,  # the approve / reject step says what would be sent, in words
 )
 
 __all__ = ["root_agent", "send_instant_payment_with_tracking", "check_payment_status_realtime"]

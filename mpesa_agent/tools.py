@@ -181,15 +181,24 @@ class Payments:
                           window=self.settings.rate_limit_window, repeat_window=self.settings.repeat_window,
                           confirmed=confirmed)
 
-    def is_repeat(self, phone_number, amount) -> bool:
-        """Would this push repeat one sent within PAYMENT_REPEAT_WINDOW? (ADK's confirmation asks the person.)"""
+    def approval_question(self, phone_number, amount, context: str = "") -> str | None:
+        """What the person must approve before this push (ADK's tool confirmation), or None: an amount above
+        PAYMENT_CONFIRM_ABOVE, or the same push again within PAYMENT_REPEAT_WINDOW."""
         try:
             msisdn = normalize_phone(phone_number)
             whole = parse_amount(amount, maximum=self.settings.max_amount)
         except (InvalidPhoneNumber, InvalidAmount):
-            return False  # the tool refuses it, with its own message
+            return None  # the tool refuses it, with its own message
         with self._lock:
-            return self._check(tuple(self._pushes.get(msisdn, ())), whole, self.clock()).verdict == "repeat"
+            check = self._check(tuple(self._pushes.get(msisdn, ())), whole, self.clock())
+        phone, purpose = display_phone(msisdn), f" for {context}" if context else ""
+        if check.verdict == "repeat":
+            return (f"You already asked {phone} for {whole:,} KSh {duration(check.ago)} ago. Send the same request "
+                    "again? They get a second M-Pesa prompt.")
+        if whole > self.settings.confirm_above:
+            return (f"Send an M-Pesa prompt to {phone} for {whole:,} KSh{purpose}? It is above "
+                    f"{self.settings.confirm_above:,} KSh, so I ask you first.")
+        return None
 
     def note_push(self, msisdn: str, amount: int) -> None:
         """A push this process did not send itself (a retry the server sent) still counts for the guard."""
@@ -440,18 +449,32 @@ def agent_tools(payments: Payments) -> list:
     push again within PAYMENT_REPEAT_WINDOW, and every retry (the retry tools ask themselves, naming
     the payments)."""
     send, status = make_tools(payments)
-    settings = payments.settings
 
     def needs_approval(phone_number: str, amount: int, context: str = "", wait_for_completion: bool = True,
                        tool_context: ToolContext = None) -> bool:
-        try:
-            whole = parse_amount(amount, maximum=settings.max_amount)
-        except InvalidAmount:
-            return False  # the tool refuses it, with its own message
-        return whole > settings.confirm_above or payments.is_repeat(phone_number, whole)
+        return payments.approval_question(phone_number, amount, context) is not None
 
-    return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments),
-            *make_retry_tools(payments)]
+    return [SendTool(send, needs_approval, payments), status, make_wait_tool(payments), *make_retry_tools(payments)]
+
+
+class SendTool(FunctionTool):
+    """The send tool behind ADK's tool confirmation (`require_confirmation` decides per call)."""
+
+    def __init__(self, func, needs_approval, payments: Payments):
+        super().__init__(func, require_confirmation=needs_approval)
+        self.payments = payments
+
+    def question(self, args: dict) -> str | None:
+        return self.payments.approval_question(args.get("phone_number"), args.get("amount"), args.get("context") or "")
+
+
+def explain_approval(tool, args: dict, tool_context: ToolContext, tool_response) -> None:
+    """The agent's after_tool_callback: ADK's own approve / reject hint names the function; the person
+    reads what would be sent and why they are asked instead (adk web shows the hint)."""
+    asked = tool_context.actions.requested_tool_confirmations.get(tool_context.function_call_id)
+    if asked is not None and isinstance(tool, SendTool):
+        asked.hint = tool.question(args) or asked.hint
+    return None
 
 
 def make_tools(payments: Payments) -> list:

@@ -40,6 +40,8 @@ def confirm_round(stack, phone: str, amount: int, approve: bool) -> tuple[int, s
         calls, _ = await run(runner, session.id, ask)
         [request] = [call for call in calls if call.name == CONFIRM]
         assert request.args["originalFunctionCall"]["args"]["amount"] == amount
+        assert request.args["toolConfirmation"]["hint"] == (
+            f"Send an M-Pesa prompt to {phone} for {amount:,} KSh for rent? It is above 10,000 KSh, so I ask you first.")
         before = len(stack.pushes_to("254" + phone[1:]))
         answer = types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(
             id=request.id, name=CONFIRM, response={"confirmed": approve}))])
@@ -65,6 +67,8 @@ def test_a_repeat_within_two_minutes_is_asked_through_the_confirmation_step(stac
     first, rejected, approved = converse(Payments(stack.settings), *["Send 60 to 0722100400 for tea"] * 3,
                                          answers=[False, True])
     assert (first.approvals, rejected.approvals, approved.approvals) == (0, 1, 1)
+    assert rejected.hints[0].startswith("You already asked 0722100400 for 60 KSh ") and rejected.hints[0].endswith(
+        " ago. Send the same request again? They get a second M-Pesa prompt."), rejected.hints
     assert rejected.reply.startswith("🛑 Not sent: you rejected the request for 60 KSh to 0722100400."), rejected.reply
     assert "✅ 0722100400 paid 60 KSh for tea." in approved.reply, approved.reply
     assert len(stack.pushes_to(phone)) == 2  # the first and the approved repeat, never the rejected one
