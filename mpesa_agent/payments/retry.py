@@ -93,11 +93,6 @@ def retry_refusal(payment: Payment) -> str | None:
     return None
 
 
-def no_answer(payment: Payment) -> bool:
-    """It failed because the customer never answered the prompt (no response, expired, not delivered)."""
-    return payment.status == FAILED and normalize_code(payment.result_code) in NO_ANSWER_CODES
-
-
 def auto_retryable(payment: Payment, max_retries: int) -> bool:
     """Worth an automatic retry: a failure that trying again can fix, within `max_retries` retries in its chain."""
     return (retry_refusal(payment) is None and normalize_code(payment.result_code) in AUTO_RETRY_CODES
