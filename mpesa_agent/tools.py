@@ -595,6 +595,16 @@ def _approval(tool_context: ToolContext | None) -> bool | None:
     return None if confirmation is None else bool(confirmation.confirmed)
 
 
+async def _guarded(work, tool: str, doing: str) -> dict:
+    """A tool's answer, never a traceback: an unexpected error becomes a message the model can pass on."""
+    try:
+        return await work
+    except Exception as exc:
+        log.exception("%s failed", tool)
+        return error(f"Something went wrong while {doing} ({type(exc).__name__}). "
+                     "Check the server logs before trying again.")
+
+
 def make_retry_tools(payments: Payments) -> list:
     """Retry tools: each retry is a new STK Push linked to the failed one, sent by the callback server
     (POST /payment/{id}/retry) after the person approved it through ADK's tool confirmation."""
@@ -613,27 +623,8 @@ def make_retry_tools(payments: Payments) -> list:
             the person, then call wait_for_payment for the outcome. "error" with a `message` when it may
             not be retried or the person rejected it.
         """
-        state = tool_context.state if tool_context is not None else {}
-        try:
-            approved = _approval(tool_context)
-            if approved is None:
-                checkout_id = checkout_request_id or state.get(LAST_CHECKOUT_ID, "")
-                checked = await payments.retry_check(checkout_id)
-                if checked["status"] != "retryable" or tool_context is None:
-                    return checked if checked["status"] != "retryable" else error("A retry needs the person's approval.")
-                return _ask_approval(tool_context, RETRY_TOOL, checked["message"], [checkout_id],
-                                     **{k: checked[k] for k in ("phone_number", "amount", "context")})
-            [checkout_id] = state.get(f"{APPROVED_RETRIES}:{RETRY_TOOL}") or [checkout_request_id]
-            if not approved:
-                return error("Not sent again: you rejected the retry. Nothing reached their phone.",
-                             checkout_request_id=checkout_id, rejected=True)
-            result = await payments.retry(checkout_id)
-            _remember_in_chat(tool_context, result.get("checkout_request_id") if result.get("retry_of") else None)
-            return result
-        except Exception as exc:
-            log.exception("retry_payment failed")
-            return error(f"Something went wrong while retrying the payment ({type(exc).__name__}). "
-                         "Check the server logs before trying again.")
+        return await _guarded(_retry_one(payments, checkout_request_id, tool_context), RETRY_TOOL,
+                              "retrying the payment")
 
     async def retry_unanswered_payments(tool_context: ToolContext = None) -> dict:
         """Send again every payment request of this chat that failed because the customer never answered
@@ -644,34 +635,53 @@ def make_retry_tools(payments: Payments) -> list:
             "retried" with a `message` listing each outcome and `results`; "error" when there is nothing
             to retry or the person rejected it.
         """
-        if tool_context is None:
-            return error("Retrying needs the chat's payments and the person's approval.")
-        try:
-            approved = _approval(tool_context)
-            if approved is None:
-                found = await payments.unanswered(tool_context.state.get(CHAT_CHECKOUT_IDS, [])[-RECENT_IN_CHAT:])
-                if not found:
-                    return error("No payment in this chat failed for want of an answer, so there is nothing to "
-                                 "retry. (Paid, pending, cancelled and unknown ones are never retried.)")
-                lines = [f"{n}. {int(p['amount']):,} KSh to {display_phone(p['phone_number'])}"
-                         f"{' for ' + p['context'] if p['context'] else ''} ({p['checkout_request_id']})"
-                         for n, p in enumerate(found, start=1)]
-                total = sum(int(p["amount"]) for p in found)
-                question = "\n".join([f"Send a new M-Pesa prompt to the {len(found)} customer(s) who did not answer, "
-                                       f"{total:,} KSh in all?", *lines])
-                return _ask_approval(tool_context, RETRY_MANY_TOOL, question, [p["checkout_request_id"] for p in found])
-            if not approved:
-                return error("Not sent again: you rejected the retries. Nothing reached their phones.", rejected=True)
-            result = await payments.retry_many(tool_context.state.get(f"{APPROVED_RETRIES}:{RETRY_MANY_TOOL}", []))
-            for one in result["results"]:
-                _remember_in_chat(tool_context, one.get("checkout_request_id") if one.get("retry_of") else None)
-            return result
-        except Exception as exc:
-            log.exception("retry_unanswered_payments failed")
-            return error(f"Something went wrong while retrying ({type(exc).__name__}). "
-                         "Check the server logs before trying again.")
+        return await _guarded(_retry_unanswered(payments, tool_context), RETRY_MANY_TOOL, "retrying")
 
     return [retry_payment, retry_unanswered_payments]
+
+
+async def _retry_one(payments: Payments, checkout_request_id: str, tool_context: ToolContext | None) -> dict:
+    state = tool_context.state if tool_context is not None else {}
+    approved = _approval(tool_context)
+    if approved is None:
+        checkout_id = checkout_request_id or state.get(LAST_CHECKOUT_ID, "")
+        checked = await payments.retry_check(checkout_id)
+        if checked["status"] != "retryable":
+            return checked
+        if tool_context is None:
+            return error("A retry needs the person's approval.")
+        return _ask_approval(tool_context, RETRY_TOOL, checked["message"], [checkout_id],
+                             **{k: checked[k] for k in ("phone_number", "amount", "context")})
+    [checkout_id] = state.get(f"{APPROVED_RETRIES}:{RETRY_TOOL}") or [checkout_request_id]
+    if not approved:
+        return error("Not sent again: you rejected the retry. Nothing reached their phone.",
+                     checkout_request_id=checkout_id, rejected=True)
+    result = await payments.retry(checkout_id)
+    _remember_in_chat(tool_context, result.get("checkout_request_id") if result.get("retry_of") else None)
+    return result
+
+
+async def _retry_unanswered(payments: Payments, tool_context: ToolContext | None) -> dict:
+    if tool_context is None:
+        return error("Retrying needs the chat's payments and the person's approval.")
+    approved = _approval(tool_context)
+    if approved is None:
+        found = await payments.unanswered(tool_context.state.get(CHAT_CHECKOUT_IDS, [])[-RECENT_IN_CHAT:])
+        if not found:
+            return error("No payment in this chat failed for want of an answer, so there is nothing to "
+                         "retry. (Paid, pending, cancelled and unknown ones are never retried.)")
+        lines = [f"{n}. {int(p['amount']):,} KSh to {display_phone(p['phone_number'])}"
+                 f"{' for ' + p['context'] if p['context'] else ''} ({p['checkout_request_id']})"
+                 for n, p in enumerate(found, start=1)]
+        question = "\n".join([f"Send a new M-Pesa prompt to the {len(found)} customer(s) who did not answer, "
+                               f"{sum(int(p['amount']) for p in found):,} KSh in all?", *lines])
+        return _ask_approval(tool_context, RETRY_MANY_TOOL, question, [p["checkout_request_id"] for p in found])
+    if not approved:
+        return error("Not sent again: you rejected the retries. Nothing reached their phones.", rejected=True)
+    result = await payments.retry_many(tool_context.state.get(f"{APPROVED_RETRIES}:{RETRY_MANY_TOOL}", []))
+    for one in result["results"]:
+        _remember_in_chat(tool_context, one.get("checkout_request_id") if one.get("retry_of") else None)
+    return result
 
 
 def __getattr__(name: str):
