@@ -67,8 +67,9 @@ def main() -> None:
         recorded = asyncio.run(record(Payments(stack.settings, schedule=QuerySchedule(first=0.3, every=0.3)), cases))
     if options.write:
         data = json.loads(EVAL_SET.read_text())
-        new = {case["eval_id"] for case in recorded}
-        data["eval_cases"] = [c for c in data["eval_cases"] if c["eval_id"] not in new] + recorded
+        new = {case["eval_id"]: case for case in recorded}  # a re-recorded case keeps its place (replay order)
+        kept = [new.pop(c["eval_id"], c) for c in data["eval_cases"]]
+        data["eval_cases"] = kept + list(new.values())
         EVAL_SET.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         print(f"{len(data['eval_cases'])} cases in {EVAL_SET.name}")
 
