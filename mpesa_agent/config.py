@@ -101,6 +101,7 @@ class Settings:
     callback_url: str = field(default="", repr=False)
     callback_server_url: str = "http://127.0.0.1:8001"
     callback_api_key: str = field(default="", repr=False)
+    dashboard_secret: str = field(default="", repr=False)  # empty: derived from callback_api_key (server/dashboard_auth.py)
     payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
     max_amount: int = 150_000
     confirm_above: int = 10_000  # a larger push needs the person's approval (ADK confirmation; confirm=true over MCP)
@@ -161,6 +162,7 @@ class Settings:
             callback_url=(values.get("MPESA_CALLBACK_URL") or "").strip(),
             callback_server_url=(values.get("CALLBACK_SERVER_URL") or "http://127.0.0.1:8001").strip().rstrip("/"),
             callback_api_key=(values.get("CALLBACK_API_KEY") or "").strip(),
+            dashboard_secret=(values.get("DASHBOARD_SECRET") or "").strip(),
             payments_db=db if db.is_absolute() else root / db,
             max_amount=_int(values, "PAYMENT_MAX_AMOUNT", 150_000),
             confirm_above=_int(values, "PAYMENT_CONFIRM_ABOVE", 10_000),

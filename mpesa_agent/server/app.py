@@ -1,5 +1,6 @@
 """`create_app(settings)`: the callback server's Flask app, one Blueprint per concern (Daraja's
-callbacks, the `/payment/*` API, the event log, webhooks), one Bearer check and JSON errors everywhere."""
+callbacks, the `/payment/*` API, the event log, webhooks, the dashboard), one Bearer check and JSON errors
+everywhere (the dashboard's HTML pages have their own sign-in: server/dashboard_auth.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,7 +11,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
-from mpesa_agent.server import api, callbacks, events, webhooks
+from mpesa_agent.server import api, callbacks, dashboard, dashboard_auth, events, webhooks
 from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
@@ -24,7 +25,7 @@ def create_app(config: Settings | None = None) -> Flask:
     """The Flask app with its own store and CallbackManager (`app.extensions["callback_manager"]`)."""
     settings = config or Settings.from_env()
     prefix = callback_prefix(settings)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard's assets are served under /dashboard/static
     app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MPESA_SETTINGS=settings, CALLBACK_PREFIX=prefix)
     app.json.ensure_ascii = False
@@ -40,6 +41,8 @@ def create_app(config: Settings | None = None) -> Flask:
     app.register_blueprint(api.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(dashboard.blueprint)
+    dashboard_auth.configure(app, settings)
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
@@ -55,8 +58,8 @@ def callback_prefix(settings: Settings) -> str:
         raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
                           f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
     prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
-    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks") or prefix.startswith(("/payment/", "/events/",
-                                                                                       "/webhooks/")):
+    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks", "/dashboard") or prefix.startswith(
+            ("/payment/", "/events/", "/webhooks/", "/dashboard/")):
         raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
                           "use e.g. /callback/<token>")
     for name, entries in (("TRUSTED_CALLBACK_IPS", settings.trusted_callback_ips),
