@@ -143,7 +143,7 @@ def safe_next(target: str | None) -> str:
     """Where to go after signing in: a dashboard page on this server, never another site."""
     parts = urlsplit(target or "")
     if parts.scheme or parts.netloc or not parts.path.startswith("/dashboard") or "\\" in (target or ""):
-        return url_for(".feed")
+        return url_for("dashboard.feed")
     return target
 
 
