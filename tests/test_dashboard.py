@@ -3,10 +3,13 @@ the live stream's frames, a payment's page, exports and the SVG charts. The brow
 test_dashboard_browser.py."""
 import json
 import re
+import tomllib
+from fnmatch import fnmatch
 
 import pytest
 
 from callback_server import create_app
+from harness import ROOT
 from mpesa_agent.server import dashboard_auth
 from mpesa_agent.server.charts import nice_ceiling, stacked_bars
 from mpesa_agent.server.dashboard import safe_next
@@ -159,8 +162,8 @@ def test_the_stream_sends_each_change_as_a_row_and_settled_ones_with_the_reason_
     pay(app, "ws_CO_2", 1032, description="soda")
     sent = frames(signed_in.get("/dashboard/stream?timeout=0").get_data(as_text=True))
     said = [data["say"] for _, data in sent if data["say"]]
-    assert said[0].startswith("✅ M-Pesa payment received: KES 500 from 0712345678 for lunch. Receipt NLJ7RT61SV")
-    assert said[1] == "❌ M-Pesa payment not completed: KES 500 from 0712345678 for soda: Request cancelled by user."
+    assert said[0].startswith("M-Pesa payment received: KES 500 from 0712345678 for lunch. Receipt NLJ7RT61SV")
+    assert said[1] == "M-Pesa payment not completed: KES 500 from 0712345678 for soda: Request cancelled by user."
     last = [data for _, data in sent if data["checkout_request_id"] == "ws_CO_2"][-1]
     assert last["status"] == "failed" and 'id="p-ws_CO_2"' in last["row"] and "not paid" in last["row"]
     resumed = frames(signed_in.get("/dashboard/stream?timeout=0", headers={"Last-Event-ID": str(sent[1][0])})
@@ -224,3 +227,12 @@ def test_charts_scale_to_a_round_top_and_escape_labels():
     svg = str(stacked_bars([{"day": "<b>", "completed": 3, "failed": 1}, {"day": "x", "completed": 0}], "day",
                            (("completed", "paid"), ("failed", "not paid")), "Payments"))
     assert svg.count("<rect") == 2 and "&lt;b&gt;: 3 paid" in svg and "<b>" not in svg
+
+
+def test_every_template_and_asset_is_package_data():
+    package = ROOT / "mpesa_agent" / "server"
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mpesa_agent.server"]
+    files = [path.relative_to(package).as_posix() for folder in ("templates", "static")
+             for path in (package / folder).rglob("*") if path.is_file()]
+    assert len(files) >= 10
+    assert [name for name in files if not any(fnmatch(name, pattern) for pattern in globs)] == []

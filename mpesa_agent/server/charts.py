@@ -8,8 +8,9 @@ from typing import Sequence
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 720, 220
-LEFT, RIGHT, TOP, BOTTOM = 40, 8, 10, 34  # room for the axis labels
-MAX_LABELS = 12
+LEFT, RIGHT, TOP, BOTTOM = 40, 8, 18, 34  # room for the axis labels
+MAX_LABELS = 8  # axis labels at most, so that they stay apart on a phone
+MAX_BAR = 48  # a bar's widest, when there are few buckets
 
 
 def stacked_bars(buckets: Sequence[dict], key: str, series: Sequence[tuple[str, str]], title: str,
@@ -20,7 +21,7 @@ def stacked_bars(buckets: Sequence[dict], key: str, series: Sequence[tuple[str, 
     top = nice_ceiling(max(totals, default=0))
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     slot = plot_w / max(1, len(buckets))
-    bar = max(1.0, slot * 0.75)
+    bar = min(MAX_BAR, max(1.0, slot * 0.75))
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(title)}" '
              f'xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>']
     for tick in (0, top / 2, top):

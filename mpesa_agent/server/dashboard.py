@@ -180,12 +180,13 @@ def live_frame(event: Event) -> str:
 
 def announcement(event_type: str, payment: dict) -> str | None:
     """The sentence a settled payment is announced with: who paid what, or why not, in words."""
+    shown = {**payment, "amount": kes(payment["amount"])}
     if event_type == EventType.PAYMENT_COMPLETED:
-        return "✅ " + render(event_type, payment)
+        return render(event_type, shown)
     if event_type == EventType.PAYMENT_FAILED:  # the reason in our words ("Request cancelled by user"), not a code
-        return "❌ " + render(event_type, {**payment, "result_desc": None})
+        return render(event_type, {**shown, "result_desc": None})
     if event_type == EventType.PAYMENT_UNKNOWN:
-        return (f"⚠️ M-Pesa payment needs review: KES {kes(payment['amount'])} from {phone(payment['phone_number'])}"
+        return (f"M-Pesa payment needs review: KES {shown['amount']} from {phone(payment['phone_number'])}"
                 f": {payment.get('review') or payment.get('reason') or 'no final answer from M-Pesa'}.")
     return None
 

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
           f"{'allowed' if settings.webhooks_allow_private_urls else 'refused'}\n"
           f"Callback server on http://{args.host}:{args.port} (gevent, up to {args.connections} connections, "
-          f"{args.per_source} per address)", flush=True)
+          f"{args.per_source} per address)\n"
+          f"Dashboard: http://{args.host}:{args.port}/dashboard (sign in with the API key)", flush=True)
     server = wsgi_server(app, args.host, args.port, args.connections, args.per_source, args.header_timeout)
     reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
     dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
