@@ -95,15 +95,15 @@ def test_a_payment_appears_live_and_turns_completed_without_a_reload(signed_in, 
     page.wait_for_selector("#live-status[data-state=live]")
     page.evaluate("window.notReloaded = true")
     checkout_id = chromium.push(stack, WAITING_PHONE, 75, "live lunch")
-    expect_text(row(page, checkout_id), "waiting")
+    expect_badge(page, checkout_id, "waiting")
     act(stack, checkout_id)
-    expect_text(row(page, checkout_id), "paid")
+    expect_badge(page, checkout_id, "paid")
     assert "Receipt" in row(page, checkout_id).inner_text()
     expect_text(page.locator("#announcements li").first, "M-Pesa payment received: KES 75 from 0711000111 for live lunch. Receipt")
     failed = chromium.push(stack, WAITING_PHONE, 30, "cancelled one")
-    expect_text(row(page, failed), "waiting")
+    expect_badge(page, failed, "waiting")
     act(stack, failed, 1032)
-    expect_text(row(page, failed), "not paid")
+    expect_badge(page, failed, "not paid")
     expect_text(page.locator("#announcements li").first, "Request cancelled by user")
     assert "1032" not in page.locator("#announcements").inner_text()
     assert page.evaluate("window.notReloaded") is True
@@ -174,6 +174,10 @@ def test_a_form_without_the_sessions_csrf_token_is_refused(signed_in, stack):
 
 def expect_text(locator, text: str) -> None:
     expect(locator).to_contain_text(text, timeout=TIMEOUT_MS)
+
+
+def expect_badge(page, checkout_id: str, words: str) -> None:
+    expect(row(page, checkout_id).locator(".badge")).to_have_text(words, timeout=TIMEOUT_MS)
 
 
 def wait_for_status(stack, checkout_id: str, status: str) -> None:

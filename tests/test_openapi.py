@@ -25,9 +25,10 @@ def documented(spec: dict) -> set[tuple[str, str]]:
 
 
 def routes(app) -> set[tuple[str, str]]:
-    """Flask's rules as OpenAPI paths: `<checkout_request_id>` -> `{checkout_request_id}`."""
+    """Flask's rules as OpenAPI paths: `<checkout_request_id>` -> `{checkout_request_id}`. The dashboard's
+    HTML pages (/dashboard*) are for people signed in with a cookie, not part of the API for programs."""
     return {(re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method)
-            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+            for rule in app.url_map.iter_rules() if not rule.endpoint.startswith("dashboard.")
             for method in rule.methods - {"HEAD", "OPTIONS"}}
 
 
