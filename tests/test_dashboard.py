@@ -209,6 +209,7 @@ def test_history_pages_older_by_cursor(app, signed_in):
     first = signed_in.get("/dashboard/history?limit=2").get_data(as_text=True)
     assert "ws_CO_2" in first and "ws_CO_1" in first and "ws_CO_0" not in first
     older = re.search(r'id="older" href="([^"]+)"', first).group(1).replace("&amp;", "&")
+    assert "limit=2" in older
     second = signed_in.get(older).get_data(as_text=True)
     assert "ws_CO_0" in second and "ws_CO_2" not in second and 'id="older"' not in second
 

@@ -43,7 +43,7 @@ CHART_SERIES = (("completed", "paid"), ("failed", "not paid"), ("unknown", "need
 DEFAULT_PERIOD = "last_7_days"
 PERIOD_CHOICES = [(name, name.replace("_", " ").capitalize()) for name in PERIODS]
 PUBLIC_ENDPOINTS = frozenset({"dashboard.sign_in", "dashboard.static"})
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 
 blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_folder="templates",
@@ -200,8 +200,9 @@ def history():
     found, next_cursor = ([], None) if problem else payment_history.history(manager().store, **filters)
     shown = {name: request.args.get(name, "") for name in payment_history.FILTERS}
     chosen = {name: value for name, value in shown.items() if value.strip()}
+    carried = {**chosen, "limit": request.args["limit"]} if request.args.get("limit") else chosen  # by "older"
     return render_template("dashboard/history.html", payments=found, next_cursor=next_cursor, filters=shown,
-                           chosen=chosen, problem=problem, paged=bool(request.args.get("cursor")),
+                           chosen=chosen, carried=carried, problem=problem, paged=bool(request.args.get("cursor")),
                            states=STATUS_CHOICES), 400 if problem else 200
 
 

@@ -7,7 +7,8 @@
   var rows = document.getElementById("feed-rows");
   var news = document.getElementById("announcements");
   var state = document.getElementById("live-status");
-  var KEEP = 20;
+  var KEEP_SAID = 20;
+  var KEEP_ROWS = 200;
 
   function show(name, text) {
     state.dataset.state = name;
@@ -23,6 +24,7 @@
       old.replaceWith(row);
     } else {
       rows.prepend(row);
+      while (rows.children.length > KEEP_ROWS) rows.lastElementChild.remove();
     }
     row.classList.add("flash");
     var empty = document.getElementById("feed-rows-empty");
@@ -34,7 +36,7 @@
     item.className = "say status-" + status;
     item.textContent = text;
     news.prepend(item);
-    while (news.children.length > KEEP) news.lastElementChild.remove();
+    while (news.children.length > KEEP_SAID) news.lastElementChild.remove();
   }
 
   var source = new EventSource(live.dataset.stream);
