@@ -590,6 +590,9 @@ def make_history_tools(payments: Payments) -> list:
         counts = {state: figures["by_status"][state]["count"] for state in ("completed", "failed", "pending", "unknown")}
         collected = figures["by_status"]["completed"]["amount"]
         rate = figures.get("completion_rate")
+        if not figures["count"]:
+            return {"status": "success", "period": words, "collected": 0, **counts, "requests": 0,
+                    "completion_rate": None, "failure_reasons": [], "message": f"No payment requests {words}."}
         lines = [f"💰 You collected {collected:,} KSh {words} from {counts['completed']} paid "
                  f"request{'s' if counts['completed'] != 1 else ''}."]
         others = [f"{counts[s]} {w}" for s, w in (("failed", "failed"), ("pending", "still pending"),

@@ -339,8 +339,8 @@ def _report(text: str, slots: Message) -> str | None:
     if _LAST.search(text):
         return LAST
     status = _status_in(text)
-    if status == "unpaid" and re.search(r"\b(?:who|nani|which|wepi|list|show|onyesha|nionyeshe|ambao|unpaid)\b",
-                                        text, re.IGNORECASE):
+    if status and re.search(r"\b(?:who|nani|which|what|wepi|zipi|gani|list|show|onyesha|nionyeshe|ambao|unpaid)\b",
+                            text, re.IGNORECASE):
         return LIST
     if slots.phone and re.search(r"\b(?:payments|requests|transactions|history|malipo)\b", text, re.IGNORECASE):
         return LIST

@@ -162,7 +162,7 @@ def decide(contents: list[types.Content]) -> Call | Say:
         if last.name == LAST_TOOL:
             return Say(_reply_to_last(args, last.data))
         if last.name in (LIST_TOOL, TOTALS_TOOL):
-            return Say(_sentence(str(last.data.get("message") or "I got no answer from the payment records.")))
+            return Say(str(last.data.get("message") or "I got no answer from the payment records."))
         return _next_in_batch(events, reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
@@ -283,6 +283,8 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Call(SEND_TOOL, {**_send_args(pending), "confirm_repeat": True}), None
     if pending and msg.intent == NO:
         return Say("OK, I did not send it again."), None
+    if msg.intent == STATUS and chat.draft and not chat.payments and not msg.phone and not msg.checkout_id:
+        return Say(f"Nothing has been sent in this chat yet. {_questions(chat.draft)}"), chat.draft
     if msg.intent == STATUS:
         return _status(chat, msg), None
     if msg.intent == LAST:
@@ -514,6 +516,8 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
+        if checkout_id and str(checkout_id) not in message:  # every answer about a payment names it
+            return f"{_sentence(message)}{ref}\n{hint}".strip()
         return f"{_sentence(message)}\n{hint}".strip()
     if not status and "rejected" in message.lower():  # ADK's answer when the person rejected the push
         return (f"🛑 Not sent: you rejected the request{f' for {what}' if amount else ''} to {who}. "
