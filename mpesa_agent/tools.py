@@ -463,6 +463,16 @@ def _period(name: str) -> tuple[str, str, str] | dict:
     return stamp(since), stamp(until), PERIOD_WORDS[key]
 
 
+def _phone_filter(phone_number) -> str | dict:
+    """The MSISDN to filter on ("" for none), or an error the model can act on."""
+    if not str(phone_number or "").strip():
+        return ""
+    try:
+        return normalize_phone(phone_number)
+    except InvalidPhoneNumber as exc:
+        return error(f"{exc}.")
+
+
 def make_history_tools(payments: Payments) -> list:
     """Three read-only tools over the callback server's stored payments (GET /payment/history, /payment/analytics)."""
     tracking = payments.tracking
@@ -490,12 +500,9 @@ def make_history_tools(payments: Payments) -> list:
             stored record, and `line`, the payment as the merchant reads it; `status` "not_found" when
             there is none.
         """
-        phone = ""
-        if str(phone_number or "").strip():
-            try:
-                phone = normalize_phone(phone_number)
-            except InvalidPhoneNumber as exc:
-                return error(f"{exc}.")
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
         page = await read(tracking.history, phone=phone, limit=1)
         if page.get("status") == "error":
             return page
@@ -529,12 +536,9 @@ def make_history_tools(payments: Payments) -> list:
         if isinstance(span, dict):
             return span
         since, until, words = span
-        phone = ""
-        if str(phone_number or "").strip():
-            try:
-                phone = normalize_phone(phone_number)
-            except InvalidPhoneNumber as exc:
-                return error(f"{exc}.")
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
         try:
             limit = max(1, min(int(limit), LIST_LIMIT))
         except (TypeError, ValueError):
