@@ -25,3 +25,13 @@ def test_the_benchmark_runs_and_prints_every_row():
         assert row is not None, f"no row {label!r} in:\n{out}"
         assert "FAILED" not in row, f"{row}\n{done.stderr[-3000:]}"
     assert "10 held, 10 answered" in out and "Server CPU per request, one at a time:" in out
+
+
+def test_the_history_benchmark_runs_and_prints_every_row():
+    done = subprocess.run([sys.executable, "-m", "bench.history", "--payments", "3000", "--samples", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for label in ("history page (50), newest", "history page (50), phone", "history page (50), unpaid, deep page",
+                  "history page, every filter", "analytics, one month (~250 payments)"):
+        assert f"| {label} |" in done.stdout, done.stdout
+    assert "Targets: page p99 <= 50 ms, a month's analytics <= 500 ms: " in done.stdout

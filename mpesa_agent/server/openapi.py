@@ -211,7 +211,7 @@ SCHEMAS.update({
                 "properties": {"count": _COUNT, "p50": {"type": ["number", "null"], "minimum": 0},
                                "p90": {"type": ["number", "null"], "minimum": 0},
                                "sampled": {"type": "boolean",
-                                           "description": "true: only the newest 200,000 callbacks were used."}}},
+                                           "description": "true: only the newest 50,000 callbacks of the period were used."}}},
             "by_day": {"type": "array", "description": "Every Kenyan day of the period, oldest first.", "items": {
                 "type": "object", "required": ["date", *_BUCKET], "additionalProperties": False,
                 "properties": {"date": {"type": "string", "format": "date"}, **_BUCKET}}},
