@@ -202,13 +202,11 @@ class CallbackManager:
         failure = None
         with self.store.transaction() as tx:
             callback_id = tx.insert_callback(raw_body, headers, source_addr)
-            tx.conn.execute("SAVEPOINT apply")
             try:
-                result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
+                with tx.savepoint("apply"):
+                    result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
             except Exception as exc:
-                tx.conn.execute("ROLLBACK TO apply")  # raises if SQLite rolled everything back: nothing stored
                 failure = exc
-            tx.conn.execute("RELEASE apply")
         if failure is not None:
             self.store.note_write_failure(failure)
             log.error("callback #%d stored but not applied; it is applied again as soon as writes work",

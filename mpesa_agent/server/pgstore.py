@@ -59,7 +59,7 @@ CREATE TRIGGER events_are_never_changed BEFORE UPDATE OR DELETE ON events
 
 def subscribed(events_json: str, event_type: str) -> str:
     """SQL: the endpoint whose JSON array `events_json` is wants events of `event_type` (PostgreSQL)."""
-    return f"({events_json}::jsonb @> '[\"*\"]'::jsonb OR {events_json}::jsonb @> jsonb_build_array({event_type}::text))"
+    return f"EXISTS (SELECT 1 FROM jsonb_array_elements_text(({events_json})::jsonb) AS t (v) WHERE v IN ('*', {event_type}))"
 
 
 # The event, its webhook outbox rows and its announcement in one round trip.
@@ -145,6 +145,13 @@ class PgTransaction(Transaction):
             self._locked.add(checkout_request_id)
         return super().payment(checkout_request_id)
 
+    def _state(self):
+        return len(self.appended), set(self._locked)
+
+    def _restore(self, state) -> None:
+        del self.appended[state[0]:]
+        self._locked = state[1]  # a rolled-back savepoint releases the locks taken in it
+
     def callback(self, callback_id: int):
         """The stored callback, locked until the commit: two processes never apply it at once."""
         return _callback(self.conn.execute("SELECT * FROM callbacks WHERE id = ? FOR UPDATE", (callback_id,)).fetchone())
@@ -204,6 +211,8 @@ class PostgresStore(SqlStore):
         if listen:
             self._listener = threading.Thread(target=self._listen, name="pg-listen", daemon=True)
             self._listener.start()
+
+    subscribed = staticmethod(subscribed)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.described})"
@@ -306,6 +315,8 @@ class PostgresStore(SqlStore):
                     self._saw_events(self.last_event_id())  # whatever was missed while not listening
                     while not self._closing.is_set():
                         for note in conn.notifies(timeout=1.0):
+                            if note.payload == f"{self.token} stop":
+                                return
                             self._announced(note.payload)
             except psycopg.Error as exc:
                 if self._closing.is_set():
@@ -325,6 +336,12 @@ class PostgresStore(SqlStore):
 
     def close(self) -> None:
         self._closing.set()
+        if self._listener is not None and self._listener.is_alive():
+            try:  # wake the listener now rather than at its next timeout
+                with self._pool.connection(timeout=1) as raw:
+                    raw.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{self.token} stop"))
+            except psycopg.Error:
+                pass
         for conn in self._leaders.values():
             conn.close()
         self._pool.close()

@@ -238,6 +238,26 @@ class Transaction:
         self.conn = conn
         self.appended: list[tuple[int, str, str | None]] = []  # (id, type, checkout id) of the events appended
 
+    @contextmanager
+    def savepoint(self, name: str = "apply") -> Iterator[None]:
+        """A part of the transaction that an exception undoes alone (its events are forgotten too)."""
+        state = self._state()
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")  # raises if SQLite rolled everything back: nothing stored
+            self._restore(state)
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        self.conn.execute(f"RELEASE {name}")
+
+    def _state(self):
+        return len(self.appended)
+
+    def _restore(self, state) -> None:
+        del self.appended[state:]
+
     def payment(self, checkout_request_id: str) -> Payment | None:
         return _payment(self.conn.execute(
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
@@ -336,6 +356,11 @@ class SqlStore:
         """Remember that the database refused a write (disk full, I/O error), until one succeeds."""
         if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, INTEGRITY_ERRORS):
             self.write_failure = f"{type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def subscribed(events_json: str, event_type: str) -> str:
+        """SQL: the endpoint's JSON array of event types `events_json` includes `event_type` (or "*")."""
+        return subscribed(events_json, event_type)
 
     def leader(self, name: str) -> bool:
         """Is this process the one that runs background job `name`? One process per SQLite file: yes."""
