@@ -41,3 +41,13 @@ def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
         assert row is not None, f"no row {label!r} in:\n{done.stdout}"
         assert "FAILED" not in row and "SKIPPED" not in row, row
         assert "errors" not in row or " 0 errors" in row, row
+
+
+def test_the_history_benchmark_runs_and_prints_every_row():
+    done = subprocess.run([sys.executable, "-m", "bench.history", "--payments", "3000", "--samples", "3"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for label in ("history page (50), newest", "history page (50), phone", "history page (50), unpaid, deep page",
+                  "history page, every filter", "analytics, one month (~250 payments)"):
+        assert f"| {label} |" in done.stdout, done.stdout
+    assert "Targets: page p99 <= 50 ms, a month's analytics <= 500 ms: " in done.stdout

@@ -113,7 +113,12 @@ class Row(tuple):
 
 def _rows(cursor):
     names = [column.name for column in cursor.description] if cursor.description else []
-    return lambda values: Row(values, names)
+    return lambda values: Row([_whole(v) for v in values], names)
+
+
+def _whole(value):
+    """SUM() of integers is `numeric` in PostgreSQL: read whole numbers as int, as SQLite gives them."""
+    return int(value) if type(value) is Decimal and value == value.to_integral_value() else value
 
 
 class Connection:

@@ -37,7 +37,8 @@ from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks
+SCHEMA_VERSION = 4  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: history indexes (issue 11)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -123,6 +124,13 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
     success INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_endpoint ON webhook_attempts (endpoint_id, id);
+
+-- Issue 11, payment history (server/history.py): keyset pages newest first on (created_at,
+-- checkout_request_id), alone or after an equality filter on status or phone; receipts of any status.
+CREATE INDEX IF NOT EXISTS payments_by_created ON payments (created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_status_created ON payments (status, created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_receipt ON payments (receipt);
 """
 SQLITE_ONLY = """
 CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
