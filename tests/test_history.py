@@ -13,16 +13,19 @@ from harness import Stack
 from mpesa_agent.payments.periods import EAT, period
 from mpesa_agent.server import history as h
 from mpesa_agent.server.manager import CallbackManager
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import Store, open_store
 from mpesa_agent.tools import Payments, make_tools
 from test_callback_manager import callback_body
 
 TOKEN = "7a1c0ffee7a1c0ffee7a1c0ffee7a1c0"
 
 
+pytestmark = pytest.mark.stores  # each store-level test on SQLite and on PostgreSQL (tests/conftest.py)
+
+
 @pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "payments.db")
+def store(db_target):
+    store = open_store(db_target)
     yield store
     store.close()
 
@@ -194,6 +197,7 @@ def plan(store, **filters) -> str:
     ({}, "payments_by_created"), ({"status": "failed"}, "payments_by_status_created"),
     ({"phone": "0712345678"}, "payments_by_phone"), ({"since": "2026-11-01"}, "payments_by_created"),
 ])
+@pytest.mark.sqlite_only  # SQLite's EXPLAIN QUERY PLAN
 def test_a_history_page_reads_an_index_in_order_without_sorting(store, filters, index):
     found = plan(store, **filters)
     assert index in found and "TEMP B-TREE" not in found, found

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -14,6 +13,7 @@ from mpesa_agent.server import history as reports
 from mpesa_agent.server.http import error, json_object, manager, seconds, settings
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
+from mpesa_agent.server.store import DATABASE_ERRORS
 
 log = logging.getLogger("callback_server")
 
@@ -119,10 +119,10 @@ def health():
     config, callbacks = settings(), manager()
     try:
         counts = callbacks.store.counts()
-    except sqlite3.Error as exc:
-        log.error("health: database %s not usable: %s", config.payments_db, exc)
-        return error(503, f"database not usable: {exc}", db=str(config.payments_db))
-    body = {"status": "ok", "db": str(config.payments_db), **counts, "waiting": callbacks.waiting(),
+    except DATABASE_ERRORS as exc:
+        log.error("health: database %s not usable: %s", callbacks.store.described, exc)
+        return error(503, f"database not usable: {exc}", db=callbacks.store.described)
+    body = {"status": "ok", "db": callbacks.store.described, **counts, "waiting": callbacks.waiting(),
             "rejected": callbacks.rejected}
     if callbacks.store.write_failure:  # callbacks may be stored but not applied: say so, loudly
         return jsonify({**body, "status": "degraded", "error": f"the database refuses writes "
