@@ -15,6 +15,8 @@ from mpesa_agent.server.charts import nice_ceiling, stacked_bars
 from mpesa_agent.server.dashboard import safe_next
 from tests.test_callback_manager import callback_body
 
+pytestmark = pytest.mark.stores  # the pages read through the store interface: run on SQLite and PostgreSQL
+
 TOKEN = "0123456789abcdef0123456789abcdef"  # conftest's MPESA_CALLBACK_URL
 KEY = "test-api-key"
 PAGES = ("/dashboard", "/dashboard/history", "/dashboard/history.csv", "/dashboard/history.json",
