@@ -245,6 +245,7 @@ class Transaction:
     def __init__(self, conn):
         self.conn = conn
         self.appended: list[tuple[int, str, str | None]] = []  # (id, type, checkout id) of the events appended
+        self.queued = 0  # webhook deliveries queued (or made deliverable again): the dispatcher is woken
 
     @contextmanager
     def savepoint(self, name: str = "apply") -> Iterator[None]:
@@ -300,7 +301,7 @@ class Transaction:
         event_id = self.conn.execute(
             "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?) RETURNING id",
             (str(type), checkout_request_id, now, event_json(data))).fetchone()[0]
-        self.conn.execute(FAN_OUT, (event_id, time.time(), now, str(type)))
+        self.queued += self.conn.execute(FAN_OUT, (event_id, time.time(), now, str(type))).rowcount
         self.appended.append((event_id, str(type), checkout_request_id))
         return event_id
 
@@ -334,11 +335,12 @@ class Transaction:
 class _Batch:
     """Write transactions that share one commit (one fsync)."""
 
-    __slots__ = ("done", "error", "appended")
+    __slots__ = ("done", "error", "appended", "queued")
 
     def __init__(self):
         self.done, self.error = False, None
         self.appended: list[tuple[int, str, str | None]] = []  # the events its blocks appended
+        self.queued = 0  # webhook deliveries its blocks queued
 
 
 class SqlStore:
@@ -350,7 +352,9 @@ class SqlStore:
     def __init__(self):
         self._new_events = threading.Condition()  # notified when events are committed: event readers look again
         self.known_last_event_id = 0  # the newest event id known to be committed (set by commits and polls)
-        self.commit_listeners: list[Callable[[], None]] = []  # called after every commit (the webhook dispatcher)
+        # Called after a commit that queued webhook deliveries (the dispatcher), this process's or
+        # (PostgreSQL) another's: not after every commit, so an idle dispatcher costs nothing per callback.
+        self.outbox_listeners: list[Callable[[], None]] = []
         # Called with (type, checkout id) of each committed event, this process's or (PostgreSQL) another's.
         self.event_listeners: list[Callable[[str, str | None], None]] = []
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
@@ -374,15 +378,16 @@ class SqlStore:
         """Is this process the one that runs background job `name`? One process per SQLite file: yes."""
         return True
 
-    def _committed(self, appended: list[tuple[int, str, str | None]]) -> None:
+    def _committed(self, appended: list[tuple[int, str, str | None]], queued: int = 0) -> None:
         """After a commit: wake event readers, tell the listeners (appended: (id, type, checkout id))."""
         if appended:
             self._saw_events(max(event_id for event_id, _, _ in appended))
         for _, event_type, checkout_id in appended:
             for listener in self.event_listeners:
                 listener(event_type, checkout_id)
-        for listener in self.commit_listeners:
-            listener()
+        if queued:
+            for listener in self.outbox_listeners:
+                listener()
 
     def record_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None) -> int:
@@ -578,6 +583,7 @@ class Store(SqlStore):
                     yield tx
                     self._writer.execute("RELEASE tx")
                     batch.appended += tx.appended
+                    batch.queued += tx.queued
                 except BaseException as exc:
                     failure = exc
                     self.note_write_failure(exc)
@@ -644,7 +650,7 @@ class Store(SqlStore):
                         current.done, current.error = True, error
                     self._commits.notify_all()
                 if current is not None and error is None:
-                    self._committed(current.appended)
+                    self._committed(current.appended, current.queued)
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
 
