@@ -22,6 +22,7 @@ from google.adk.tools import FunctionTool, ToolContext
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.daraja.client import UNKNOWN_ID_REASON
+from mpesa_agent.daraja.push import push_and_register
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
@@ -99,17 +100,18 @@ class Payments:
         refusal = self._guard(msisdn, amount, confirm_repeat)
         if refusal:
             return refusal
+        def register(ack) -> None:
+            self.tracking.register(ack.checkout_request_id, msisdn, amount, context, ack.merchant_request_id)
+
         try:
-            ack = await self._blocking(
-                self.daraja.stk_push, msisdn, amount, _account_reference(context),
-                context or "Payment", self.settings.callback_url)
+            pushed = await self._blocking(push_and_register, self.daraja, register, msisdn, amount, context,
+                                          self.settings.callback_url)
         except DarajaError as exc:
             return self._push_failed(msisdn, amount, exc)
-        checkout_id = ack.checkout_request_id
+        checkout_id = pushed.ack.checkout_request_id
         _remember(self._sent, checkout_id, (msisdn, amount, context))
-        log.info("push %s accepted for %s KES %d", checkout_id, masked_phone(msisdn), amount)
-        registered = await self._register(ack, msisdn, amount, context)
-        if not registered:
+        registered = pushed.registered
+        if not registered:  # tracked by STK Query instead
             _remember(self._untracked, checkout_id, self.clock())
         if not wait_for_completion:
             return notes.pending_notification(
@@ -206,17 +208,6 @@ class Payments:
             if pushes and pushes[-1][1] == amount:
                 pushes.pop()
 
-    async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
-        try:
-            await self._blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
-                                 context, ack.merchant_request_id)
-            return True
-        except TrackingUnavailable as exc:
-            log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        except TrackingRejected as exc:
-            log.warning("register %s refused (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        return False
-
     async def _wait(self, checkout_id: str, deadline: float) -> dict:
         """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down.
 
@@ -298,11 +289,6 @@ class Payments:
             details = {**notes.payment_details(amount, phone_number=msisdn), "VerifiedBy": "STK Query"}
             return notes.success_notification(checkout_id, amount, msisdn, context, details)
         return notes.failure_notification(checkout_id, result.reason or result.result_desc)
-
-
-def _account_reference(context: str) -> str:
-    """Daraja's AccountReference: alphanumeric, at most 12 characters, shown to the customer."""
-    return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"
 
 
 def agent_tools(payments: Payments) -> list:
