@@ -109,17 +109,20 @@ def recent():
 
 @blueprint.get("/payment/bulk/<batch_id>")
 def report(batch_id: str):
-    """The batch's progress and outcome; `<id>.csv` is every item as CSV."""
-    as_csv = batch_id.endswith(".csv")
-    batch_id = batch_id.removesuffix(".csv")
+    """The batch's progress and outcome; `?items=true` adds every item."""
     flag = request.args.get("items", "false").strip().lower()
     if flag not in TRUE + FALSE:
         return error(400, f"items must be true or false, got {flag[:20]!r}")
-    found = batches().report(batch_id, with_items=as_csv or flag in TRUE)
+    found = batches().report(batch_id, with_items=flag in TRUE)
+    return jsonify(found) if found is not None else unknown_batch(batch_id)
+
+
+@blueprint.get("/payment/bulk/<batch_id>.csv")
+def report_csv(batch_id: str):
+    """Every item of the batch, with its outcome, as CSV."""
+    found = batches().report(batch_id, with_items=True)
     if found is None:
         return unknown_batch(batch_id)
-    if not as_csv:
-        return jsonify(found)
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
