@@ -1,4 +1,4 @@
-"""Wires the root agent: the two payment tools on the process's Payments, the instruction, and the model choice."""
+"""Wires the root agent: the payment tools on the process's Payments, the instruction, and the model choice."""
 from google.adk.agents import Agent
 
 from mpesa_agent.config import Settings
@@ -9,7 +9,7 @@ from mpesa_agent.tools import Payments, agent_tools
 settings = Settings.from_env()
 payments = Payments(settings)
 tools = agent_tools(payments)  # the push behind ADK's confirmation above PAYMENT_CONFIRM_ABOVE
-send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:]
+send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:3]
 
 root_agent = Agent(
     name="mpesa_agent",

@@ -1,4 +1,5 @@
-"""The agent's two tools: send an STK Push and track it, and check a payment's status.
+"""The agent's tools: send an STK Push and track it, check a payment's status, wait for one, and
+bulk requests (many people at once, sent by the callback server) with their progress.
 
 `make_tools(payments)` builds them bound to one `Payments`; `mpesa_agent.agent` wires the process's.
 Both are `async` (a waiting sync tool freezes `adk web`); blocking HTTP runs in a thread.
@@ -37,6 +38,10 @@ RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback serv
 REMEMBERED_PAYMENTS = 10_000  # per Payments, for STK Query fallbacks; the oldest are forgotten
 BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments runs at once
 TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
+BULK_TOOL, BULK_STATUS_TOOL = "request_bulk_payment", "bulk_payment_status"
+BULK_POLL_SECONDS = 1.0  # how often a waiting bulk_payment_status reads the batch
+BULK_SHOWN = 50  # people listed by name in a bulk answer; the rest are counted
+LAST_BATCH_ID = "mpesa_last_batch_id"  # session state: the bulk request this chat sent last
 
 
 def _remember(memory: dict, key: str, value) -> None:
@@ -150,6 +155,39 @@ class Payments:
         except TrackingUnavailable as exc:
             log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
         return await self._query_once(checkout_id)
+
+    async def bulk(self, rows, description: str = "") -> dict:
+        """Start a bulk request on the callback server: `rows` are `phone,amount[,reference]` lines."""
+        rows = str(rows or "").strip()
+        if not rows:
+            return error("Not sent: the list is empty. Give one phone,amount per line.")
+        description = " ".join(str(description or "").split())[:100]
+        try:
+            answer = await self._blocking(self.tracking.bulk_create, rows, description)
+        except TrackingRejected as exc:
+            problems = [f"line {p.get('line')}: {p.get('reason')}" for p in exc.body.get("problems") or []]
+            return error(f"Not sent: {exc}.", problems=problems[:BULK_SHOWN])
+        except TrackingUnavailable as exc:  # never sent again by itself: the list may be queued already
+            return error(f"The callback server did not answer ({exc}), so I cannot tell whether the list was queued. "
+                         "Don't send it again before checking its bulk requests (GET /payment/bulk).")
+        return bulk_answer(answer["batch"], accepted=True)
+
+    async def bulk_status(self, batch_id, wait: bool = False) -> dict:
+        """A bulk request's progress; with `wait`, once everyone has answered (or after PAYMENT_WAIT_SECONDS)."""
+        batch_id = str(batch_id or "").strip()
+        if not batch_id.startswith("bat_"):
+            return error("Which bulk request? There is none in this chat yet; give its ID (bat_...).")
+        deadline = self.clock() + (self.settings.wait_seconds if wait else 0)
+        while True:
+            try:
+                report = await self._blocking(self.tracking.bulk_report, batch_id)
+            except TrackingRejected as exc:
+                return error(f"The callback server refused: {exc}.", batch_id=batch_id)
+            except TrackingUnavailable as exc:
+                return error(f"Could not reach the callback server ({exc}); ask again in a moment.", batch_id=batch_id)
+            if report["settled"] or self.clock() >= deadline:
+                return bulk_answer(report)
+            await asyncio.sleep(max(0.0, min(BULK_POLL_SECONDS, deadline - self.clock())))
 
     async def _blocking(self, function, *args):
         """Run blocking HTTP off the event loop, on this object's own thread pool."""
@@ -291,10 +329,80 @@ class Payments:
         return notes.failure_notification(checkout_id, result.reason or result.result_desc)
 
 
+def bulk_answer(report: dict, accepted: bool = False) -> dict:
+    """What the bulk tools answer: the counts, who has not paid and why, and a message for people."""
+    not_paid = [{"phone_number": display_phone(item["phone_number"]), "amount": item["amount"],
+                 "outcome": item["outcome"], "reason": item["reason"]} for item in report.get("not_paid", [])]
+    status = "accepted" if accepted else ("settled" if report["settled"] else "in_progress")
+    what = f" for {report['description']}" if report.get("description") else ""
+    if accepted:
+        message = (f"📤 {report['item_count']} payment requests{what}, {report['total_amount']:,} KSh in all, are "
+                   "queued: the server sends the prompts one by one.")
+    else:
+        message = f"{'✅' if status == 'settled' else '⏳'} {report['summary']}{what}."
+        message += "".join(f"\n- {i['phone_number']} ({i['amount']:,} KSh): {i['reason']}" for i in not_paid[:BULK_SHOWN])
+    return {"status": status, "batch_id": report["id"], "message": message, "summary": report["summary"],
+            "description": report.get("description", ""), "item_count": report["item_count"],
+            "total_amount": report["total_amount"], "paid_amount": report["paid_amount"],
+            "counts": {name: value["count"] for name, value in report["by_outcome"].items() if value["count"]},
+            "not_paid": not_paid[:BULK_SHOWN], "not_paid_count": len(not_paid)}
+
+
+def make_bulk_tools(payments: Payments) -> list:
+    """The bulk tools: start a bulk request (behind ADK's confirmation in agent_tools), and follow it."""
+
+    async def request_bulk_payment(rows: str, description: str = "", tool_context: ToolContext = None) -> dict:
+        """Ask several customers to pay at once (a bulk request): each phone gets one M-Pesa prompt, sent by
+        the callback server at a pace Daraja accepts. Call it only after showing the person the whole list
+        and the total; they approve or reject the call before anything is sent.
+
+        Args:
+            rows: One customer per line as CSV: "phone,amount" or "phone,amount,reference", e.g.
+                "0712345678,500\n0722000000,500,June". A header line is allowed.
+            description: What the requests are for, e.g. "chama contribution" (a row without a reference uses it).
+
+        Returns:
+            A dict with `status` "accepted" (then call bulk_payment_status with wait=True), or "error" with a
+            `message` and `problems` (each bad line and why; nothing was sent). Also `batch_id`, `summary`,
+            `item_count`, `total_amount`.
+        """
+        try:
+            result = await payments.bulk(rows, description)
+            if tool_context is not None and result.get("batch_id"):
+                tool_context.state[LAST_BATCH_ID] = result["batch_id"]
+            return result
+        except Exception as exc:
+            log.exception("request_bulk_payment failed")
+            return error(f"Something went wrong while sending the bulk request ({type(exc).__name__}). "
+                         "Check the callback server's bulk requests before trying again.")
+
+    async def bulk_payment_status(batch_id: str = "", wait: bool = False, tool_context: ToolContext = None) -> dict:
+        """How a bulk request is going: how many paid, who has not paid and why (no M-Pesa call).
+
+        Args:
+            batch_id: The bulk request's ID (bat_...); empty means the one this chat sent last.
+            wait: True right after request_bulk_payment: wait (up to about 2 minutes) until everyone has answered.
+
+        Returns:
+            A dict with `status` ("settled", "in_progress" or "error"), `summary` (e.g. "28 of 30 paid,
+            1 cancelled, 1 did not answer"), `counts`, `paid_amount`, `not_paid` (phone, amount, reason) and a
+            `message` to show the person.
+        """
+        batch_id = batch_id or (tool_context.state.get(LAST_BATCH_ID, "") if tool_context else "")
+        try:
+            return await payments.bulk_status(batch_id, wait)
+        except Exception as exc:
+            log.exception("bulk_payment_status failed")
+            return error(f"Something went wrong while checking the bulk request ({type(exc).__name__}).",
+                         batch_id=batch_id)
+
+    return [request_bulk_payment, bulk_payment_status]
+
+
 def agent_tools(payments: Payments) -> list:
-    """The agent's three tools as ADK wires them: a push above PAYMENT_CONFIRM_ABOVE (and within
-    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway) is approved or rejected by the person
-    through ADK's tool confirmation before anything is sent (adk web shows the step)."""
+    """The agent's tools as ADK wires them: a push above PAYMENT_CONFIRM_ABOVE (and within
+    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway), and every bulk request, is approved or
+    rejected by the person through ADK's tool confirmation before anything is sent (adk web shows the step)."""
     send, status = make_tools(payments)
     settings = payments.settings
 
@@ -306,7 +414,9 @@ def agent_tools(payments: Payments) -> list:
             return False  # the tool refuses it, with its own message
         return whole > settings.confirm_above
 
-    return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments)]
+    bulk, bulk_status = make_bulk_tools(payments)
+    return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments),
+            FunctionTool(bulk, require_confirmation=True), bulk_status]
 
 
 def make_tools(payments: Payments) -> list:
