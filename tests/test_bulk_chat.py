@@ -28,13 +28,13 @@ def test_request_from_each_for_the_chama_is_approved_sent_and_summed_up(stack):
                               "who hasn't paid?")
     assert turn.approvals == 1
     [(bulk, args), (status, wait)] = turn.calls
-    assert (bulk, status) == (BULK, STATUS) and wait["wait"] is True
+    assert (bulk, status, wait) == (BULK, STATUS, {"wait": True})  # the tool knows the chat's batch
     assert args == {"rows": "0712300001,510\n0700001032,510\n0700001037,510\n", "description": "chama"}
     assert "A bulk request for chama: 3 people, 1,530 KSh in all:\n1. 510 KSh from 0712300001" in turn.reply
     assert "✅ 1 of 3 paid, 1 cancelled, 1 did not answer (chama): 510 KSh of 1,530 KSh collected." in turn.reply
     assert "- 0700001032 (510 KSh): Request cancelled by user" in turn.reply
     assert [stack.pushes_to(p)[0]["amount"] for p in ("254712300001", "254700001032", "254700001037")] == [510] * 3
-    assert unpaid.calls == [(STATUS, {"batch_id": wait["batch_id"]})] and unpaid.approvals == 0
+    assert unpaid.calls == [(STATUS, {})] and unpaid.approvals == 0
     assert "- 0700001037 (510 KSh): No response from the customer" in unpaid.reply
 
 

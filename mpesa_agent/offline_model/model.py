@@ -297,8 +297,8 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Say("OK, I did not send it again."), None
     if msg.intent == UNPAID or (msg.intent == STATUS and not msg.checkout_id and not msg.phone and chat.last_result
                                 and chat.last_result[0] == BULK_TOOL):
-        if chat.batch_id:
-            return Call(BULK_STATUS_TOOL, {"batch_id": chat.batch_id}), None
+        if chat.batch_id:  # no id: the tool reads the chat's last bulk request from the session
+            return Call(BULK_STATUS_TOOL, {}), None
         return _status(chat, msg), None
     if msg.intent == STATUS:
         return _status(chat, msg), None
@@ -374,7 +374,7 @@ def _bulk_sent(result: dict) -> Call | Say:
     status = str(result.get("status") or "").lower()
     if status == "accepted" and result.get("batch_id"):
         what = f" for {result['description']}" if result.get("description") else ""
-        return Call(BULK_STATUS_TOOL, {"batch_id": result["batch_id"], "wait": True},
+        return Call(BULK_STATUS_TOOL, {"wait": True},
                     say=f"📤 Sending {result.get('item_count')} payment prompts{what} "
                         f"({_money(result.get('total_amount'))} in all). I'll tell you when everyone has answered…")
     message = str(result.get("message") or result.get("error") or "").strip()
