@@ -166,7 +166,10 @@ class Payments:
             answer = await self._blocking(self.tracking.bulk_create, rows, description)
         except TrackingRejected as exc:
             problems = [f"line {p.get('line')}: {p.get('reason')}" for p in exc.body.get("problems") or []]
-            return error(f"Not sent: {exc}.", problems=problems[:BULK_SHOWN])
+            if problems:
+                return error("Not sent: some lines have a problem, and nothing goes out until every line is right. "
+                             "Fix them and send the whole list again.", problems=problems[:BULK_SHOWN])
+            return error(f"Not sent: {exc}.")
         except TrackingUnavailable as exc:  # never sent again by itself: the list may be queued already
             return error(f"The callback server did not answer ({exc}), so I cannot tell whether the list was queued. "
                          "Don't send it again before checking its bulk requests (GET /payment/bulk).")

@@ -1,6 +1,7 @@
 """Bulk payment requests: validation (rules and API), and the durable job against real processes
 (the simulator and the callback server): mixed outcomes, kill -9 mid-batch, cancel, throttling."""
 import io
+import sqlite3
 import time
 from collections import Counter
 
@@ -8,7 +9,10 @@ import pytest
 import requests
 
 from harness import Stack
-from mpesa_agent.payments.bulk import Problem, rows_from_csv, rows_from_json, summary, validate, ItemView
+from mpesa_agent.payments.bulk import ItemView, Row, rows_from_csv, rows_from_json, summary, validate
+from mpesa_agent.server.batches import Batches
+from mpesa_agent.server.manager import CallbackManager
+from mpesa_agent.server.store import SCHEMA_VERSION, Store
 
 AUTH = {"Authorization": "Bearer test-api-key"}
 SETTLE_WITHIN = 60.0  # seconds: a hang guard, never a timing assertion
@@ -231,3 +235,20 @@ def test_daraja_throttling_slows_the_batch_without_losing_or_repeating_items(tmp
     assert Counter(t["phone_number"] for t in transactions) == Counter({msisdn(p): 1 for p in numbers})
     times = sorted(t["created_at"] for t in transactions)
     assert times[-1][:19] > times[0][:19]  # spread over more than one second: the batch was slowed
+
+
+def test_a_version_3_database_gets_the_bulk_tables_and_payments_batch_id(tmp_path):
+    path = tmp_path / "v3.db"
+    Store(path).close()
+    with sqlite3.connect(path) as conn:  # as version 3 left it
+        conn.executescript("DROP TABLE batch_items; DROP TABLE batches; ALTER TABLE payments DROP COLUMN batch_id;"
+                           "PRAGMA user_version = 3;")
+    store = Store(path)
+    try:
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 4
+        batch_id = Batches(store).create("chama", [Row(1, "254712345678", 500)], [])
+        CallbackManager(store).register("ws_CO_v3", "0712345678", 500, "chama", batch_id=batch_id)
+        assert store.payment("ws_CO_v3").batch_id == batch_id
+        assert Batches(store).report(batch_id)["summary"] == "0 of 1 paid, 1 not sent yet"
+    finally:
+        store.close()

@@ -160,7 +160,7 @@ def test_older_databases_get_the_webhook_tables(tmp_path):
                            "PRAGMA user_version = 2;")
     store = Store(path)
     try:
-        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 3
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION >= 3
         assert Outbox(store).list() == [] and Outbox(store).counts() == {}
     finally:
         store.close()
