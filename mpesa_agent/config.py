@@ -108,7 +108,7 @@ class Settings:
     callback_url: str = field(default="", repr=False)
     callback_server_url: str = "http://127.0.0.1:8001"
     callback_api_key: str = field(default="", repr=False)
-    payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
+    payments_db: Path | str = PROJECT_ROOT / "data" / "payments.db"  # a SQLite file, or a postgresql:// URL
     max_amount: int = 150_000
     confirm_above: int = 10_000  # a larger push needs the person's approval (ADK confirmation; confirm=true over MCP)
     rate_limit_count: int = 5
@@ -157,7 +157,8 @@ class Settings:
         if env not in BASE_URLS:
             raise ConfigError(f"MPESA_ENV must be one of {', '.join(BASE_URLS)}, got {env!r}")
         shortcode = (values.get("MPESA_SHORTCODE") or SANDBOX_SHORTCODE).strip()
-        db = Path(values.get("PAYMENTS_DB") or "data/payments.db")
+        db_setting = (values.get("PAYMENTS_DB") or "data/payments.db").strip()
+        db = db_setting if db_setting.startswith(("postgresql://", "postgres://")) else Path(db_setting)
         return cls(
             mpesa_env=env,
             consumer_key=(values.get("MPESA_CONSUMER_KEY") or "").strip(),
@@ -170,7 +171,7 @@ class Settings:
             callback_url=(values.get("MPESA_CALLBACK_URL") or "").strip(),
             callback_server_url=(values.get("CALLBACK_SERVER_URL") or "http://127.0.0.1:8001").strip().rstrip("/"),
             callback_api_key=(values.get("CALLBACK_API_KEY") or "").strip(),
-            payments_db=db if db.is_absolute() else root / db,
+            payments_db=db if isinstance(db, str) or db.is_absolute() else root / db,
             max_amount=_int(values, "PAYMENT_MAX_AMOUNT", 150_000),
             confirm_above=_int(values, "PAYMENT_CONFIRM_ABOVE", 10_000),
             rate_limit_count=_int(values, "PAYMENT_RATE_LIMIT_COUNT", 5),

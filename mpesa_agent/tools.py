@@ -1,7 +1,10 @@
-"""The agent's tools: send an STK Push and track it, check a payment's status, wait for one, and
-bulk requests (many people at once, sent by the callback server) with their progress.
+"""The agent's tools: send an STK Push and track it, check a payment's status, wait for it, read
+the stored history (the last payment, a filtered list, the totals of a period), and bulk requests
+(many people at once, sent by the callback server) with their progress.
 
-`make_tools(payments)` builds them bound to one `Payments`; `mpesa_agent.agent` wires the process's.
+`make_tools(payments)` builds the brief's two bound to one `Payments`; `agent_tools(payments)` all of
+them, as `mpesa_agent.agent` wires the process's. The history tools read the callback server, not
+the chat, so they answer the same in every chat.
 Both are `async` (a waiting sync tool freezes `adk web`); blocking HTTP runs in a thread.
 They never raise at the model: every problem comes back as a dict with a message for a person.
 """
@@ -15,6 +18,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
@@ -27,6 +31,7 @@ from mpesa_agent.daraja.push import push_and_register
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
+from mpesa_agent.payments.periods import EAT, PERIODS, InvalidTime, period as period_span, stamp
 from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
 from mpesa_agent.tracking import TrackingClient, TrackingRejected, TrackingUnavailable
@@ -403,9 +408,10 @@ def make_bulk_tools(payments: Payments) -> list:
 
 
 def agent_tools(payments: Payments) -> list:
-    """The agent's tools as ADK wires them: a push above PAYMENT_CONFIRM_ABOVE (and within
-    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway), and every bulk request, is approved or
-    rejected by the person through ADK's tool confirmation before anything is sent (adk web shows the step)."""
+    """The agent's tools as ADK wires them (send, status, wait, the history tools, then the bulk tools): a
+    push above PAYMENT_CONFIRM_ABOVE (and within PAYMENT_MAX_AMOUNT, above which the tool refuses anyway),
+    and every bulk request, is approved or rejected by the person through ADK's tool confirmation before
+    anything is sent (adk web shows the step)."""
     send, status = make_tools(payments)
     settings = payments.settings
 
@@ -419,7 +425,7 @@ def agent_tools(payments: Payments) -> list:
 
     bulk, bulk_status = make_bulk_tools(payments)
     return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments),
-            FunctionTool(bulk, require_confirmation=True), bulk_status]
+            *make_history_tools(payments), FunctionTool(bulk, require_confirmation=True), bulk_status]
 
 
 def make_tools(payments: Payments) -> list:
@@ -518,3 +524,191 @@ def __getattr__(name: str):
         from mpesa_agent import agent  # late: agent.py imports this module
         return getattr(agent, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+HISTORY_TOOL_NAMES = ("last_payment", "find_payments", "payment_totals")
+LIST_LIMIT = 20  # payments one chat answer lists, at most
+UNPAID_SCAN = 200  # payments read to find who has not paid (the newest request per phone)
+PERIOD_WORDS = {"today": "today", "yesterday": "yesterday", "this_week": "this week", "last_week": "last week",
+                "this_month": "this month", "last_month": "last month", "last_7_days": "in the last 7 days",
+                "last_30_days": "in the last 30 days"}
+STATUS_MARKS = {"completed": "✅", "failed": "❌", "pending": "⏳", "unknown": "❔"}
+
+
+def payment_line(payment: dict) -> str:
+    """One stored payment as the merchant reads it, ending with its checkout ID."""
+    phone, amount = display_phone(payment["phone_number"]), f"{payment['amount']:,} KSh"
+    purpose = f" for {payment['description']}" if payment.get("description") else ""
+    when = datetime.fromisoformat(payment["created_at"]).astimezone(EAT).strftime("%d %b %H:%M")
+    status = payment["status"]
+    if status == COMPLETED:
+        what = f"{phone} paid {amount}{purpose}" + (f", receipt {payment['receipt']}" if payment.get("receipt") else "")
+    elif status == FAILED:
+        what = f"{phone} did not pay {amount}{purpose}: {payment.get('reason') or 'failed'}"
+    elif status == PENDING:
+        what = f"{phone} has not answered the prompt for {amount}{purpose} yet"
+    else:
+        what = f"{phone}, {amount}{purpose}: outcome unknown ({payment.get('reason') or 'no final answer'})"
+    return f"{STATUS_MARKS.get(status, '')} {when}: {what}. Checkout ID: {payment['checkout_request_id']}"
+
+
+def _period(name: str) -> tuple[str, str, str] | dict:
+    """(since, until, words) of a named period, or an error the model can act on."""
+    key = str(name or "").strip().lower().replace(" ", "_")
+    try:
+        since, until = period_span(key, datetime.now(timezone.utc))
+    except InvalidTime:
+        return error(f"I don't know the period {name!r}; use one of {', '.join(PERIODS)}.")
+    return stamp(since), stamp(until), PERIOD_WORDS[key]
+
+
+def _phone_filter(phone_number) -> str | dict:
+    """The MSISDN to filter on ("" for none), or an error the model can act on."""
+    if not str(phone_number or "").strip():
+        return ""
+    try:
+        return normalize_phone(phone_number)
+    except InvalidPhoneNumber as exc:
+        return error(f"{exc}.")
+
+
+def make_history_tools(payments: Payments) -> list:
+    """Three read-only tools over the callback server's stored payments (GET /payment/history, /payment/analytics)."""
+    tracking = payments.tracking
+
+    async def read(function, *args, **kwargs) -> dict:
+        try:
+            return await payments._blocking(functools.partial(function, *args, **kwargs))
+        except TrackingRejected as exc:
+            return error(f"The callback server refused the question: {exc}.")
+        except TrackingUnavailable as exc:
+            return error(f"I can't reach the payment records right now ({exc}); try again in a moment.")
+
+    async def last_payment(phone_number: str = "") -> dict:
+        """The newest payment request, of one customer or of anyone, from the stored records (any chat).
+
+        Use it for "did 0712345678 pay?" when this chat has no payment to that number, "my last
+        payment", "last payment ilienda aje", and "did it go through?" before any payment in this chat.
+
+        Args:
+            phone_number: The customer's number in any Kenyan form; empty means the newest of all.
+
+        Returns:
+            The payment's status notification (`status`, `message`, `payment_status`,
+            `checkout_request_id`, and `payment_details` or `error_message`) with `payment`, the
+            stored record, and `line`, the payment as the merchant reads it; `status` "not_found" when
+            there is none.
+        """
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
+        page = await read(tracking.history, phone=phone, limit=1)
+        if page.get("status") == "error":
+            return page
+        if not page.get("payments"):
+            whom = f" to {display_phone(phone)}" if phone else ""
+            return {"status": "not_found", "message": f"I have no payment request{whom} on record yet."}
+        record = page["payments"][0]
+        return {**notes.notification_for(record), "payment": record, "line": payment_line(record)}
+
+    async def find_payments(status: str = "", period: str = "", phone_number: str = "", limit: int = 10) -> dict:
+        """List stored payment requests, newest first, each with its checkout ID (any chat's).
+
+        Use it for "which payments failed this week?", "who hasn't paid?" (status "unpaid"),
+        "pending payments today", "payments from 0712345678".
+
+        Args:
+            status: "completed", "failed", "pending", "unknown", or "unpaid": the customers whose
+                latest request in the period is not paid (one line per customer). Empty: all.
+            period: today, yesterday, this_week, last_week, this_month, last_month, last_7_days or
+                last_30_days; empty: any time ("unpaid" defaults to last_7_days).
+            phone_number: Only this customer's requests (any Kenyan form).
+            limit: At most this many lines (1-20).
+
+        Returns:
+            `status` "success", `count`, `payments` (the stored records) and `message`: one line per
+            payment, to show as it is.
+        """
+        wanted = str(status or "").strip().lower()
+        unpaid = wanted == "unpaid"
+        span = _period(period or ("last_7_days" if unpaid else "")) if (period or unpaid) else ("", "", "")
+        if isinstance(span, dict):
+            return span
+        since, until, words = span
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
+        try:
+            limit = max(1, min(int(limit), LIST_LIMIT))
+        except (TypeError, ValueError):
+            limit = 10
+        page = await read(tracking.history, status="" if unpaid else wanted, phone=phone, since=since, until=until,
+                          limit=UNPAID_SCAN if unpaid else limit)
+        if page.get("status") == "error":
+            return page
+        found = page.get("payments", [])
+        if unpaid:  # the newest request per phone, when it is not paid
+            newest: dict[str, dict] = {}
+            for record in found:
+                newest.setdefault(record["phone_number"], record)
+            found = [record for record in newest.values() if record["status"] != COMPLETED][:limit]
+        kind = wanted
+        scope = " ".join(part for part in (words, f"to {display_phone(phone)}" if phone else "") if part)
+        if not found:
+            if unpaid:
+                return {"status": "success", "count": 0, "payments": [],
+                        "message": f"Everyone you asked {words} has paid." if words else "Everyone has paid."}
+            return {"status": "success", "count": 0, "payments": [],
+                    "message": f"No {kind + ' ' if kind else ''}payment requests{' ' + scope if scope else ''}."}
+        if unpaid:
+            head = f"{len(found)} customer{'s' if len(found) != 1 else ''} {'have' if len(found) != 1 else 'has'} " \
+                   f"not paid{' ' + scope if scope else ''}:"
+        else:
+            more = " (the newest)" if page.get("next_cursor") else ""
+            head = f"{len(found)} {kind + ' ' if kind else ''}payment request{'s' if len(found) != 1 else ''}" \
+                   f"{' ' + scope if scope else ''}{more}:"
+        return {"status": "success", "count": len(found), "payments": found,
+                "message": "\n".join([head, *(payment_line(record) for record in found)])}
+
+    async def payment_totals(period: str = "today") -> dict:
+        """How much was collected in a period, and how many requests were paid, failed or are pending.
+
+        Use it for "how much did I collect today?", "nimepokea ngapi leo", "total this week".
+
+        Args:
+            period: today, yesterday, this_week, last_week, this_month, last_month, last_7_days or last_30_days.
+
+        Returns:
+            `status` "success", `collected` (KES of completed payments), counts per state (`completed`,
+            `failed`, `pending`, `unknown`), `completion_rate` (completed / (completed + failed), or
+            null), `failure_reasons` and `message`, to show as it is.
+        """
+        span = _period(period or "today")
+        if isinstance(span, dict):
+            return span
+        since, until, words = span
+        figures = await read(tracking.analytics, since, until)
+        if figures.get("status") == "error":
+            return figures
+        counts = {state: figures["by_status"][state]["count"] for state in ("completed", "failed", "pending", "unknown")}
+        collected = figures["by_status"]["completed"]["amount"]
+        rate = figures.get("completion_rate")
+        if not figures["count"]:
+            return {"status": "success", "period": words, "collected": 0, **counts, "requests": 0,
+                    "completion_rate": None, "failure_reasons": [], "message": f"No payment requests {words}."}
+        lines = [f"💰 You collected {collected:,} KSh {words} from {counts['completed']} paid "
+                 f"request{'s' if counts['completed'] != 1 else ''}."]
+        others = [f"{counts[s]} {w}" for s, w in (("failed", "failed"), ("pending", "still pending"),
+                                                   ("unknown", "unknown")) if counts[s]]
+        if others:
+            lines.append(f"Of {figures['count']} requests, " + ", ".join(others) + ".")
+        if rate is not None:
+            lines.append(f"Completion rate: {rate:.0%}.")
+        if figures.get("failure_reasons"):
+            lines.append("Failures: " + "; ".join(f"{r['reason']} ({r['count']})" for r in figures["failure_reasons"][:3])
+                         + ".")
+        return {"status": "success", "period": words, "collected": collected, **counts, "requests": figures["count"],
+                "completion_rate": rate, "failure_reasons": figures.get("failure_reasons", []),
+                "message": "\n".join(lines)}
+
+    return [last_payment, find_payments, payment_totals]

@@ -1,4 +1,5 @@
-"""HTTP client of the callback server's /payment/* API, used by the agent's tools."""
+"""HTTP client of the callback server's /payment/* API (register, status, wait, history, analytics), used by
+the agent's tools."""
 from __future__ import annotations
 
 import logging
@@ -66,6 +67,14 @@ class TrackingClient:
         """Long-poll until the payment settles or `timeout` seconds pass."""
         return self._call("GET", f"/payment/wait/{checkout_request_id}",
                           params={"timeout": int(max(0, timeout))}, read_timeout=timeout + READ_TIMEOUT)
+
+    def history(self, **filters) -> dict:
+        """A page of stored payments, newest first: `{"payments": [...], "next_cursor": ...}`."""
+        return self._call("GET", "/payment/history", params={k: v for k, v in filters.items() if v not in (None, "")})
+
+    def analytics(self, since: str, until: str) -> dict:
+        """Counts, KES totals, completion rate and failure reasons for payments created in [since, until)."""
+        return self._call("GET", "/payment/analytics", params={"since": since, "until": until})
 
     def bulk_create(self, rows_csv: str, description: str = "") -> dict:
         """Start a bulk request from `phone,amount[,reference]` lines (never retried: a second call is a second batch)."""

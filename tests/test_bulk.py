@@ -14,6 +14,7 @@ from mpesa_agent.server.batches import Batches
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.store import SCHEMA_VERSION, Store
 
+pytestmark = pytest.mark.stores  # every test taking db_kind (through app, client or db_target) runs on both stores
 AUTH = {"Authorization": "Bearer test-api-key"}
 SETTLE_WITHIN = 60.0  # seconds: a hang guard, never a timing assertion
 
@@ -121,8 +122,8 @@ def test_a_csv_arrives_as_a_body_or_as_a_multipart_file(client):
 # --- the durable job, with real processes -----------------------------------------------------
 
 
-def bulk_stack(tmp_path, rate: float, **env) -> Stack:
-    return Stack(tmp_path, SIMULATOR_CALLBACK_DELAY="0", BULK_PUSHES_PER_SECOND=str(rate),
+def bulk_stack(tmp_path, rate: float, db, **env) -> Stack:
+    return Stack(tmp_path, db=db, SIMULATOR_CALLBACK_DELAY="0", BULK_PUSHES_PER_SECOND=str(rate),
                  BULK_THROTTLE_PAUSE_SECONDS="0.2", RECONCILE_AFTER_SECONDS="1", **env)
 
 
@@ -157,11 +158,11 @@ def pushes(stack: Stack) -> Counter:
     return Counter(t["phone_number"] for t in stack.control("GET", "/transactions")["transactions"])
 
 
-def test_a_200_item_batch_with_mixed_outcomes_settles_with_exactly_the_expected_counts(tmp_path):
+def test_a_200_item_batch_with_mixed_outcomes_settles_with_exactly_the_expected_counts(tmp_path, db_target):
     numbers = phones(200)
     outcomes = {**{p: 1032 for p in numbers[:20]}, **{p: 1037 for p in numbers[20:35]},
                 **{p: 1 for p in numbers[35:45]}, **{p: 2001 for p in numbers[45:50]}}
-    with bulk_stack(tmp_path, rate=400) as stack:
+    with bulk_stack(tmp_path, rate=400, db=db_target) as stack:
         for phone, code in outcomes.items():
             stack.control("POST", "/rules", json={"phone": phone, "result_code": code})
         items = [{"phone_number": p, "amount": 100 + n, "reference": f"M{n}"} for n, p in enumerate(numbers)]
@@ -184,9 +185,9 @@ def test_a_200_item_batch_with_mixed_outcomes_settles_with_exactly_the_expected_
     assert events.count("batch.progress") >= 5
 
 
-def test_kill_9_twice_mid_batch_every_item_pushed_at_most_once_and_settled(tmp_path):
+def test_kill_9_twice_mid_batch_every_item_pushed_at_most_once_and_settled(tmp_path, db_target):
     numbers = phones(150, start=500)
-    with bulk_stack(tmp_path, rate=60) as stack:
+    with bulk_stack(tmp_path, rate=60, db=db_target) as stack:
         batch_id = start_batch(stack, [{"phone_number": p, "amount": 10} for p in numbers])
         for sent_at_least in (30, 80):
             wait_for(stack, batch_id, lambda r: r["item_count"] - r["by_outcome"]["queued"]["count"] >= sent_at_least)
@@ -204,9 +205,9 @@ def test_kill_9_twice_mid_batch_every_item_pushed_at_most_once_and_settled(tmp_p
     assert done["status"] == "sent" and done["settled"]
 
 
-def test_cancel_stops_the_pushes_not_yet_sent(tmp_path):
+def test_cancel_stops_the_pushes_not_yet_sent(tmp_path, db_target):
     numbers = phones(40, start=800)
-    with bulk_stack(tmp_path, rate=10) as stack:
+    with bulk_stack(tmp_path, rate=10, db=db_target) as stack:
         batch_id = start_batch(stack, [{"phone_number": p, "amount": 20} for p in numbers])
         wait_for(stack, batch_id, lambda r: r["by_outcome"]["completed"]["count"] >= 3)
         answer = stack.api("POST", f"/payment/bulk/{batch_id}/cancel").json()
@@ -222,9 +223,9 @@ def test_cancel_stops_the_pushes_not_yet_sent(tmp_path):
     assert done["summary"] == f"{40 - len(cancelled)} of 40 paid, {len(cancelled)} not sent (batch cancelled)"
 
 
-def test_daraja_throttling_slows_the_batch_without_losing_or_repeating_items(tmp_path):
+def test_daraja_throttling_slows_the_batch_without_losing_or_repeating_items(tmp_path, db_target):
     numbers = phones(40, start=900)
-    with bulk_stack(tmp_path, rate=200) as stack:
+    with bulk_stack(tmp_path, rate=200, db=db_target) as stack:
         stack.control("POST", "/rules", json={"scope": "all", "max_per_second": 10,
                                               "push_error": {"http_status": 429, "errorCode": "500.003.02",
                                                              "errorMessage": "Spike Arrest Violation"}})
@@ -237,15 +238,16 @@ def test_daraja_throttling_slows_the_batch_without_losing_or_repeating_items(tmp
     assert times[-1][:19] > times[0][:19]  # spread over more than one second: the batch was slowed
 
 
-def test_a_version_3_database_gets_the_bulk_tables_and_payments_batch_id(tmp_path):
+@pytest.mark.sqlite_only
+def test_a_version_4_database_gets_the_bulk_tables_and_payments_batch_id(tmp_path):
     path = tmp_path / "v3.db"
     Store(path).close()
-    with sqlite3.connect(path) as conn:  # as version 3 left it
+    with sqlite3.connect(path) as conn:  # as version 4 (the history indexes) left it
         conn.executescript("DROP TABLE batch_items; DROP TABLE batches; ALTER TABLE payments DROP COLUMN batch_id;"
-                           "PRAGMA user_version = 3;")
+                           "PRAGMA user_version = 4;")
     store = Store(path)
     try:
-        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 4
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 5
         batch_id = Batches(store).create("chama", [Row(1, "254712345678", 500)], [])
         CallbackManager(store).register("ws_CO_v3", "0712345678", 500, "chama", batch_id=batch_id)
         assert store.payment("ws_CO_v3").batch_id == batch_id

@@ -127,6 +127,24 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     for bad in ("status=paid", "limit=0", "limit=x"):
         assert call("/payments", "GET", f"/payments?{bad}", headers=AUTH).status_code == 400
     assert call("/payments", "GET", "/payments").status_code == 401
+    history = "/payment/history"
+    first = call(history, "GET", f"{history}?limit=2", headers=AUTH).get_json()
+    assert len(first["payments"]) == 2 and first["next_cursor"]
+    rest = call(history, "GET", f"{history}?limit=100&cursor={first['next_cursor']}", headers=AUTH).get_json()
+    assert rest["next_cursor"] is None and len(first["payments"] + rest["payments"]) == len(statuses)
+    for bad in ("status=paid", "phone=123", "limit=0", "cursor=x", "since=yesterday", "min_amount=0.5"):
+        assert call(history, "GET", f"{history}?{bad}", headers=AUTH).get_json()["parameter"] == bad.split("=")[0]
+    assert call(history, "GET", history).status_code == 401
+    exported = client.get(f"{history}.csv?status=completed", headers=AUTH)
+    assert (exported.status_code, exported.mimetype) == (200, "text/csv")
+    assert exported.get_data(as_text=True).count("\r\n") == 3  # the header and two payments
+    seen.add((f"{history}.csv", "GET", "200"))
+    assert call(f"{history}.csv", "GET", f"{history}.csv?status=paid", headers=AUTH).status_code == 400
+    assert call(f"{history}.csv", "GET", f"{history}.csv").status_code == 401
+    figures = call("/payment/analytics", "GET", "/payment/analytics", headers=AUTH).get_json()
+    assert figures["by_status"]["completed"]["count"] == 2 and figures["failure_reasons"][0]["result_codes"] == ["1032"]
+    assert call("/payment/analytics", "GET", "/payment/analytics?since=2026-13-01", headers=AUTH).status_code == 400
+    assert call("/payment/analytics", "GET", "/payment/analytics").status_code == 401
     page = call("/events", "GET", "/events?limit=5", headers=AUTH).get_json()
     assert len(page["events"]) == 5 and page["next_after"] == page["events"][-1]["id"]
     for bad in ("after=-1", "limit=0", "type=payment.paid", "checkout_request_id=a%20b"):

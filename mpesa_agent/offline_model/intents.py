@@ -1,7 +1,8 @@
-"""What one chat message asks for: intent, phone, amount, purpose, checkout ID. Pure text, no ADK.
+"""What one chat message asks for: intent, phone, amount, purpose, checkout ID, period. Pure text, no ADK.
 
 English and everyday Kenyan phrasing: "tuma 500 kwa 0712 345 678 ya lunch", "nitumie 1.5k",
-"Ksh. 1,200", "500 bob", "mia tano", "elfu moja mia tano", "2 thao".
+"Ksh. 1,200", "500 bob", "mia tano", "elfu moja mia tano", "2 thao"; and questions about past
+payments: "my last payment", "nimepokea ngapi leo", "which payments failed this week?", "nani hajalipa?".
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from phonenumbers.geocoder import country_name_for_number
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
 
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
-UNPAID = "unpaid"  # "who hasn't paid?": a bulk request's progress
+LAST, LIST, TOTALS = "last", "list", "totals"  # questions about stored payments, answered from any chat
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
 MORE_THAN_ONE_PHONE = "I see more than one phone number"
@@ -182,7 +183,10 @@ class Message:
     starts_with_purpose: bool = False
     correction: bool = False  # "no wait make it 250", "samahani ni 07..": replaces what was said before
     requests: tuple[Request, ...] = ()  # two or more payments, each phone with its own amount
+    period: str | None = None  # "today", "this_week", ... (payments/periods.py PERIODS)
+    status_filter: str | None = None  # for LIST: completed, failed, pending, unknown or unpaid
     problems: tuple[str, ...] = ()  # a pasted list's lines that cannot be read, each saying why
+    asks_who_paid: bool = False  # "who hasn't paid?", "nani hajalipa": about the chat's bulk request, if it has one
 
     @property
     def bulk(self) -> bool:
@@ -344,7 +348,74 @@ def _read(text: str) -> Message:
                   context=context, same_phone=same_phone,
                   starts_with_purpose=bool(context) and bool(_PURPOSE.match(text)))
     return Message(intent=_intent(text, checkout, Message(intent=OTHER, **fields)),
-                   checkout_id=checkout.group(0) if checkout else None, **fields)
+                   checkout_id=checkout.group(0) if checkout else None, period=_period_in(text),
+                   status_filter=_status_in(text), asks_who_paid=bool(_UNPAID_WORDS.search(text)), **fields)
+
+
+# Questions about stored payments. A period names Kenyan days; a status word filters a list.
+_PERIODS = (
+    ("last_7_days", r"(?:last|past) (?:7|seven) days|siku saba(?: zilizopita)?"),
+    ("last_30_days", r"(?:last|past) (?:30|thirty) days|siku thelathini"),
+    ("yesterday", r"yesterday|jana"),
+    ("last_week", r"last week|past week|wiki (?:iliyopita|jana)"),
+    ("this_week", r"this week|wiki hii|hii wiki"),
+    ("last_month", r"last month|mwezi (?:uliopita|jana)"),
+    ("this_month", r"this month|mwezi huu|hii mwezi"),
+    ("today", r"today|leo|this morning|tonight|so far"),
+)
+_PERIOD_WORDS = [(name, re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)) for name, pattern in _PERIODS]
+_UNPAID = re.compile(r"\b(?:unpaid|not (?:yet )?paid|(?:has|have|did|is|are)(?: not|n'?t) (?:yet )?paid|yet to pay|"
+                     r"hajalipa|hawajalipa|hawaja ?lipa|bado hajalipa|owes? me|wadeni|debtors?)\b", re.IGNORECASE)
+_STATUS_FILTERS = (
+    ("failed", r"fail(?:ed|s|ing)?|feli|imefeli|zilizofeli|yaliyofeli|ilifeli|zimefeli|hayakufaulu|"
+               r"zilizoshindwa|yaliyoshindwa|declined|cancell?ed|rejected"),
+    ("pending", r"pending|waiting|still open|inasubiri|zinasubiri|yanayosubiri|bado"),
+    ("completed", r"completed|successful|succeeded|paid ones|zilizolipwa|yaliyolipwa|zimelipwa|zilifaulu"),
+)
+_STATUS_FILTER_WORDS = [(name, re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)) for name, pattern in _STATUS_FILTERS]
+_TOTALS = re.compile(
+    r"\bhow much (?:money )?(?:did|have|has|had) (?:i|we)\b|\bhow much (?:came in|(?:have|has) come in|was paid|"
+    r"did (?:they|customers|people) pay)\b|\b(?:total|totals|takings|revenue|sales|mauzo|jumla|collections?)\b|"
+    r"\b(?:nimepokea|tumepokea|nimekusanya|tumekusanya|nimepata|tumepata|nimeingiza|tumeingiza|imeingia) "
+    r"(?:pesa )?(?:ngapi|kiasi gani)\b|\bpesa ngapi\b|\bngapi (?:leo|jana|wiki|mwezi)\b",
+    re.IGNORECASE)
+_LAST = re.compile(r"\b(?:last|latest|most recent|previous) (?:payment|one|request|transaction|prompt|push|stk|mpesa|malipo)s?\b|"
+                   r"\bmalipo ya mwisho\b|\b(?:request|payment) ya mwisho\b|\bya mwisho\b", re.IGNORECASE)
+_LIST = re.compile(r"\b(?:which|what|list|show|see|view|display|all|my|onyesha|nionyeshe|zipi|gani|nani|who)\b.{0,30}?"
+                   r"\b(?:payments?|requests?|transactions?|malipo|prompts?|customers?|wateja)\b|"
+                   r"\b(?:payments?|requests?|transactions?|malipo|prompts?)\b.{0,20}?\b(?:failed|fail|pending|"
+                   r"completed|successful|today|yesterday|this week|last week|leo|jana)\b|"
+                   r"\b(?:who|nani|which|wepi|gani)\b", re.IGNORECASE)
+
+
+def _period_in(text: str) -> str | None:
+    return next((name for name, words in _PERIOD_WORDS if words.search(text)), None)
+
+
+def _status_in(text: str) -> str | None:
+    if _UNPAID.search(text):
+        return "unpaid"
+    return next((name for name, words in _STATUS_FILTER_WORDS if words.search(text)), None)
+
+
+def _report(text: str, slots: Message) -> str | None:
+    """LAST, LIST or TOTALS for a question about stored payments (never with an amount: that is a request)."""
+    if slots.amount or slots.amount_problem:
+        return None
+    if _TOTALS.search(text) and not slots.phone:
+        return TOTALS
+    if _LAST.search(text):
+        return LAST
+    status = _status_in(text)
+    if status and re.search(r"\b(?:who|nani|which|what|wepi|zipi|gani|list|show|onyesha|nionyeshe|ambao|unpaid)\b",
+                            text, re.IGNORECASE):
+        return LIST
+    if slots.phone and re.search(r"\b(?:payments|requests|transactions|history|malipo)\b", text, re.IGNORECASE):
+        return LIST
+    if _LIST.search(text) and (status or _period_in(text) or re.search(
+            r"\b(?:payments|requests|transactions|malipo)\b", text, re.IGNORECASE)):
+        return LIST
+    return None
 
 
 # "Wanjiku owes me 350", "Otieno ananidai elfu moja": who owes is what the request is for.
@@ -368,8 +439,6 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     send, status = _SEND_WORDS.search(text), _STATUS_WORDS.search(text)
     if checkout:
         return STATUS
-    if _UNPAID_WORDS.search(text) and not slots.has_slots:
-        return UNPAID
     if bare in _YES and not slots.has_slots:
         return YES
     if (bare in _NO or _CANCEL.match(bare)) and not slots.has_slots:
@@ -378,6 +447,9 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
         return RETRY
     if _ABOUT.search(text) and not slots.has_slots:
         return HELP
+    report = _report(text, slots)
+    if report:
+        return report
     if send and not slots.has_slots and _NOT_A_PAYMENT.search(text):
         return OTHER  # "send me a joke", "how do I pay my KPLC bill?": the words, not the wish
     if send and (not status or send.start() < status.start()):
@@ -391,6 +463,7 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     return OTHER
 
 
+# "who hasn't paid?": about the chat's bulk request when it has one (else a question about stored payments).
 _UNPAID_WORDS = re.compile(
     r"\bwho(?:'s|\s+has|\s+have|\s+is|\s+are)?\s*(?:not|n't|hasn't|haven't|hasnt|havent|didn't|didnt|did not|has not|"
     r"have not|yet to)\s+(?:yet\s+)?pa(?:id|y)\b|\bwho(?:'s|\s+has|\s+have)?\s+(?:already\s+)?paid\b|"

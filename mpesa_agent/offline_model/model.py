@@ -10,14 +10,16 @@ import csv
 import io
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import AsyncGenerator
 
 from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import (HELP, MORE_THAN_ONE_PHONE, NO, RETRY, SEND, STATUS, UNPAID, YES,
-                                              Message, Request, understand)
+from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MORE_THAN_ONE_PHONE, NO, RETRY, SEND, STATUS, TOTALS,
+                                              YES, Message, Request, understand)
+from mpesa_agent.payments.periods import EAT
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 MODEL_NAME = "offline-mpesa"
@@ -28,6 +30,7 @@ BULK_TOOL = "request_bulk_payment"
 BULK_STATUS_TOOL = "bulk_payment_status"
 LISTED = 50  # people named in a bulk list or answer; the rest are counted
 TEXT_FILES = ("text/csv", "text/plain", "application/csv", "text/tab-separated-values", "application/vnd.ms-excel")
+LAST_TOOL, LIST_TOOL, TOTALS_TOOL = "last_payment", "find_payments", "payment_totals"  # the stored records
 
 ASK_AMOUNT = "How much should I request?"
 ASK_PHONE = "To which phone number? (e.g. 0712345678)"
@@ -41,10 +44,6 @@ HELP_TEXT = (
 REFUSAL = (
     "Sorry, I can only help with M-Pesa payment requests: I send an STK Push asking a phone's owner "
     "to pay this business, and tell you when it is paid. " + EXAMPLES
-)
-NO_PAYMENT_YET = (
-    "There is no payment in this chat yet, so I don't know which one to check. "
-    "Send me its checkout ID (it starts with ws_CO_)."
 )
 ASK_AGAIN_LATER = 'Ask me "did it go through?" in a minute and I\'ll check.'
 
@@ -171,6 +170,10 @@ def decide(contents: list[types.Content]) -> Call | Say:
             return _bulk_sent(last.data)
         if last.name == BULK_STATUS_TOOL:
             return Say(bulk_reply(last.data))
+        if last.name == LAST_TOOL:
+            return Say(_reply_to_last(args, last.data))
+        if last.name in (LIST_TOOL, TOTALS_TOOL):
+            return Say(str(last.data.get("message") or "I got no answer from the payment records."))
         return _next_in_batch(events, reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
@@ -295,15 +298,22 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Call(SEND_TOOL, {**_send_args(pending), "confirm_repeat": True}), None
     if pending and msg.intent == NO:
         return Say("OK, I did not send it again."), None
-    if msg.intent == UNPAID or (msg.intent == STATUS and not msg.checkout_id and not msg.phone and chat.last_result
-                                and chat.last_result[0] == BULK_TOOL):
-        if chat.batch_id:  # no id: the tool reads the chat's last bulk request from the session
-            return Call(BULK_STATUS_TOOL, {}), None
-        return _status(chat, msg), None
-    if msg.intent == STATUS:
-        return _status(chat, msg), None
+    if chat.batch_id and (msg.asks_who_paid or (msg.intent == STATUS and not msg.checkout_id and not msg.phone
+                                                and chat.last_result and chat.last_result[0] == BULK_TOOL)):
+        return Call(BULK_STATUS_TOOL, {}), None  # no id: the tool reads the chat's last bulk request
     if msg.intent == SEND and msg.bulk:
         return _bulk_request(msg), None
+    if msg.intent == STATUS and chat.draft and not chat.payments and not msg.phone and not msg.checkout_id:
+        return Say(f"Nothing has been sent in this chat yet. {_questions(chat.draft)}"), chat.draft
+    if msg.intent == STATUS:
+        return _status(chat, msg), None
+    if msg.intent == LAST:
+        return Call(LAST_TOOL, {"phone_number": msg.phone} if msg.phone else {}), None
+    if msg.intent == LIST:
+        wanted = {"status": msg.status_filter, "period": msg.period, "phone_number": msg.phone}
+        return Call(LIST_TOOL, {name: value for name, value in wanted.items() if value}), None
+    if msg.intent == TOTALS:
+        return Call(TOTALS_TOOL, {"period": msg.period or "today"}), None
     if msg.intent == RETRY:
         if chat.last_send:
             # "Try again" after a failed prompt is itself the confirmation the repeat guard asks for.
@@ -515,8 +525,7 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
         for checkout_id, phone in reversed(chat.payments):
             if phone == msg.phone:
                 return Call(STATUS_TOOL, {"checkout_request_id": checkout_id})
-        return Say(f"I have no payment to {msg.phone} in this chat. "
-                   "Send me its checkout ID (it starts with ws_CO_).")
+        return Call(LAST_TOOL, {"phone_number": msg.phone})  # asked in another chat: the stored records know
     tool, result = chat.last_result or ("", {})
     if tool == SEND_TOOL and not result.get("checkout_request_id"):
         earlier = " To check an earlier payment, send me its checkout ID (ws_CO_...)." if chat.payments else ""
@@ -527,7 +536,23 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
                    f"{result.get('message', '')}{earlier}")
     if chat.payments:
         return Call(STATUS_TOOL, {"checkout_request_id": chat.payments[-1][0]})
-    return Say(NO_PAYMENT_YET)
+    return Call(LAST_TOOL, {})  # a new chat: the newest payment on record, whichever chat sent it
+
+
+def _reply_to_last(args: dict, result: dict) -> str:
+    """The newest stored payment (of a phone), in the words of a status answer, with when it was asked."""
+    record = result.get("payment")
+    if not isinstance(record, dict):
+        return reply_to_result(STATUS_TOOL, args, result)
+    try:
+        asked = f" (asked {datetime.fromisoformat(record['created_at']).astimezone(EAT):%d %b %H:%M})"
+    except (KeyError, TypeError, ValueError):
+        asked = ""
+    facts = {"phone_number": record.get("phone_number"), "amount": record.get("amount"),
+             "context": record.get("description") or ""}
+    head = f"Last payment request to {_phone_of(facts)}{asked}:" if args.get("phone_number") else \
+        f"Your last payment request{asked}:"
+    return f"{head}\n{reply_to_result(STATUS_TOOL, facts, result)}"
 
 
 def reply_to_result(tool: str, args: dict, result: dict) -> str:
@@ -579,6 +604,8 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
+        if checkout_id and str(checkout_id) not in message:  # every answer about a payment names it
+            return f"{_sentence(message)}{ref}\n{hint}".strip()
         return f"{_sentence(message)}\n{hint}".strip()
     if not status and "rejected" in message.lower():  # ADK's answer when the person rejected the push
         return (f"🛑 Not sent: you rejected the request{f' for {what}' if amount else ''} to {who}. "

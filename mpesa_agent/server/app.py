@@ -17,7 +17,7 @@ from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import open_store
 
 log = logging.getLogger("callback_server")
 
@@ -31,7 +31,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MPESA_SETTINGS=settings, CALLBACK_PREFIX=prefix)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    store = Store(settings.payments_db)
+    store = open_store(settings.payments_db)
     app.extensions["callback_manager"] = CallbackManager(store, settings)
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
     app.extensions["batches"] = Batches(store)  # sent by serve.py's BulkSender (app.extensions["bulk_sender"])

@@ -6,9 +6,10 @@ its push goes out; the push's payment is registered and the item marked `sent` (
 id) in one transaction after Daraja accepts it. A server that dies in between leaves the item
 `sending`; at the next start it becomes `unknown` with a note and is never pushed again (its
 answer was lost: the customer may have a prompt). Only `queued` items are pushed, so after a
-kill -9 the batch resumes where it was. Daraja's throttling (spike arrest, quota, HTTP 429) means
-the push was not processed: the item goes back to `queued` and every push pauses, doubling the
-pause while it lasts. The payments themselves are ordinary ones carrying `batch_id`: callbacks and
+kill -9 the batch resumes where it was. On PostgreSQL one process sends (the store's leader lock),
+and the one that takes over after it died turns its `sending` items `unknown` the same way.
+Daraja's throttling (spike arrest, quota, HTTP 429) means the push was not processed: the item
+goes back to `queued` and every push pauses, doubling the pause while it lasts. The payments themselves are ordinary ones carrying `batch_id`: callbacks and
 the reconciler settle them as any other. SQL is portable (`?` placeholders, standard SQL).
 """
 from __future__ import annotations
@@ -39,6 +40,8 @@ log = logging.getLogger("callback_server.bulk")
 TICK = 1.0  # how often the sender looks for work (a new batch wakes it at once)
 MAX_PAUSE = 300.0  # the longest pause after Daraja throttles
 CLAIM_PAGE = 50  # queued items read at once
+INSERT_PAGE = 500  # items per INSERT (8 values each: under SQLite's 32,766 variables)
+LEADER = "bulk sender"  # on PostgreSQL one process sends (store.leader); SQLite has one process anyway
 REPEAT_WINDOW = 120  # Daraja's rule 17: the same amount to the same phone within 2 minutes is declined
 NOT_PAID = ("failed", "not_sent", "unknown", "cancelled", "pending", "queued", "sending")
 ITEM_COLUMNS = ("i.position, i.line, i.phone_number, i.amount, i.reference, i.state, i.note, i.checkout_request_id,"
@@ -76,11 +79,13 @@ class Batches:
                 f"INSERT INTO batches ({BATCH_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, NULL, NULL)",
                 (batch_id, description, str(BatchStatus.SENDING), len(rows), sum(row.amount for row in rows),
                  json.dumps([problem.to_dict() for problem in skipped]), now, now))
-            tx.conn.executemany(
-                "INSERT INTO batch_items (batch_id, position, line, phone_number, amount, reference, state, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(batch_id, position, row.line, row.phone_number, row.amount, row.reference, str(ItemState.QUEUED),
-                  now) for position, row in enumerate(rows, start=1)])
+            values = [(batch_id, position, row.line, row.phone_number, row.amount, row.reference,
+                       str(ItemState.QUEUED), now) for position, row in enumerate(rows, start=1)]
+            for start in range(0, len(values), INSERT_PAGE):  # multi-row INSERTs: both stores, few round trips
+                page = values[start:start + INSERT_PAGE]
+                tx.conn.execute("INSERT INTO batch_items (batch_id, position, line, phone_number, amount, reference,"
+                                " state, updated_at) VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(page)),
+                                tuple(value for row in page for value in row))
             self._event(tx, EventType.BATCH_STARTED, batch_id)
         log.info("batch %s: %d items, %d KES, %d rows skipped", batch_id, len(rows), sum(r.amount for r in rows),
                  len(skipped))
@@ -266,10 +271,10 @@ class BulkSender:
         self._next_push = 0.0
         self._paused_until = 0.0
         self._pause = 0.0
+        self._led = False  # was this process the sender at the last look
         self._thread: threading.Thread | None = None
 
     def start(self) -> "BulkSender":
-        self.batches.recover()
         self._stopped.clear()
         self._thread = threading.Thread(target=self._run, name="bulk-sender", daemon=True)
         self._thread.start()
@@ -287,11 +292,21 @@ class BulkSender:
             self._thread.join(timeout)
             self._thread = None
 
+    def _leading(self) -> bool:
+        """This process sends (PostgreSQL: the one holding the leader lock). On becoming the sender, items
+        left `sending` by the one before (dead: its lock is gone) become `unknown`, before any new push."""
+        leading = self.batches.store.leader(LEADER)
+        if leading and not self._led:
+            self.batches.recover()
+        self._led = leading
+        return leading
+
     def _run(self) -> None:
         while not self._stopped.is_set():
             try:
-                self.run_once()
-                self.batches.settle_finished()
+                if self._leading():
+                    self.run_once()
+                    self.batches.settle_finished()
             except Exception:  # a broken pass must not end the sender for good
                 log.exception("bulk sender: pass failed; trying again")
                 self._stopped.wait(TICK)
@@ -301,7 +316,7 @@ class BulkSender:
     def run_once(self) -> int:
         """Push queued items until none is left (or stopped); how many pushes were tried."""
         tried = 0
-        while not self._stopped.is_set():
+        while not self._stopped.is_set() and self._leading():
             page = self.batches.queued()
             if not page:
                 return tried

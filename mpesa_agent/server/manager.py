@@ -9,7 +9,6 @@ after the settling commit. The rules themselves live in payments/lifecycle.py.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from mpesa_agent.payments.lifecycle import (AWAITING_NOTE, CallbackEvidence, Dec
 from mpesa_agent.payments.record import InvalidRegistration, Payment, validate_registration
 from mpesa_agent.payments.states import (COMPLETED, FAILED, PENDING, UNKNOWN, CallbackOutcome, EventType,
                                          Reason, SettledBy, Verification)
-from mpesa_agent.server.store import RawCallback, Store, Transaction, utcnow
+from mpesa_agent.server.store import DATABASE_ERRORS, RawCallback, SqlStore, Transaction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,8 @@ REJECTED_SAMPLES_PER_MINUTE = 10
 REJECTED_BODY_BYTES = 2048
 REJECTED_HEADER_BYTES = 2048
 REJECTED_KEPT = 1000
+# A waiter wakes on these: the payment left `pending` (another process's commit is announced too).
+SETTLING_EVENTS = frozenset({EventType.PAYMENT_COMPLETED, EventType.PAYMENT_FAILED, EventType.PAYMENT_UNKNOWN})
 __all__ = ["AWAITING_NOTE", "CallbackManager", "InvalidRegistration", "RegistrationConflict", "UnknownPayment"]
 
 
@@ -86,7 +87,7 @@ class _Waiters:
 class CallbackManager:
     """Registers payments, applies evidence durably, logs events and wakes whoever waits."""
 
-    def __init__(self, store: Store, settings: Settings | None = None):
+    def __init__(self, store: SqlStore, settings: Settings | None = None):
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
@@ -94,6 +95,7 @@ class CallbackManager:
         # Called with a checkout id after a success callback is held for verification (the
         # reconciler sets it); without it, held payments wait for the reconciler's next start.
         self.on_unverified_success: Callable[[str], None] | None = None
+        store.event_listeners.append(self._on_event)  # settled by this process, or (PostgreSQL) by another
         self.rejected = 0  # refused callbacks since start (only a sample of them is stored)
         self._sample_budget, self._budget_at = float(REJECTED_SAMPLES_PER_MINUTE), time.monotonic()
         self.recover()
@@ -192,7 +194,7 @@ class CallbackManager:
         for callback_id in stored:
             try:
                 self.process_callback(callback_id)
-            except sqlite3.Error as exc:  # still refused: the next pass tries again
+            except DATABASE_ERRORS as exc:  # still refused: the next pass tries again
                 log.warning("callback #%d still not applied: %s", callback_id, exc)
                 break
             applied += 1
@@ -208,13 +210,11 @@ class CallbackManager:
         failure = None
         with self.store.transaction() as tx:
             callback_id = tx.insert_callback(raw_body, headers, source_addr)
-            tx.conn.execute("SAVEPOINT apply")
             try:
-                result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
+                with tx.savepoint("apply"):
+                    result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
             except Exception as exc:
-                tx.conn.execute("ROLLBACK TO apply")  # raises if SQLite rolled everything back: nothing stored
                 failure = exc
-            tx.conn.execute("RELEASE apply")
         if failure is not None:
             self.store.note_write_failure(failure)
             log.error("callback #%d stored but not applied; it is applied again as soon as writes work",
@@ -350,6 +350,10 @@ class CallbackManager:
             waiters.count -= 1
             if waiters.count == 0 and self._waiters.get(checkout_request_id) is waiters:
                 del self._waiters[checkout_request_id]
+
+    def _on_event(self, event_type: str, checkout_request_id: str | None) -> None:
+        if event_type in SETTLING_EVENTS and checkout_request_id:
+            self._wake(checkout_request_id)
 
     def _wake(self, checkout_request_id: str) -> None:
         with self._lock:

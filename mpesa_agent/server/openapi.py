@@ -37,6 +37,7 @@ SCHEMAS: dict[str, Any] = {
             "problems": {"type": "array", "items": {"$ref": "#/components/schemas/RowProblem"},
                          "description": "400 on POST /payment/bulk: every bad row, with its line and why."},
             "db": {"type": "string", "description": "503: the database file."},
+            "parameter": {"type": "string", "description": "400 on history and analytics: the wrong query parameter."},
         },
     },
     "Payment": payment_schema(),
@@ -174,6 +175,57 @@ SCHEMAS.update({
         "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
         "properties": {"checkout_request_id": {"type": "string"},
                        "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+    },
+})
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_BUCKET = {"count": _COUNT, "amount": {**_COUNT, "description": "KES registered, every state."},
+           **{state: _COUNT for state in STATES},
+           "completed_amount": {**_COUNT, "description": "KES of completed payments: what was collected."}}
+SCHEMAS.update({
+    "HistoryPage": {
+        "type": "object", "required": ["payments", "next_cursor"], "additionalProperties": False,
+        "properties": {"payments": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}},
+                       "next_cursor": {"type": ["string", "null"],
+                                       "description": "Pass as `cursor` for the next (older) page; null: none."}},
+    },
+    "Analytics": {
+        "type": "object", "additionalProperties": False,
+        "required": ["since", "until", "timezone", "count", "amount", "by_status", "completion_rate",
+                     "failure_reasons", "time_to_callback", "by_day", "by_hour"],
+        "properties": {
+            "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+            "timezone": {"type": "string", "description": "Days and hours are Kenyan (EAT, UTC+3)."},
+            "count": _COUNT, "amount": {**_COUNT, "description": "KES registered in the period, every state."},
+            "by_status": {"type": "object", "required": STATES, "additionalProperties": False,
+                          "properties": {state: {"type": "object", "required": ["count", "amount"],
+                                                 "additionalProperties": False,
+                                                 "properties": {"count": _COUNT, "amount": _COUNT}}
+                                         for state in STATES}},
+            "completion_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                                "description": "completed / (completed + failed); null when neither."},
+            "failure_reasons": {"type": "array", "description": "Most frequent first.", "items": {
+                "type": "object", "required": ["reason", "result_codes", "count", "amount"],
+                "additionalProperties": False,
+                "properties": {"reason": {"type": "string", "description": "In words, e.g. Request cancelled by user."},
+                               "result_codes": {"type": "array", "items": {"type": "string"}},
+                               "count": _COUNT, "amount": _COUNT}}},
+            "time_to_callback": {
+                "type": "object", "required": ["count", "p50", "p90", "sampled"], "additionalProperties": False,
+                "description": "Seconds from registration (right after the push) to the settling callback.",
+                "properties": {"count": _COUNT, "p50": {"type": ["number", "null"], "minimum": 0},
+                               "p90": {"type": ["number", "null"], "minimum": 0},
+                               "sampled": {"type": "boolean",
+                                           "description": "true: only the newest 50,000 callbacks of the period were used."}}},
+            "by_day": {"type": "array", "description": "Every Kenyan day of the period, oldest first.", "items": {
+                "type": "object", "required": ["date", *_BUCKET], "additionalProperties": False,
+                "properties": {"date": {"type": "string", "format": "date"}, **_BUCKET}}},
+            "by_hour": {"type": "array", "minItems": 24, "maxItems": 24,
+                        "description": "Hours of the (Kenyan) day 0-23, summed over the period.", "items": {
+                            "type": "object", "required": ["hour", *_BUCKET], "additionalProperties": False,
+                            "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}, **_BUCKET}}},
+        },
     },
 })
 
@@ -440,6 +492,56 @@ BULK_PATHS = {
         "responses": {"200": _json("Cancelled (or nothing left to cancel).", _ref("BatchCancelled")),
                       "401": UNAUTHORIZED, "404": NO_BATCH}}},
 }
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+SINCE = _query("since", {"type": "string"}, "From this time (inclusive): 2026-11-29 (a Kenyan day's start), "
+                                            "2026-11-29T10:00:00Z, or a time with an offset (none: Kenyan time).")
+UNTIL = _query("until", {"type": "string"}, "Before this time; a date alone includes that whole day.")
+HISTORY_FILTERS = [
+    _query("status", {"type": "string"}, "pending, completed, failed, unknown, or unpaid (pending, failed and "
+                                         "unknown); several comma-separated."),
+    _query("phone", {"type": "string"}, "The customer's number in any Kenyan form (0712345678, +254 712 345 678)."),
+    _query("min_amount", {"type": "integer", "minimum": 1, "maximum": 10**12}, "Whole KES, inclusive."),
+    _query("max_amount", {"type": "integer", "minimum": 1, "maximum": 10**12}, "Whole KES, inclusive."),
+    SINCE, UNTIL,
+    _query("receipt", {"type": "string", "maxLength": 30}, "An M-Pesa receipt, e.g. UKYPST28TK."),
+    _query("q", {"type": "string", "maxLength": 100}, "Text in the description, any case."),
+]
+BAD_PARAMETER = _error("A query parameter is wrong; `parameter` names it.")
+HISTORY_PATHS = {
+    "/payment/history": {"get": {
+        "operationId": "history",
+        "summary": "Payments matching every filter, newest first, a page at a time (keyset: fast at any depth).",
+        "security": BEARER,
+        "parameters": [*HISTORY_FILTERS,
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
+                       _query("cursor", {"type": "string"}, "`next_cursor` of the previous page, unchanged.")],
+        "responses": {"200": _json("A page.", _ref("HistoryPage")), "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+    "/payment/history.csv": {"get": {
+        "operationId": "history_csv",
+        "summary": "Every payment matching the filters as CSV (a header line, then one line per payment), streamed.",
+        "security": BEARER,
+        "parameters": HISTORY_FILTERS,
+        "responses": {"200": {"description": "The CSV file; its columns are the Payment fields.",
+                              "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+    "/payment/analytics": {"get": {
+        "operationId": "analytics",
+        "summary": "Counts and KES by state, completion rate, failure reasons, time to callback, by day and hour.",
+        "description": "Over payments created in [since, until); default: the 30 days before now; at most 400 days.",
+        "security": BEARER,
+        "parameters": [SINCE, UNTIL],
+        "responses": {"200": _json("The figures.", _ref("Analytics")), "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+}
+
+
 NO_ENDPOINT = _error("No webhook endpoint with this id.")
 ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
 WEBHOOK_PATHS = {
@@ -619,6 +721,7 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                 },
             }},
             **BULK_PATHS,
+            **HISTORY_PATHS,
             **WEBHOOK_PATHS,
             "/health": {"get": {
                 "operationId": "health",

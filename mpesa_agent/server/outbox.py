@@ -245,8 +245,8 @@ class Outbox:
                     raise Invalid({"event_id": "must be an event id alone (or send since and until instead)"})
                 sql, args = " WHERE id = ?", [data["event_id"]]
             elif "since" in data:
-                sql, args = (" WHERE created_at >= ? AND created_at < ? AND EXISTS (SELECT 1 FROM json_each("
-                             "(SELECT events FROM webhook_endpoints WHERE id = ?)) WHERE value IN ('*', events.type))",
+                subscribed = self.store.subscribed("(SELECT events FROM webhook_endpoints WHERE id = ?)", "events.type")
+                sql, args = (f" WHERE created_at >= ? AND created_at < ? AND {subscribed}",
                              [_utc(data["since"], "since"), _utc(data.get("until", now[1]), "until"), endpoint_id])
             else:
                 raise Invalid({"body": "send event_id, or since (and optionally until)"})
