@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 POOL_MIN, POOL_MAX = 2, 20
 CONNECT_TIMEOUT_SECONDS = 10.0
 LISTEN_RETRY_SECONDS = 1.0
+LEADER_CHECK_SECONDS = 1.0
 
 PG_ONLY = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -197,6 +198,7 @@ class PostgresStore(SqlStore):
         self._writing = threading.local()
         self._closing = threading.Event()
         self._leaders: dict[str, psycopg.Connection] = {}
+        self._leader_checks: dict[str, tuple[float, bool]] = {}  # name -> (when asked, the answer)
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="mpesa",
             kwargs={"autocommit": True, "row_factory": _rows}, timeout=CONNECT_TIMEOUT_SECONDS)
@@ -289,6 +291,15 @@ class PostgresStore(SqlStore):
     def leader(self, name: str) -> bool:
         """Is this process the one that runs job `name`? (A session advisory lock, kept on its own
         connection; another process takes it over within one try after this one dies.)"""
+        now = time.monotonic()
+        checked, was = self._leader_checks.get(name, (0.0, False))
+        if now - checked < LEADER_CHECK_SECONDS:  # asked on every wake-up: the answer is kept a second
+            return was
+        is_leader = self._ask_leader(name)
+        self._leader_checks[name] = (now, is_leader)
+        return is_leader
+
+    def _ask_leader(self, name: str) -> bool:
         conn = self._leaders.get(name)
         if conn is not None and not conn.closed:
             try:

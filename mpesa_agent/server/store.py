@@ -317,9 +317,9 @@ class Transaction:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
         changes["updated_at"] = utcnow()
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?",
-                          (*changes.values(), checkout_request_id))
-        return self.payment(checkout_request_id)
+        return _payment(self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?"
+                                          f" RETURNING {PAYMENT_COLUMNS}",
+                                          (*changes.values(), checkout_request_id)).fetchone())
 
     def completed_with_receipt(self, receipt: str) -> str | None:
         """The checkout id of the payment this receipt completed, if any."""
