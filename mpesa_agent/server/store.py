@@ -37,8 +37,8 @@ from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
-# 4: history indexes (issue 11)
+SCHEMA_VERSION = 5  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: history indexes (issue 11); 5: bulk requests (batches, batch_items, payments.batch_id; issue 13)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -131,6 +131,38 @@ CREATE INDEX IF NOT EXISTS payments_by_created ON payments (created_at, checkout
 CREATE INDEX IF NOT EXISTS payments_by_status_created ON payments (status, created_at, checkout_request_id);
 CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at, checkout_request_id);
 CREATE INDEX IF NOT EXISTS payments_by_receipt ON payments (receipt);
+
+-- Bulk payment requests (issue 13, server/batches.py): a batch, and one row per item with its own
+-- state machine (payments/bulk.py ItemState); an item's payment is found by its checkout id.
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,                  -- bat_...
+    description TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'cancelled')),
+    item_count INTEGER NOT NULL,
+    total_amount INTEGER NOT NULL,        -- whole KES asked for, all items
+    skipped TEXT NOT NULL DEFAULT '[]',   -- JSON: the rows skip_invalid left out, each with its line and why
+    throttled INTEGER NOT NULL DEFAULT 0, -- pushes Daraja throttled (each sent again later, once)
+    note TEXT,                            -- why sending is paused, when it is
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,                     -- every item pushed, refused or cancelled
+    settled_at TEXT                       -- every item has its final answer
+);
+CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, created_at);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL REFERENCES batches (id),
+    position INTEGER NOT NULL,            -- 1.. in the order given
+    line INTEGER NOT NULL,                -- its line in the upload (CSV line, or JSON item number)
+    phone_number TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount >= 1),
+    reference TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'not_sent', 'unknown', 'cancelled')),
+    checkout_request_id TEXT,             -- once Daraja accepted the push
+    note TEXT,                            -- why it was not sent, or is unknown
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+);
+CREATE INDEX IF NOT EXISTS batch_items_by_state ON batch_items (state, batch_id, position);
 """
 SQLITE_ONLY = """
 CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
@@ -272,8 +304,9 @@ class Transaction:
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
-                       description: str, merchant_request_id: str | None) -> Payment:
-        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow())
+                       description: str, merchant_request_id: str | None, batch_id: str | None = None) -> Payment:
+        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow(),
+                              batch_id=batch_id)
         values = payment.to_dict()
         self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                           tuple(values.values()))
