@@ -534,6 +534,8 @@ class Store(SqlStore):
     """The payments database at `path` (parent folders are created; the schema on first use)."""
 
     def __init__(self, path: Path | str):
+        if is_postgres_url(path):  # never a SQLite file named after a URL
+            raise ValueError("Store() is the SQLite store; open_store() opens a postgresql:// URL")
         super().__init__()
         self.path = Path(path)
         self.described = str(self.path)
