@@ -69,6 +69,13 @@ def _float(values: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _positive(values: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(values, name, default)
+    if not 0 < value < 10**6:
+        raise ConfigError(f"{name} must be a number above 0, got {values.get(name)!r}")
+    return value
+
+
 def _bool(values: Mapping[str, str], name: str) -> bool:
     return str(values.get(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -109,6 +116,8 @@ class Settings:
     rate_limit_window: int = 600
     wait_seconds: int = 120
     reconcile_after: int = 300
+    bulk_pushes_per_second: float = 2.0  # bulk requests' pace (Daraja's spike arrest is per app, unpublished)
+    bulk_throttle_pause: float = 5.0  # first pause after Daraja throttles a bulk push; doubles up to 5 minutes
     verify_success_by_query: bool = False
     allow_live_money: bool = False  # production sends real prompts only with this switch on
     trusted_callback_ips: tuple[str, ...] = ()
@@ -171,6 +180,8 @@ class Settings:
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
+            bulk_pushes_per_second=_positive(values, "BULK_PUSHES_PER_SECOND", 2.0),
+            bulk_throttle_pause=_positive(values, "BULK_THROTTLE_PAUSE_SECONDS", 5.0),
             verify_success_by_query=_bool(values, "VERIFY_SUCCESS_BY_QUERY"),
             allow_live_money=_bool(values, "MPESA_ALLOW_LIVE_MONEY"),
             trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),

@@ -1,5 +1,6 @@
-"""The agent's tools: send an STK Push and track it, check a payment's status, wait for it, and read
-the stored history (the last payment, a filtered list, the totals of a period).
+"""The agent's tools: send an STK Push and track it, check a payment's status, wait for it, read
+the stored history (the last payment, a filtered list, the totals of a period), and bulk requests
+(many people at once, sent by the callback server) with their progress.
 
 `make_tools(payments)` builds the brief's two bound to one `Payments`; `agent_tools(payments)` all of
 them, as `mpesa_agent.agent` wires the process's. The history tools read the callback server, not
@@ -26,6 +27,7 @@ from google.adk.tools import FunctionTool, ToolContext
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.daraja.client import UNKNOWN_ID_REASON
+from mpesa_agent.daraja.push import push_and_register
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
@@ -41,6 +43,10 @@ RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback serv
 REMEMBERED_PAYMENTS = 10_000  # per Payments, for STK Query fallbacks; the oldest are forgotten
 BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments runs at once
 TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
+BULK_TOOL, BULK_STATUS_TOOL = "request_bulk_payment", "bulk_payment_status"
+BULK_POLL_SECONDS = 1.0  # how often a waiting bulk_payment_status reads the batch
+BULK_SHOWN = 50  # people listed by name in a bulk answer; the rest are counted
+LAST_BATCH_ID = "mpesa_last_batch_id"  # session state: the bulk request this chat sent last
 
 
 def _remember(memory: dict, key: str, value) -> None:
@@ -104,17 +110,18 @@ class Payments:
         refusal = self._guard(msisdn, amount, confirm_repeat)
         if refusal:
             return refusal
+        def register(ack) -> None:
+            self.tracking.register(ack.checkout_request_id, msisdn, amount, context, ack.merchant_request_id)
+
         try:
-            ack = await self._blocking(
-                self.daraja.stk_push, msisdn, amount, _account_reference(context),
-                context or "Payment", self.settings.callback_url)
+            pushed = await self._blocking(push_and_register, self.daraja, register, msisdn, amount, context,
+                                          self.settings.callback_url)
         except DarajaError as exc:
             return self._push_failed(msisdn, amount, exc)
-        checkout_id = ack.checkout_request_id
+        checkout_id = pushed.ack.checkout_request_id
         _remember(self._sent, checkout_id, (msisdn, amount, context))
-        log.info("push %s accepted for %s KES %d", checkout_id, masked_phone(msisdn), amount)
-        registered = await self._register(ack, msisdn, amount, context)
-        if not registered:
+        registered = pushed.registered
+        if not registered:  # tracked by STK Query instead
             _remember(self._untracked, checkout_id, self.clock())
         if not wait_for_completion:
             return notes.pending_notification(
@@ -153,6 +160,42 @@ class Payments:
         except TrackingUnavailable as exc:
             log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
         return await self._query_once(checkout_id)
+
+    async def bulk(self, rows, description: str = "") -> dict:
+        """Start a bulk request on the callback server: `rows` are `phone,amount[,reference]` lines."""
+        rows = str(rows or "").strip()
+        if not rows:
+            return error("Not sent: the list is empty. Give one phone,amount per line.")
+        description = " ".join(str(description or "").split())[:100]
+        try:
+            answer = await self._blocking(self.tracking.bulk_create, rows, description)
+        except TrackingRejected as exc:
+            problems = [f"line {p.get('line')}: {p.get('reason')}" for p in exc.body.get("problems") or []]
+            if problems:
+                return error("Not sent: some lines have a problem, and nothing goes out until every line is right. "
+                             "Fix them and send the whole list again.", problems=problems[:BULK_SHOWN])
+            return error(f"Not sent: {exc}.")
+        except TrackingUnavailable as exc:  # never sent again by itself: the list may be queued already
+            return error(f"The callback server did not answer ({exc}), so I cannot tell whether the list was queued. "
+                         "Don't send it again before checking its bulk requests (GET /payment/bulk).")
+        return bulk_answer(answer["batch"], accepted=True)
+
+    async def bulk_status(self, batch_id, wait: bool = False) -> dict:
+        """A bulk request's progress; with `wait`, once everyone has answered (or after PAYMENT_WAIT_SECONDS)."""
+        batch_id = str(batch_id or "").strip()
+        if not batch_id.startswith("bat_"):
+            return error("Which bulk request? There is none in this chat yet; give its ID (bat_...).")
+        deadline = self.clock() + (self.settings.wait_seconds if wait else 0)
+        while True:
+            try:
+                report = await self._blocking(self.tracking.bulk_report, batch_id)
+            except TrackingRejected as exc:
+                return error(f"The callback server refused: {exc}.", batch_id=batch_id)
+            except TrackingUnavailable as exc:
+                return error(f"Could not reach the callback server ({exc}); ask again in a moment.", batch_id=batch_id)
+            if report["settled"] or self.clock() >= deadline:
+                return bulk_answer(report)
+            await asyncio.sleep(max(0.0, min(BULK_POLL_SECONDS, deadline - self.clock())))
 
     async def _blocking(self, function, *args):
         """Run blocking HTTP off the event loop, on this object's own thread pool."""
@@ -210,17 +253,6 @@ class Payments:
             pushes = self._pushes[msisdn]
             if pushes and pushes[-1][1] == amount:
                 pushes.pop()
-
-    async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
-        try:
-            await self._blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
-                                 context, ack.merchant_request_id)
-            return True
-        except TrackingUnavailable as exc:
-            log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        except TrackingRejected as exc:
-            log.warning("register %s refused (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        return False
 
     async def _wait(self, checkout_id: str, deadline: float) -> dict:
         """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down.
@@ -305,15 +337,81 @@ class Payments:
         return notes.failure_notification(checkout_id, result.reason or result.result_desc)
 
 
-def _account_reference(context: str) -> str:
-    """Daraja's AccountReference: alphanumeric, at most 12 characters, shown to the customer."""
-    return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"
+def bulk_answer(report: dict, accepted: bool = False) -> dict:
+    """What the bulk tools answer: the counts, who has not paid and why, and a message for people."""
+    not_paid = [{"phone_number": display_phone(item["phone_number"]), "amount": item["amount"],
+                 "outcome": item["outcome"], "reason": item["reason"]} for item in report.get("not_paid", [])]
+    status = "accepted" if accepted else ("settled" if report["settled"] else "in_progress")
+    what = f" for {report['description']}" if report.get("description") else ""
+    if accepted:
+        message = (f"📤 {report['item_count']} payment requests{what}, {report['total_amount']:,} KSh in all, are "
+                   "queued: the server sends the prompts one by one.")
+    else:
+        message = f"{'✅' if status == 'settled' else '⏳'} {report['summary']}{what}."
+        message += "".join(f"\n- {i['phone_number']} ({i['amount']:,} KSh): {i['reason']}" for i in not_paid[:BULK_SHOWN])
+    return {"status": status, "batch_id": report["id"], "message": message, "summary": report["summary"],
+            "description": report.get("description", ""), "item_count": report["item_count"],
+            "total_amount": report["total_amount"], "paid_amount": report["paid_amount"],
+            "counts": {name: value["count"] for name, value in report["by_outcome"].items() if value["count"]},
+            "not_paid": not_paid[:BULK_SHOWN], "not_paid_count": len(not_paid)}
+
+
+def make_bulk_tools(payments: Payments) -> list:
+    """The bulk tools: start a bulk request (behind ADK's confirmation in agent_tools), and follow it."""
+
+    async def request_bulk_payment(rows: str, description: str = "", tool_context: ToolContext = None) -> dict:
+        """Ask several customers to pay at once (a bulk request): each phone gets one M-Pesa prompt, sent by
+        the callback server at a pace Daraja accepts. Call it only after showing the person the whole list
+        and the total; they approve or reject the call before anything is sent.
+
+        Args:
+            rows: One customer per line as CSV: "phone,amount" or "phone,amount,reference", e.g.
+                "0712345678,500\n0722000000,500,June". A header line is allowed.
+            description: What the requests are for, e.g. "chama contribution" (a row without a reference uses it).
+
+        Returns:
+            A dict with `status` "accepted" (then call bulk_payment_status with wait=True), or "error" with a
+            `message` and `problems` (each bad line and why; nothing was sent). Also `batch_id`, `summary`,
+            `item_count`, `total_amount`.
+        """
+        try:
+            result = await payments.bulk(rows, description)
+            if tool_context is not None and result.get("batch_id"):
+                tool_context.state[LAST_BATCH_ID] = result["batch_id"]
+            return result
+        except Exception as exc:
+            log.exception("request_bulk_payment failed")
+            return error(f"Something went wrong while sending the bulk request ({type(exc).__name__}). "
+                         "Check the callback server's bulk requests before trying again.")
+
+    async def bulk_payment_status(batch_id: str = "", wait: bool = False, tool_context: ToolContext = None) -> dict:
+        """How a bulk request is going: how many paid, who has not paid and why (no M-Pesa call).
+
+        Args:
+            batch_id: The bulk request's ID (bat_...); empty means the one this chat sent last.
+            wait: True right after request_bulk_payment: wait (up to about 2 minutes) until everyone has answered.
+
+        Returns:
+            A dict with `status` ("settled", "in_progress" or "error"), `summary` (e.g. "28 of 30 paid,
+            1 cancelled, 1 did not answer"), `counts`, `paid_amount`, `not_paid` (phone, amount, reason) and a
+            `message` to show the person.
+        """
+        batch_id = batch_id or (tool_context.state.get(LAST_BATCH_ID, "") if tool_context else "")
+        try:
+            return await payments.bulk_status(batch_id, wait)
+        except Exception as exc:
+            log.exception("bulk_payment_status failed")
+            return error(f"Something went wrong while checking the bulk request ({type(exc).__name__}).",
+                         batch_id=batch_id)
+
+    return [request_bulk_payment, bulk_payment_status]
 
 
 def agent_tools(payments: Payments) -> list:
-    """The agent's tools as ADK wires them (send, status, wait, then the history tools): a push above PAYMENT_CONFIRM_ABOVE (and within
-    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway) is approved or rejected by the person
-    through ADK's tool confirmation before anything is sent (adk web shows the step)."""
+    """The agent's tools as ADK wires them (send, status, wait, the history tools, then the bulk tools): a
+    push above PAYMENT_CONFIRM_ABOVE (and within PAYMENT_MAX_AMOUNT, above which the tool refuses anyway),
+    and every bulk request, is approved or rejected by the person through ADK's tool confirmation before
+    anything is sent (adk web shows the step)."""
     send, status = make_tools(payments)
     settings = payments.settings
 
@@ -325,8 +423,9 @@ def agent_tools(payments: Payments) -> list:
             return False  # the tool refuses it, with its own message
         return whole > settings.confirm_above
 
+    bulk, bulk_status = make_bulk_tools(payments)
     return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments),
-            *make_history_tools(payments)]
+            *make_history_tools(payments), FunctionTool(bulk, require_confirmation=True), bulk_status]
 
 
 def make_tools(payments: Payments) -> list:

@@ -76,11 +76,22 @@ class TrackingClient:
         """Counts, KES totals, completion rate and failure reasons for payments created in [since, until)."""
         return self._call("GET", "/payment/analytics", params={"since": since, "until": until})
 
-    def _call(self, method: str, path: str, read_timeout: float = READ_TIMEOUT, **kwargs) -> dict:
+    def bulk_create(self, rows_csv: str, description: str = "") -> dict:
+        """Start a bulk request from `phone,amount[,reference]` lines (never retried: a second call is a second batch)."""
+        return self._call("POST", "/payment/bulk", data=rows_csv.encode(), params={"description": description},
+                          content_type="text/csv")
+
+    def bulk_report(self, batch_id: str) -> dict:
+        return self._call("GET", f"/payment/bulk/{batch_id}")
+
+    def _call(self, method: str, path: str, read_timeout: float = READ_TIMEOUT, content_type: str | None = None,
+              **kwargs) -> dict:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             response = self.session.request(
-                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout),
-                headers={"Authorization": f"Bearer {self.api_key}"}, **kwargs)
+                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout), headers=headers, **kwargs)
         except requests.RequestException as exc:
             raise TrackingUnavailable(f"callback server unreachable at {self.base_url}: {type(exc).__name__}") from None
         try:

@@ -16,7 +16,7 @@ def _clean_environment(monkeypatch):
     """No test sees the developer's MPESA_*/CALLBACK_*/GOOGLE_* variables."""
     for name in list(os.environ):
         if name.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_", "TRUSTED_",
-                            "RECONCILE_", "VERIFY_", "WEBHOOK", "DASHBOARD_")):
+                            "RECONCILE_", "VERIFY_", "WEBHOOK", "BULK_", "DASHBOARD_")):
             monkeypatch.delenv(name, raising=False)
 
 

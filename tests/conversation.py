@@ -34,7 +34,8 @@ def offline_root_agent(payments: Payments):
 
 
 def converse(payments: Payments, *messages: str) -> list[Turn]:
-    """Send `messages` one by one in a new session; return what happened in each turn."""
+    """Send `messages` (texts, or whole `types.Content`s, e.g. with an attached file) one by one in a new
+    session; return what happened in each turn."""
     return asyncio.run(chat(payments, messages))
 
 
@@ -46,7 +47,7 @@ async def chat(payments: Payments, messages) -> list[Turn]:
     for text in messages:
         turn = Turn([], [], "", [])
         replies = []
-        message = types.Content(role="user", parts=[types.Part(text=text)])
+        message = text if isinstance(text, types.Content) else types.Content(role="user", parts=[types.Part(text=text)])
         while message is not None:
             approvals = []
             async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):

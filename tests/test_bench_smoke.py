@@ -51,3 +51,14 @@ def test_the_history_benchmark_runs_and_prints_every_row():
                   "history page, every filter", "analytics, one month (~250 payments)"):
         assert f"| {label} |" in done.stdout, done.stdout
     assert "Targets: page p99 <= 50 ms, a month's analytics <= 500 ms: " in done.stdout
+
+
+def test_the_bulk_benchmark_runs_and_prints_its_figures():
+    done = subprocess.run([sys.executable, "-m", "bench.bulk", "--items", "30", "--rate", "200", "--paced-items", "3",
+                           "--paced-rate", "20"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("30 items at BULK_PUSHES_PER_SECOND=200: accepted") and "30 of 30 paid" in lines[0]
+    assert lines[1].startswith("3 items at BULK_PUSHES_PER_SECOND=20:") and "3 of 3 paid" in lines[1]
+    assert all("each phone pushed exactly once: yes" in line for line in lines[:2])
+    assert lines[2].startswith("At the default 2 pushes/s, 30 items take about")

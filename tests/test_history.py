@@ -163,7 +163,7 @@ def test_named_periods_are_kenyan_days_weeks_and_months():
 
 
 def test_a_payments_raw_callbacks_never_show_the_callback_token(settings):
-    store = Store(settings.payments_db)
+    store = open_store(settings.payments_db)
     try:
         manager = CallbackManager(store, settings)
         manager.register("ws_CO_1", "0712345678", 500, "lunch")

@@ -195,6 +195,34 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call(hook, "DELETE", f"/webhooks/{endpoint}", headers=AUTH).status_code == 404
     assert call(hook, "DELETE", f"/webhooks/{endpoint}").status_code == 401
 
+    bulk, report, report_csv, cancel = ("/payment/bulk", "/payment/bulk/{batch_id}", "/payment/bulk/{batch_id}.csv",
+                                        "/payment/bulk/{batch_id}/cancel")
+    items = [{"phone_number": "0733111222", "amount": 500}, {"phone_number": "0712", "amount": 5}]
+    accepted = call(bulk, "POST", bulk, json={"description": "chama", "items": items, "skip_invalid": True}, headers=AUTH)
+    assert accepted.status_code == 201
+    batch_id = accepted.get_json()["batch"]["id"]
+    assert call(bulk, "POST", bulk, json={"items": items}, headers=AUTH).get_json()["problems"][0]["line"] == 2
+    assert call(bulk, "POST", bulk, json={"items": items}).status_code == 401
+    assert call(bulk, "POST", bulk, data="0712345678," + "1" * 1_100_000, content_type="text/csv",
+                headers=AUTH).status_code == 413
+    assert call(bulk, "GET", bulk, headers=AUTH).get_json()["batches"][0]["id"] == batch_id
+    assert call(bulk, "GET", f"{bulk}?limit=0", headers=AUTH).status_code == 400
+    assert call(bulk, "GET", bulk).status_code == 401
+    assert call(report, "GET", f"{bulk}/{batch_id}?items=true", headers=AUTH).get_json()["items"][0]["outcome"] == "queued"
+    assert call(report, "GET", f"{bulk}/{batch_id}?items=maybe", headers=AUTH).status_code == 400
+    assert call(report, "GET", f"{bulk}/bat_nobody", headers=AUTH).status_code == 404
+    assert call(report, "GET", f"{bulk}/{batch_id}").status_code == 401
+    as_csv = client.get(f"{bulk}/{batch_id}.csv", headers=AUTH)
+    assert (as_csv.status_code, as_csv.mimetype) == (200, "text/csv")
+    seen.add((report_csv, "GET", "200"))
+    assert call(report_csv, "GET", f"{bulk}/bat_nobody.csv", headers=AUTH).status_code == 404
+    assert call(report_csv, "GET", f"{bulk}/{batch_id}.csv").status_code == 401
+    assert call(cancel, "POST", f"{bulk}/{batch_id}/cancel", headers=AUTH).get_json()["cancelled"] == 1
+    assert call(cancel, "POST", f"{bulk}/bat_nobody/cancel", headers=AUTH).status_code == 404
+    assert call(cancel, "POST", f"{bulk}/{batch_id}/cancel").status_code == 401
+    assert call("/events", "GET", "/events?type=batch.finished", headers=AUTH).get_json()["events"][0]["data"][
+        "batch"]["status"] == "cancelled"
+
     guarded = create_app(settings.replace(trusted_callback_ips=("196.201.212.0/24",)))
     assert post_callback(callback_body(), client=guarded.test_client(),
                          environ_base={"REMOTE_ADDR": "6.6.6.6"}).status_code == 403

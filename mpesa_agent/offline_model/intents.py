@@ -20,7 +20,8 @@ LAST, LIST, TOTALS = "last", "list", "totals"  # questions about stored payments
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
 MORE_THAN_ONE_PHONE = "I see more than one phone number"
-MAX_REQUESTS = 5  # in one message; more is a list to send from a spreadsheet, not a chat
+MAX_REQUESTS = 200  # in one sentence; a longer list is pasted one per line, or attached as a CSV
+BULK_FROM = 3  # three or more people in one message make one bulk request; two go one after another
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _CUR_BEFORE = r"(?:kshs?|kes|shs?|shillings?)\.?"
@@ -184,6 +185,13 @@ class Message:
     requests: tuple[Request, ...] = ()  # two or more payments, each phone with its own amount
     period: str | None = None  # "today", "this_week", ... (payments/periods.py PERIODS)
     status_filter: str | None = None  # for LIST: completed, failed, pending, unknown or unpaid
+    problems: tuple[str, ...] = ()  # a pasted list's lines that cannot be read, each saying why
+    asks_who_paid: bool = False  # "who hasn't paid?", "nani hajalipa": about the chat's bulk request, if it has one
+
+    @property
+    def bulk(self) -> bool:
+        """Enough people for one bulk request (sent by the server) rather than one push after another."""
+        return len(self.requests) >= BULK_FROM or bool(self.problems)
 
     @property
     def has_slots(self) -> bool:
@@ -196,6 +204,9 @@ def understand(text: str) -> Message:
     A correction ("... no wait make it 250", "samahani ni 0711 000 223") wins over what came before
     it in the message; a cancellation ("achana nayo", "cancel that") with nothing after it cancels.
     """
+    listed = _listed(str(text or ""))
+    if listed is not None:
+        return listed
     text = " ".join(str(text or "").split())
     text = _GLUED_AFTER.sub(r" \1", _GLUED_BEFORE.sub(r"\1 ", text))
     marker = _last_marker(text)
@@ -260,6 +271,63 @@ def _several(text: str) -> tuple[Request, ...]:
     return tuple(Request(p, a, c) for p, a, c in zip(phones, amounts, contexts))
 
 
+_LEADING_AMOUNT = re.compile(r"^(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?=$|[\s,;\t])")
+_CELL_SEPARATORS = re.compile(r"^[\s,;\t:=-]+|[\s,;\t]+$")
+_HEADER = re.compile(r"^\W*(?:phone|msisdn|mobile|number|simu|namba)\b", re.IGNORECASE)
+
+
+def _listed(text: str) -> Message | None:
+    """A pasted list or a CSV, one person per line ("0712345678,500,June", "0722 000 000 - 300"):
+    a bulk request when BULK_FROM or more lines have a phone. Lines before the first phone may say
+    the amount for each and the purpose ("Request 500 from each of these for the chama:") or be a
+    header; a later line that cannot be read is a problem naming its line."""
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    phoned = [(number, line, find_phone(line)) for number, line in lines]
+    if sum(1 for _, _, (phone, problem, _) in phoned if phone or problem) < BULK_FROM:
+        return None
+    first = next(i for i, (_, _, (phone, problem, _)) in enumerate(phoned) if phone or problem)
+    intro = " ".join(line for _, line in lines[:first] if not _HEADER.match(line))
+    told = _read(" ".join(intro.split())) if intro else Message(intent=OTHER)
+    each, purpose = told.amount, _purpose(told.context)
+    requests, problems = [], []
+    for number, line, (phone, problem, rest) in phoned[first:]:
+        if problem or not phone:
+            problems.append(f"line {number} ({line[:40]}): {problem or 'no phone number'}")
+            continue
+        amount, reference, why = _row_amount(rest.replace("<PHONE>", " ", 1), each)
+        if why:
+            problems.append(f"line {number} ({line[:40]}): {why}")
+            continue
+        requests.append(Request(phone, amount, reference))
+    return Message(intent=SEND, context=purpose, requests=tuple(requests), problems=tuple(problems))
+
+
+def _row_amount(rest: str, each: int | None) -> tuple[int | None, str, str | None]:
+    """(amount, reference, problem) from what a line holds besides its phone."""
+    rest = _CELL_SEPARATORS.sub("", rest)
+    leading = _LEADING_AMOUNT.match(rest)
+    if leading:
+        amount, reference = int(leading["num"].replace(",", "")), rest[leading.end():]
+    else:
+        read = _read(" ".join(rest.split()))
+        if read.amount_problem:
+            return None, "", _sentence_case(read.amount_problem)
+        amount, reference = read.amount or each, read.context or (rest if not read.amount else "")
+    if not amount:
+        return None, "", "no amount (write it after the number, e.g. 0712345678,500)"
+    return amount, _purpose(_CELL_SEPARATORS.sub("", reference)), None
+
+
+def _purpose(text: str) -> str:
+    """ "the chama" -> "chama": what a request is for, as the customer will see it."""
+    text = " ".join(text.split())
+    return re.sub(r"^(?:for|ya|kwa|the)\s+", "", text, flags=re.IGNORECASE).strip(" .:;,")[:100]
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].lower() + text[1:] if text else text
+
+
 def _last_marker(text: str) -> re.Match | None:
     """The last "no wait", "actually", "samahani", "cancel that"... that starts a correction."""
     markers = [m for m in _CORRECTION.finditer(text)]
@@ -281,7 +349,7 @@ def _read(text: str) -> Message:
                   starts_with_purpose=bool(context) and bool(_PURPOSE.match(text)))
     return Message(intent=_intent(text, checkout, Message(intent=OTHER, **fields)),
                    checkout_id=checkout.group(0) if checkout else None, period=_period_in(text),
-                   status_filter=_status_in(text), **fields)
+                   status_filter=_status_in(text), asks_who_paid=bool(_UNPAID_WORDS.search(text)), **fields)
 
 
 # Questions about stored payments. A period names Kenyan days; a status word filters a list.
@@ -393,6 +461,15 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     if _HELP_WORDS.search(text):
         return HELP
     return OTHER
+
+
+# "who hasn't paid?": about the chat's bulk request when it has one (else a question about stored payments).
+_UNPAID_WORDS = re.compile(
+    r"\bwho(?:'s|\s+has|\s+have|\s+is|\s+are)?\s*(?:not|n't|hasn't|haven't|hasnt|havent|didn't|didnt|did not|has not|"
+    r"have not|yet to)\s+(?:yet\s+)?pa(?:id|y)\b|\bwho(?:'s|\s+has|\s+have)?\s+(?:already\s+)?paid\b|"
+    r"\bhow many (?:have |has |people )?paid\b|\bnani (?:hajalipa|bado|amelipa|wamelipa)\b|"
+    r"\b(?:batch|bulk request|chama requests?)\b.*\b(?:progress|status|going|done)\b",
+    re.IGNORECASE)
 
 
 def _bare(text: str) -> str:

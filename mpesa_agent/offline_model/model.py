@@ -6,6 +6,8 @@ sessions. Text understanding lives in `intents.py`; this module holds the dialog
 """
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +26,10 @@ MODEL_NAME = "offline-mpesa"
 SEND_TOOL = "send_instant_payment_with_tracking"
 STATUS_TOOL = "check_payment_status_realtime"
 WAIT_TOOL = "wait_for_payment"
+BULK_TOOL = "request_bulk_payment"
+BULK_STATUS_TOOL = "bulk_payment_status"
+LISTED = 50  # people named in a bulk list or answer; the rest are counted
+TEXT_FILES = ("text/csv", "text/plain", "application/csv", "text/tab-separated-values", "application/vnd.ms-excel")
 LAST_TOOL, LIST_TOOL, TOTALS_TOOL = "last_payment", "find_payments", "payment_totals"  # the stored records
 
 ASK_AMOUNT = "How much should I request?"
@@ -139,6 +145,7 @@ class Chat:
     last_result: tuple[str, dict] | None = None  # (tool, answer) of the latest payment tool call
     awaiting_confirmation: dict | None = None
     payments: list[tuple[str, str | None]] = field(default_factory=list)  # (checkout ID, phone)
+    batch_id: str | None = None  # the bulk request this chat sent last
 
 
 def decide(contents: list[types.Content]) -> Call | Say:
@@ -159,6 +166,10 @@ def decide(contents: list[types.Content]) -> Call | Say:
         if last.name == STATUS_TOOL:
             args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
             return Say(reply_to_result(last.name, args, last.data))
+        if last.name == BULK_TOOL:
+            return _bulk_sent(last.data)
+        if last.name == BULK_STATUS_TOOL:
+            return Say(bulk_reply(last.data))
         if last.name == LAST_TOOL:
             return Say(_reply_to_last(args, last.data))
         if last.name in (LIST_TOOL, TOTALS_TOOL):
@@ -212,6 +223,8 @@ def _events(contents: list[types.Content]) -> list[Event]:
                 events.append(Event("result", name=result.name or "", data=dict(data)))
             elif part.text and not part.thought:
                 texts.append(part.text)
+            elif part.inline_data and (part.inline_data.mime_type or "").split(";")[0] in TEXT_FILES:
+                texts.append((part.inline_data.data or b"").decode("utf-8-sig", "replace"))  # an attached CSV
         if texts:
             events.append(Event("user" if content.role == "user" else "model", text="\n".join(texts)))
     return events
@@ -264,6 +277,8 @@ def _replay(events: list[Event]) -> Chat:
             if event.name == SEND_TOOL:
                 if event.data.get("status") == "needs_confirmation":
                     chat.awaiting_confirmation = args
+            if event.name == BULK_TOOL and event.data.get("batch_id"):
+                chat.batch_id, chat.last_result = event.data["batch_id"], (BULK_TOOL, event.data)
             if checkout_id:
                 chat.payments.append((str(checkout_id), _phone_of(args)))
     return chat
@@ -283,6 +298,11 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Call(SEND_TOOL, {**_send_args(pending), "confirm_repeat": True}), None
     if pending and msg.intent == NO:
         return Say("OK, I did not send it again."), None
+    if chat.batch_id and (msg.asks_who_paid or (msg.intent == STATUS and not msg.checkout_id and not msg.phone
+                                                and chat.last_result and chat.last_result[0] == BULK_TOOL)):
+        return Call(BULK_STATUS_TOOL, {}), None  # no id: the tool reads the chat's last bulk request
+    if msg.intent == SEND and msg.bulk:
+        return _bulk_request(msg), None
     if msg.intent == STATUS and chat.draft and not chat.payments and not msg.phone and not msg.checkout_id:
         return Say(f"Nothing has been sent in this chat yet. {_questions(chat.draft)}"), chat.draft
     if msg.intent == STATUS:
@@ -327,6 +347,74 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     if msg.intent == NO:
         return Say(_cannot_cancel(chat) or "OK, nothing was sent. " + EXAMPLES), None
     return Say(REFUSAL), None
+
+
+def _bulk_request(msg: Message) -> Call | Say:
+    """Three or more people: show the list and the total, and call the bulk tool, which ADK holds for
+    the person's approval; a list with unreadable lines is sent back instead."""
+    if msg.problems:
+        shown = "\n".join(f"- {problem}" for problem in msg.problems[:LISTED])
+        return Say(f"I could not read {len(msg.problems)} of the lines, so nothing was sent:\n{shown}\n"
+                   "Fix them and send the whole list again (one phone,amount per line).")
+    contexts = {r.context for r in msg.requests}
+    description = msg.context or (_purpose_of(next(iter(contexts))) if len(contexts) == 1 else "")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for request in msg.requests:
+        reference = _purpose_of(request.context)
+        writer.writerow([request.phone, request.amount] + ([reference] if reference and reference != description else []))
+    total = sum(r.amount for r in msg.requests)
+    what = f" for {description}" if description else ""
+    lines = [f"{n}. {_money(r.amount)} from {r.phone}"
+             + (f" ({_purpose_of(r.context)})" if r.context and _purpose_of(r.context) != description else "")
+             for n, r in enumerate(msg.requests[:LISTED], start=1)]
+    if len(msg.requests) > LISTED:
+        lines.append(f"… and {len(msg.requests) - LISTED} more")
+    say = "\n".join([f"A bulk request{what}: {len(msg.requests)} people, {_money(total)} in all:", *lines,
+                      "Approve it to send the prompts (nothing is sent until you do)."])
+    return Call(BULK_TOOL, {"rows": out.getvalue(), "description": description}, say=say)
+
+
+def _purpose_of(context: str) -> str:
+    return re.sub(r"^(?:the|for)\s+", "", (context or "").strip(), flags=re.IGNORECASE)
+
+
+def _bulk_sent(result: dict) -> Call | Say:
+    """The bulk tool answered: follow an accepted batch until everyone has answered, else say why not."""
+    status = str(result.get("status") or "").lower()
+    if status == "accepted" and result.get("batch_id"):
+        what = f" for {result['description']}" if result.get("description") else ""
+        return Call(BULK_STATUS_TOOL, {"wait": True},
+                    say=f"📤 Sending {result.get('item_count')} payment prompts{what} "
+                        f"({_money(result.get('total_amount'))} in all). I'll tell you when everyone has answered…")
+    message = str(result.get("message") or result.get("error") or "").strip()
+    if not status and "rejected" in message.lower():
+        return Say("🛑 Not sent: you rejected the bulk request. Nothing reached anyone's phone.")
+    problems = "".join(f"\n- {problem}" for problem in result.get("problems") or [])
+    return Say(f"{_sentence(message)}{problems}".strip() or "The bulk request was not sent.")
+
+
+def bulk_reply(result: dict) -> str:
+    """A bulk request's progress or outcome: the summary, then who has not paid and why."""
+    if str(result.get("status")) == "error":
+        return _sentence(str(result.get("message") or "I could not check the bulk request."))
+    what = f" ({result['description']})" if result.get("description") else ""
+    settled = result.get("status") == "settled"
+    head = (f"{'✅' if settled else '⏳'} {result.get('summary')}{what}: "
+            f"{_money(result.get('paid_amount'))} of {_money(result.get('total_amount'))} collected.")
+    not_paid = result.get("not_paid") or []
+    lines = [f"- {i['phone_number']} ({_money(i['amount'])}): {i['reason']}" for i in not_paid]
+    if result.get("not_paid_count", 0) > len(not_paid):
+        lines.append(f"… and {result['not_paid_count'] - len(not_paid)} more (the full list: "
+                     f"GET /payment/bulk/{result.get('batch_id')}.csv)")
+    if not lines:
+        return head + " Everyone has paid." + _batch(result)
+    tail = "" if settled else "\nAsk me \"who hasn't paid?\" again later."
+    return "\n".join([head + " Not paid:", *lines]) + _batch(result) + tail
+
+
+def _batch(result: dict) -> str:
+    return f"\nBulk request ID: {result['batch_id']}" if result.get("batch_id") else ""
 
 
 def _cannot_cancel(chat: Chat) -> str:

@@ -1,6 +1,6 @@
 """`create_app(settings)`: the callback server's Flask app, one Blueprint per concern (Daraja's
-callbacks, the `/payment/*` API, the event log, webhooks, the dashboard), one Bearer check and JSON errors
-everywhere (the dashboard's HTML pages have their own sign-in: server/dashboard_auth.py)."""
+callbacks, the `/payment/*` API, bulk requests, the event log, webhooks, the dashboard), one Bearer check and JSON
+errors everywhere (the dashboard's HTML pages have their own sign-in: server/dashboard_auth.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,7 +11,8 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
-from mpesa_agent.server import api, callbacks, dashboard, dashboard_auth, events, webhooks
+from mpesa_agent.server import api, bulk, callbacks, dashboard, dashboard_auth, events, webhooks
+from mpesa_agent.server.batches import Batches
 from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
@@ -33,12 +34,14 @@ def create_app(config: Settings | None = None) -> Flask:
     store = open_store(settings.payments_db)
     app.extensions["callback_manager"] = CallbackManager(store, settings)
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
+    app.extensions["batches"] = Batches(store)  # sent by serve.py's BulkSender (app.extensions["bulk_sender"])
     try:
         app.extensions["webhooks"].sync_channels(channel_urls(settings), settings.notify_events, channel_id)
     except ValueError as exc:
         raise ConfigError(f"NOTIFY_EVENTS {exc}") from None
     app.register_blueprint(callbacks.blueprint, url_prefix=prefix)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(bulk.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(webhooks.blueprint)
     app.register_blueprint(dashboard.blueprint)
@@ -81,7 +84,7 @@ def http_error(exc: HTTPException):
         response.headers["Allow"] = ", ".join(exc.valid_methods or ())
         return response, code
     if exc.code == 413:
-        return error(413, f"the body is too large: at most {MAX_BODY_BYTES} bytes")
+        return error(413, f"the body is too large: at most {request.max_content_length or MAX_BODY_BYTES} bytes")
     return error(exc.code or 500, exc.description or exc.name)
 
 

@@ -45,7 +45,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Dispatcher":
-        self.outbox.store.commit_listeners.append(self._wake.set)  # a new event may have queued rows
+        self.outbox.store.outbox_listeners.append(self._wake.set)  # rows were queued: send them now
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhook")
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
         self._thread.start()

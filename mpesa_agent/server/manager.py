@@ -105,8 +105,12 @@ class CallbackManager:
         return bool(self.settings and self.settings.verify_success_by_query)
 
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
-                 description: Any = "", merchant_request_id: Any = None) -> Registration:
-        """Track a payment; the same registration again is harmless, a different one conflicts."""
+                 description: Any = "", merchant_request_id: Any = None, *, batch_id: str | None = None,
+                 within: Callable[[Transaction, Payment], None] | None = None) -> Registration:
+        """Track a payment; the same registration again is harmless, a different one conflicts.
+
+        `within(tx, payment)` runs in the registration's own transaction (a bulk item records its
+        checkout id with it: both are committed, or neither)."""
         checkout_id, msisdn, amount, description, merchant_id = validate_registration(
             checkout_request_id, phone_number, amount, description, merchant_request_id,
             self.settings.max_amount if self.settings else None)
@@ -124,8 +128,10 @@ class CallbackManager:
                 if merchant_id and not existing.merchant_request_id:
                     existing = tx.update_payment(checkout_id, merchant_request_id=merchant_id)
                     _log_event(tx, EventType.PAYMENT_UPDATED, existing)
+                if within is not None:
+                    within(tx, existing)
                 return Registration(existing, False)
-            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id)
+            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id, batch_id)
             _log_event(tx, EventType.PAYMENT_REGISTERED, payment)
             for parked in tx.parked_callbacks(checkout_id):
                 result, changed = self._process(tx, parked)
@@ -133,6 +139,8 @@ class CallbackManager:
                 log.info("callback #%d %s: parked callback matched at registration: %s%s",
                          parked.id, checkout_id, result.outcome, f" ({result.note})" if result.note else "")
                 settled = settled or changed
+            if within is not None:
+                within(tx, payment)
         log.info("registered %s: %s KES (%s)", checkout_id, amount, payment.status)
         if settled:
             self._wake(checkout_id)

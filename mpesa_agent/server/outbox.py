@@ -207,6 +207,7 @@ class Outbox:
         with self.store.transaction() as tx:
             changed = tx.conn.execute(f"UPDATE webhook_endpoints SET {assignments}, updated_at = ? WHERE id = ?",
                                       (*fields.values(), utcnow(), endpoint_id)).rowcount
+            tx.queued += bool(changed and fields.get("enabled"))  # its pending rows are deliverable again
         return self.get(endpoint_id) if changed else None
 
     def delete(self, endpoint_id: str) -> bool:
@@ -254,6 +255,7 @@ class Outbox:
                                      f" SELECT id, ?, ?, ? FROM events{sql}", [endpoint_id, *now, *args]).rowcount
             if "event_id" in data and not queued:
                 raise Invalid({"event_id": f"no event {data['event_id']}"})
+            tx.queued += queued
         return queued
 
     def enabled_ids(self) -> list[str]:

@@ -14,7 +14,7 @@ What differs, and why:
   never skips an event committed later with a smaller id.
 - Wake-ups across processes: each event is announced with `pg_notify` inside its transaction
   (delivered at commit); every store LISTENs on one connection and wakes its event streams,
-  its long-poll waiters (`event_listeners`) and its webhook dispatcher (`commit_listeners`).
+  its long-poll waiters (`event_listeners`) and its webhook dispatcher (`outbox_listeners`, when rows were queued).
 - Background jobs that must run once across processes (the reconciler, the webhook dispatcher)
   ask `leader(name)`: a session advisory lock, released by the server when its process dies.
 - Schema: the same portable DDL, translated by `postgres_ddl`, versioned in `schema_version`,
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 POOL_MIN, POOL_MAX = 2, 20
 CONNECT_TIMEOUT_SECONDS = 10.0
 LISTEN_RETRY_SECONDS = 1.0
+LEADER_CHECK_SECONDS = 1.0
 
 PG_ONLY = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -68,8 +69,9 @@ APPEND_EVENT = (
     " RETURNING id, type, checkout_request_id),"
     " o AS (INSERT INTO webhook_outbox (event_id, endpoint_id, next_attempt_at, created_at)"
     " SELECT e.id, w.id, ?, ? FROM e, webhook_endpoints w"
-    f" WHERE w.enabled = 1 AND {subscribed('w.events', 'e.type')})"
-    " SELECT id, pg_notify(?, ? || ' ' || id || ' ' || type || ' ' || COALESCE(checkout_request_id, '')) FROM e")
+    f" WHERE w.enabled = 1 AND {subscribed('w.events', 'e.type')} RETURNING event_id)"
+    " SELECT id, (SELECT COUNT(*) FROM o), pg_notify(?, ? || ' ' || id || ' ' || type || ' '"
+    " || COALESCE(checkout_request_id, '') || ' ' || (SELECT COUNT(*) FROM o)) FROM e")
 
 
 def postgres_ddl(ddl: str) -> str:
@@ -166,8 +168,10 @@ class PgTransaction(Transaction):
             self.conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
                               (f"{self.store.namespace}:events",))
         now = utcnow()
-        event_id = self.conn.execute(APPEND_EVENT, (str(type), checkout_request_id, now, event_json(data), time.time(),
-                                                    now, self.store.channel, self.store.token)).fetchone()[0]
+        event_id, queued, _ = self.conn.execute(APPEND_EVENT, (
+            str(type), checkout_request_id, now, event_json(data), time.time(), now, self.store.channel,
+            self.store.token)).fetchone()
+        self.queued += queued
         self.appended.append((event_id, str(type), checkout_request_id))
         return event_id
 
@@ -197,6 +201,7 @@ class PostgresStore(SqlStore):
         self._writing = threading.local()
         self._closing = threading.Event()
         self._leaders: dict[str, psycopg.Connection] = {}
+        self._leader_checks: dict[str, tuple[float, bool]] = {}  # name -> (when asked, the answer)
         self._pool = psycopg_pool.ConnectionPool(
             url, min_size=min_size, max_size=max_size, open=False, name="mpesa",
             kwargs={"autocommit": True, "row_factory": _rows}, timeout=CONNECT_TIMEOUT_SECONDS)
@@ -270,7 +275,7 @@ class PostgresStore(SqlStore):
         finally:
             self._writing.active = False
         self.write_failure = None
-        self._committed(tx.appended)
+        self._committed(tx.appended, tx.queued)
 
     def probe_write(self) -> bool:
         try:
@@ -289,6 +294,15 @@ class PostgresStore(SqlStore):
     def leader(self, name: str) -> bool:
         """Is this process the one that runs job `name`? (A session advisory lock, kept on its own
         connection; another process takes it over within one try after this one dies.)"""
+        now = time.monotonic()
+        checked, was = self._leader_checks.get(name, (0.0, False))
+        if now - checked < LEADER_CHECK_SECONDS:  # asked on every wake-up: the answer is kept a second
+            return was
+        is_leader = self._ask_leader(name)
+        self._leader_checks[name] = (now, is_leader)
+        return is_leader
+
+    def _ask_leader(self, name: str) -> bool:
         conn = self._leaders.get(name)
         if conn is not None and not conn.closed:
             try:
@@ -330,14 +344,15 @@ class PostgresStore(SqlStore):
                 self._closing.wait(LISTEN_RETRY_SECONDS)
 
     def _announced(self, payload: str) -> None:
-        token, event_id, event_type, checkout_id = (payload.split(" ") + [""] * 4)[:4]
+        token, event_id, event_type, checkout_id, queued = (payload.split(" ") + [""] * 5)[:5]
         if token == self.token:
             return  # this process's own commit: already handled by `transaction`
         self._saw_events(int(event_id))
         for listener in self.event_listeners:
             listener(event_type, checkout_id or None)
-        for listener in self.commit_listeners:
-            listener()
+        if queued not in ("", "0"):
+            for listener in self.outbox_listeners:
+                listener()
 
     def close(self) -> None:
         self._closing.set()

@@ -7,7 +7,8 @@ and the webhook dispatcher.
 Served by gevent's WSGI server (server/wsgi.py, chosen by measurement: docs/benchmark.md): a
 long-poll waiter, an event stream or an idle connection costs a greenlet, not a thread. A
 reconciler loop settles payments whose callback never came by STK Query (and confirms success
-callbacks with VERIFY_SUCCESS_BY_QUERY); a dispatcher delivers webhooks from their outbox.
+callbacks with VERIFY_SUCCESS_BY_QUERY); a dispatcher delivers webhooks from their outbox; a bulk
+sender pushes the items of bulk requests. The reconciler and the bulk sender share one Daraja client.
 See docs/callback_server.md.
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ from mpesa_agent import preflight
 from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mode
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
+from mpesa_agent.server.batches import BulkSender
+from mpesa_agent.server.bulk import MAX_BULK_BODY_BYTES
 from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
+          f"Bulk requests: at most {settings.bulk_pushes_per_second:g} pushes per second (BULK_PUSHES_PER_SECOND)\n"
           f"Webhooks: {len(app.extensions['webhooks'].list())} endpoint(s), retried {len(settings.webhook_retry_schedule)} "
           f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
           f"{'allowed' if settings.webhooks_allow_private_urls else 'refused'}\n"
@@ -153,14 +157,17 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"Dashboard: http://{args.host}:{args.port}/dashboard (sign in with the API key)", flush=True)
     host, port = (socket.socket(fileno=args.listen_fd), None) if args.listen_fd is not None else (args.host, args.port)
     server = wsgi_server(app, host, port, args.connections, args.per_source, args.header_timeout)
-    reconciler = Reconciler(manager, DarajaClient.from_settings(settings), settings).start()
+    daraja = DarajaClient.from_settings(settings)  # one client, one OAuth token (a new token voids the last)
+    reconciler = Reconciler(manager, daraja, settings).start()
     dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
+    sender = app.extensions["bulk_sender"] = BulkSender(app.extensions["batches"], manager, daraja, settings).start()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.stop(timeout=5)
+        sender.stop()
         dispatcher.stop()
         reconciler.stop()
         manager.store.close()
@@ -295,8 +302,9 @@ def buffered_chunked_bodies(app: Flask):
     MAX_BODY_BYTES is a 413 instead of being cut short silently by werkzeug's stream limit."""
     def middleware(environ, start_response):
         if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" and not environ.get("CONTENT_LENGTH"):
+            limit = MAX_BULK_BODY_BYTES if environ.get("PATH_INFO") == "/payment/bulk" else MAX_BODY_BYTES
             try:
-                body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+                body = environ["wsgi.input"].read(limit + 1)
             except (ValueError, OSError) as exc:  # a malformed chunk: nothing reaches the app or the store
                 start_response("400 Bad Request", [("Content-Type", "application/json"), ("Connection", "close")])
                 return [json.dumps(error_body(f"bad chunked body: {str(exc)[:80]}")).encode()]

@@ -37,8 +37,8 @@ from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
-# 4: history indexes (issue 11)
+SCHEMA_VERSION = 5  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: history indexes (issue 11); 5: bulk requests (batches, batch_items, payments.batch_id; issue 13)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -131,6 +131,38 @@ CREATE INDEX IF NOT EXISTS payments_by_created ON payments (created_at, checkout
 CREATE INDEX IF NOT EXISTS payments_by_status_created ON payments (status, created_at, checkout_request_id);
 CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at, checkout_request_id);
 CREATE INDEX IF NOT EXISTS payments_by_receipt ON payments (receipt);
+
+-- Bulk payment requests (issue 13, server/batches.py): a batch, and one row per item with its own
+-- state machine (payments/bulk.py ItemState); an item's payment is found by its checkout id.
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,                  -- bat_...
+    description TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'cancelled')),
+    item_count INTEGER NOT NULL,
+    total_amount INTEGER NOT NULL,        -- whole KES asked for, all items
+    skipped TEXT NOT NULL DEFAULT '[]',   -- JSON: the rows skip_invalid left out, each with its line and why
+    throttled INTEGER NOT NULL DEFAULT 0, -- pushes Daraja throttled (each sent again later, once)
+    note TEXT,                            -- why sending is paused, when it is
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,                     -- every item pushed, refused or cancelled
+    settled_at TEXT                       -- every item has its final answer
+);
+CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, created_at);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL REFERENCES batches (id),
+    position INTEGER NOT NULL,            -- 1.. in the order given
+    line INTEGER NOT NULL,                -- its line in the upload (CSV line, or JSON item number)
+    phone_number TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount >= 1),
+    reference TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'not_sent', 'unknown', 'cancelled')),
+    checkout_request_id TEXT,             -- once Daraja accepted the push
+    note TEXT,                            -- why it was not sent, or is unknown
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+);
+CREATE INDEX IF NOT EXISTS batch_items_by_state ON batch_items (state, batch_id, position);
 """
 SQLITE_ONLY = """
 CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
@@ -245,6 +277,7 @@ class Transaction:
     def __init__(self, conn):
         self.conn = conn
         self.appended: list[tuple[int, str, str | None]] = []  # (id, type, checkout id) of the events appended
+        self.queued = 0  # webhook deliveries queued (or made deliverable again): the dispatcher is woken
 
     @contextmanager
     def savepoint(self, name: str = "apply") -> Iterator[None]:
@@ -271,8 +304,9 @@ class Transaction:
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
-                       description: str, merchant_request_id: str | None) -> Payment:
-        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow())
+                       description: str, merchant_request_id: str | None, batch_id: str | None = None) -> Payment:
+        payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow(),
+                              batch_id=batch_id)
         values = payment.to_dict()
         self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                           tuple(values.values()))
@@ -284,9 +318,9 @@ class Transaction:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
         changes["updated_at"] = utcnow()
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?",
-                          (*changes.values(), checkout_request_id))
-        return self.payment(checkout_request_id)
+        return _payment(self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?"
+                                          f" RETURNING {PAYMENT_COLUMNS}",
+                                          (*changes.values(), checkout_request_id)).fetchone())
 
     def completed_with_receipt(self, receipt: str) -> str | None:
         """The checkout id of the payment this receipt completed, if any."""
@@ -300,7 +334,7 @@ class Transaction:
         event_id = self.conn.execute(
             "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?) RETURNING id",
             (str(type), checkout_request_id, now, event_json(data))).fetchone()[0]
-        self.conn.execute(FAN_OUT, (event_id, time.time(), now, str(type)))
+        self.queued += self.conn.execute(FAN_OUT, (event_id, time.time(), now, str(type))).rowcount
         self.appended.append((event_id, str(type), checkout_request_id))
         return event_id
 
@@ -334,11 +368,12 @@ class Transaction:
 class _Batch:
     """Write transactions that share one commit (one fsync)."""
 
-    __slots__ = ("done", "error", "appended")
+    __slots__ = ("done", "error", "appended", "queued")
 
     def __init__(self):
         self.done, self.error = False, None
         self.appended: list[tuple[int, str, str | None]] = []  # the events its blocks appended
+        self.queued = 0  # webhook deliveries its blocks queued
 
 
 class SqlStore:
@@ -350,7 +385,9 @@ class SqlStore:
     def __init__(self):
         self._new_events = threading.Condition()  # notified when events are committed: event readers look again
         self.known_last_event_id = 0  # the newest event id known to be committed (set by commits and polls)
-        self.commit_listeners: list[Callable[[], None]] = []  # called after every commit (the webhook dispatcher)
+        # Called after a commit that queued webhook deliveries (the dispatcher), this process's or
+        # (PostgreSQL) another's: not after every commit, so an idle dispatcher costs nothing per callback.
+        self.outbox_listeners: list[Callable[[], None]] = []
         # Called with (type, checkout id) of each committed event, this process's or (PostgreSQL) another's.
         self.event_listeners: list[Callable[[str, str | None], None]] = []
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
@@ -374,15 +411,16 @@ class SqlStore:
         """Is this process the one that runs background job `name`? One process per SQLite file: yes."""
         return True
 
-    def _committed(self, appended: list[tuple[int, str, str | None]]) -> None:
+    def _committed(self, appended: list[tuple[int, str, str | None]], queued: int = 0) -> None:
         """After a commit: wake event readers, tell the listeners (appended: (id, type, checkout id))."""
         if appended:
             self._saw_events(max(event_id for event_id, _, _ in appended))
         for _, event_type, checkout_id in appended:
             for listener in self.event_listeners:
                 listener(event_type, checkout_id)
-        for listener in self.commit_listeners:
-            listener()
+        if queued:
+            for listener in self.outbox_listeners:
+                listener()
 
     def record_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None) -> int:
@@ -496,6 +534,8 @@ class Store(SqlStore):
     """The payments database at `path` (parent folders are created; the schema on first use)."""
 
     def __init__(self, path: Path | str):
+        if is_postgres_url(path):  # never a SQLite file named after a URL
+            raise ValueError("Store() is the SQLite store; open_store() opens a postgresql:// URL")
         super().__init__()
         self.path = Path(path)
         self.described = str(self.path)
@@ -578,6 +618,7 @@ class Store(SqlStore):
                     yield tx
                     self._writer.execute("RELEASE tx")
                     batch.appended += tx.appended
+                    batch.queued += tx.queued
                 except BaseException as exc:
                     failure = exc
                     self.note_write_failure(exc)
@@ -644,7 +685,7 @@ class Store(SqlStore):
                         current.done, current.error = True, error
                     self._commits.notify_all()
                 if current is not None and error is None:
-                    self._committed(current.appended)
+                    self._committed(current.appended, current.queued)
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
 
