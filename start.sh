@@ -70,6 +70,7 @@ fi
 cat <<MSG
 
 Ready. Chat: http://127.0.0.1:$ADK_PORT/dev-ui/?app=mpesa_agent
+Dashboard: http://127.0.0.1:$CALLBACK_PORT/dashboard (live payments, history, analytics; sign in with CALLBACK_API_KEY from .env.local)
 Try: "Send 500 to 0712345678 for lunch" (an STK Push asks that phone's owner to pay your shortcode).
 Logs: logs/simulator.log, logs/callback_server.log, logs/adk_web.log. Chats: $SESSIONS_DB. Ctrl-C stops everything.
 MSG

@@ -24,7 +24,8 @@ FAST_QUERIES = QuerySchedule(first=0.3, every=0.3)
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Simulator and callback server as real processes; yields their settings."""
-    with Stack(tmp_path_factory.mktemp("stack"), token=TOKEN, api_key=API_KEY, PAYMENT_WAIT_SECONDS="8") as stack:
+    with Stack(tmp_path_factory.mktemp("stack"), token=TOKEN, api_key=API_KEY, PAYMENT_WAIT_SECONDS="8",
+               BULK_PUSHES_PER_SECOND="20") as stack:
         yield stack.settings
 
 

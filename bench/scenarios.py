@@ -168,6 +168,8 @@ async def callback_ingestion(stack: Stack, run: int, callbacks: int, senders: in
     cpu, started = cpu_seconds(stack.server_pid), time.perf_counter()
     results = await _fan_out(stack, senders, ids, post)
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(stack.server_pid) - cpu
+    await api.close()  # idle all along: past the header timeout the server has cut it off
+    api = await _api(stack)
     _, after = await api.json("GET", "/health")
     await api.close()
     stored = after["callbacks"].get("applied", 0) - before["callbacks"].get("applied", 0)

@@ -63,7 +63,8 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="add the cases to the eval set")
     options = parser.parse_args()
     cases = json.loads(options.cases.read_text())
-    with tempfile.TemporaryDirectory() as folder, Stack(Path(folder), PAYMENT_WAIT_SECONDS="8") as stack:
+    with tempfile.TemporaryDirectory() as folder, Stack(Path(folder), PAYMENT_WAIT_SECONDS="8",
+                                                        BULK_PUSHES_PER_SECOND="20") as stack:
         recorded = asyncio.run(record(Payments(stack.settings, schedule=QuerySchedule(first=0.3, every=0.3)), cases))
     if options.write:
         data = json.loads(EVAL_SET.read_text())

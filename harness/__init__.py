@@ -74,7 +74,7 @@ def base_env(**overrides) -> dict:
     """The parent's environment without the developer's payment settings, plus `overrides`."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_",
-                                "TRUSTED_", "RECONCILE_", "VERIFY_", "WEBHOOK"))}
+                                "TRUSTED_", "RECONCILE_", "VERIFY_", "WEBHOOK", "BULK_", "DASHBOARD_"))}
     env["MPESA_ENV_FILES"] = ".env"  # never the developer's .env.local
     env.update({k: str(v) for k, v in overrides.items()})
     env["PYTHONUNBUFFERED"] = "1"

@@ -1,4 +1,5 @@
-"""Wires the root agent: the two payment tools on the process's Payments, the instruction, and the model choice."""
+"""Wires the root agent: the payment, bulk and history tools on the process's Payments, the instruction, and the
+model choice."""
 from google.adk.agents import Agent
 
 from mpesa_agent.config import Settings

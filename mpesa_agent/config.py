@@ -69,6 +69,13 @@ def _float(values: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _positive(values: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(values, name, default)
+    if not 0 < value < 10**6:
+        raise ConfigError(f"{name} must be a number above 0, got {values.get(name)!r}")
+    return value
+
+
 def _bool(values: Mapping[str, str], name: str) -> bool:
     return str(values.get(name, "") or "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -101,7 +108,8 @@ class Settings:
     callback_url: str = field(default="", repr=False)
     callback_server_url: str = "http://127.0.0.1:8001"
     callback_api_key: str = field(default="", repr=False)
-    payments_db: Path = PROJECT_ROOT / "data" / "payments.db"
+    dashboard_secret: str = field(default="", repr=False)  # empty: derived from callback_api_key (server/dashboard_auth.py)
+    payments_db: Path | str = PROJECT_ROOT / "data" / "payments.db"  # a SQLite file, or a postgresql:// URL
     max_amount: int = 150_000
     confirm_above: int = 10_000  # a larger push needs the person's approval (ADK confirmation; confirm=true over MCP)
     rate_limit_count: int = 5
@@ -112,6 +120,8 @@ class Settings:
     auto_retry_delay: float = 120.0  # seconds after the failure (and after the last identical push)
     wait_seconds: int = 120
     reconcile_after: int = 300
+    bulk_pushes_per_second: float = 2.0  # bulk requests' pace (Daraja's spike arrest is per app, unpublished)
+    bulk_throttle_pause: float = 5.0  # first pause after Daraja throttles a bulk push; doubles up to 5 minutes
     verify_success_by_query: bool = False
     allow_live_money: bool = False  # production sends real prompts only with this switch on
     trusted_callback_ips: tuple[str, ...] = ()
@@ -152,7 +162,8 @@ class Settings:
         if env not in BASE_URLS:
             raise ConfigError(f"MPESA_ENV must be one of {', '.join(BASE_URLS)}, got {env!r}")
         shortcode = (values.get("MPESA_SHORTCODE") or SANDBOX_SHORTCODE).strip()
-        db = Path(values.get("PAYMENTS_DB") or "data/payments.db")
+        db_setting = (values.get("PAYMENTS_DB") or "data/payments.db").strip()
+        db = db_setting if db_setting.startswith(("postgresql://", "postgres://")) else Path(db_setting)
         return cls(
             mpesa_env=env,
             consumer_key=(values.get("MPESA_CONSUMER_KEY") or "").strip(),
@@ -165,7 +176,8 @@ class Settings:
             callback_url=(values.get("MPESA_CALLBACK_URL") or "").strip(),
             callback_server_url=(values.get("CALLBACK_SERVER_URL") or "http://127.0.0.1:8001").strip().rstrip("/"),
             callback_api_key=(values.get("CALLBACK_API_KEY") or "").strip(),
-            payments_db=db if db.is_absolute() else root / db,
+            dashboard_secret=(values.get("DASHBOARD_SECRET") or "").strip(),
+            payments_db=db if isinstance(db, str) or db.is_absolute() else root / db,
             max_amount=_int(values, "PAYMENT_MAX_AMOUNT", 150_000),
             confirm_above=_int(values, "PAYMENT_CONFIRM_ABOVE", 10_000),
             rate_limit_count=_int(values, "PAYMENT_RATE_LIMIT_COUNT", 5),
@@ -176,6 +188,8 @@ class Settings:
             auto_retry_delay=_float(values, "PAYMENT_AUTO_RETRY_DELAY", 120.0),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
+            bulk_pushes_per_second=_positive(values, "BULK_PUSHES_PER_SECOND", 2.0),
+            bulk_throttle_pause=_positive(values, "BULK_THROTTLE_PAUSE_SECONDS", 5.0),
             verify_success_by_query=_bool(values, "VERIFY_SUCCESS_BY_QUERY"),
             allow_live_money=_bool(values, "MPESA_ALLOW_LIVE_MONEY"),
             trusted_callback_ips=_list(values.get("TRUSTED_CALLBACK_IPS")),

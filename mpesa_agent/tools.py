@@ -1,6 +1,10 @@
-"""The agent's two tools: send an STK Push and track it, and check a payment's status.
+"""The agent's tools: send an STK Push and track it, check a payment's status, wait for it, read
+the stored history (the last payment, a filtered list, the totals of a period), and bulk requests
+(many people at once, sent by the callback server) with their progress.
 
-`make_tools(payments)` builds them bound to one `Payments`; `mpesa_agent.agent` wires the process's.
+`make_tools(payments)` builds the brief's two bound to one `Payments`; `agent_tools(payments)` all of
+them, as `mpesa_agent.agent` wires the process's. The history tools read the callback server, not
+the chat, so they answer the same in every chat.
 Both are `async` (a waiting sync tool freezes `adk web`); blocking HTTP runs in a thread.
 They never raise at the model: every problem comes back as a dict with a message for a person.
 """
@@ -14,6 +18,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from mpesa_agent.payments import notifications as notes
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
@@ -22,11 +27,13 @@ from google.adk.tools import FunctionTool, ToolContext
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.daraja.client import UNKNOWN_ID_REASON
+from mpesa_agent.daraja.push import push_and_register
 from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, InvalidRequestError, LiveMoneyRefused,
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
+from mpesa_agent.payments.periods import EAT, PERIODS, InvalidTime, period as period_span, stamp
 from mpesa_agent.payments.record import FIELD_NAMES, Payment
-from mpesa_agent.payments.retry import NO_ANSWER_CODES, account_reference, check_push, retry_refusal
+from mpesa_agent.payments.retry import NO_ANSWER_CODES, check_push, retry_refusal
 from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, normalize_code
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
 from mpesa_agent.tracking import TrackingClient, TrackingRejected, TrackingUnavailable
@@ -39,6 +46,10 @@ BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments r
 TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
 RETRY_TOOL, RETRY_MANY_TOOL = "retry_payment", "retry_unanswered_payments"
 RECENT_IN_CHAT = 20  # the chat's latest payments "retry the ones that didn't answer" looks at
+BULK_TOOL, BULK_STATUS_TOOL = "request_bulk_payment", "bulk_payment_status"
+BULK_POLL_SECONDS = 1.0  # how often a waiting bulk_payment_status reads the batch
+BULK_SHOWN = 50  # people listed by name in a bulk answer; the rest are counted
+LAST_BATCH_ID = "mpesa_last_batch_id"  # session state: the bulk request this chat sent last
 
 
 def _remember(memory: dict, key: str, value) -> None:
@@ -102,17 +113,18 @@ class Payments:
         refusal = self._guard(msisdn, amount, confirm_repeat)
         if refusal:
             return refusal
+        def register(ack) -> None:
+            self.tracking.register(ack.checkout_request_id, msisdn, amount, context, ack.merchant_request_id)
+
         try:
-            ack = await self._blocking(
-                self.daraja.stk_push, msisdn, amount, account_reference(context),
-                context or "Payment", self.settings.callback_url)
+            pushed = await self._blocking(push_and_register, self.daraja, register, msisdn, amount, context,
+                                          self.settings.callback_url)
         except DarajaError as exc:
             return self._push_failed(msisdn, amount, exc)
-        checkout_id = ack.checkout_request_id
+        checkout_id = pushed.ack.checkout_request_id
         _remember(self._sent, checkout_id, (msisdn, amount, context))
-        log.info("push %s accepted for %s KES %d", checkout_id, masked_phone(msisdn), amount)
-        registered = await self._register(ack, msisdn, amount, context)
-        if not registered:
+        registered = pushed.registered
+        if not registered:  # tracked by STK Query instead
             _remember(self._untracked, checkout_id, self.clock())
         if not wait_for_completion:
             return notes.pending_notification(
@@ -151,6 +163,42 @@ class Payments:
         except TrackingUnavailable as exc:
             log.warning("status %s: %s; falling back to STK Query", checkout_id, exc)
         return await self._query_once(checkout_id)
+
+    async def bulk(self, rows, description: str = "") -> dict:
+        """Start a bulk request on the callback server: `rows` are `phone,amount[,reference]` lines."""
+        rows = str(rows or "").strip()
+        if not rows:
+            return error("Not sent: the list is empty. Give one phone,amount per line.")
+        description = " ".join(str(description or "").split())[:100]
+        try:
+            answer = await self._blocking(self.tracking.bulk_create, rows, description)
+        except TrackingRejected as exc:
+            problems = [f"line {p.get('line')}: {p.get('reason')}" for p in exc.body.get("problems") or []]
+            if problems:
+                return error("Not sent: some lines have a problem, and nothing goes out until every line is right. "
+                             "Fix them and send the whole list again.", problems=problems[:BULK_SHOWN])
+            return error(f"Not sent: {exc}.")
+        except TrackingUnavailable as exc:  # never sent again by itself: the list may be queued already
+            return error(f"The callback server did not answer ({exc}), so I cannot tell whether the list was queued. "
+                         "Don't send it again before checking its bulk requests (GET /payment/bulk).")
+        return bulk_answer(answer["batch"], accepted=True)
+
+    async def bulk_status(self, batch_id, wait: bool = False) -> dict:
+        """A bulk request's progress; with `wait`, once everyone has answered (or after PAYMENT_WAIT_SECONDS)."""
+        batch_id = str(batch_id or "").strip()
+        if not batch_id.startswith("bat_"):
+            return error("Which bulk request? There is none in this chat yet; give its ID (bat_...).")
+        deadline = self.clock() + (self.settings.wait_seconds if wait else 0)
+        while True:
+            try:
+                report = await self._blocking(self.tracking.bulk_report, batch_id)
+            except TrackingRejected as exc:
+                return error(f"The callback server refused: {exc}.", batch_id=batch_id)
+            except TrackingUnavailable as exc:
+                return error(f"Could not reach the callback server ({exc}); ask again in a moment.", batch_id=batch_id)
+            if report["settled"] or self.clock() >= deadline:
+                return bulk_answer(report)
+            await asyncio.sleep(max(0.0, min(BULK_POLL_SECONDS, deadline - self.clock())))
 
     async def _blocking(self, function, *args):
         """Run blocking HTTP off the event loop, on this object's own thread pool."""
@@ -322,17 +370,6 @@ class Payments:
             if pushes and pushes[-1][1] == amount:
                 pushes.pop()
 
-    async def _register(self, ack, msisdn: str, amount: int, context: str) -> bool:
-        try:
-            await self._blocking(self.tracking.register, ack.checkout_request_id, msisdn, amount,
-                                 context, ack.merchant_request_id)
-            return True
-        except TrackingUnavailable as exc:
-            log.warning("register %s failed (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        except TrackingRejected as exc:
-            log.warning("register %s refused (%s); tracking by STK Query instead", ack.checkout_request_id, exc)
-        return False
-
     async def _wait(self, checkout_id: str, deadline: float) -> dict:
         """Long-poll the callback server; ride out a restart; fall back to STK Query if it stays down.
 
@@ -442,19 +479,93 @@ def _outcome_line(result: dict) -> str:
     return f"{phone}, {amount}: {result.get('message', '')}".strip()
 
 
+def bulk_answer(report: dict, accepted: bool = False) -> dict:
+    """What the bulk tools answer: the counts, who has not paid and why, and a message for people."""
+    not_paid = [{"phone_number": display_phone(item["phone_number"]), "amount": item["amount"],
+                 "outcome": item["outcome"], "reason": item["reason"]} for item in report.get("not_paid", [])]
+    status = "accepted" if accepted else ("settled" if report["settled"] else "in_progress")
+    what = f" for {report['description']}" if report.get("description") else ""
+    if accepted:
+        message = (f"📤 {report['item_count']} payment requests{what}, {report['total_amount']:,} KSh in all, are "
+                   "queued: the server sends the prompts one by one.")
+    else:
+        message = f"{'✅' if status == 'settled' else '⏳'} {report['summary']}{what}."
+        message += "".join(f"\n- {i['phone_number']} ({i['amount']:,} KSh): {i['reason']}" for i in not_paid[:BULK_SHOWN])
+    return {"status": status, "batch_id": report["id"], "message": message, "summary": report["summary"],
+            "description": report.get("description", ""), "item_count": report["item_count"],
+            "total_amount": report["total_amount"], "paid_amount": report["paid_amount"],
+            "counts": {name: value["count"] for name, value in report["by_outcome"].items() if value["count"]},
+            "not_paid": not_paid[:BULK_SHOWN], "not_paid_count": len(not_paid)}
+
+
+def make_bulk_tools(payments: Payments) -> list:
+    """The bulk tools: start a bulk request (behind ADK's confirmation in agent_tools), and follow it."""
+
+    async def request_bulk_payment(rows: str, description: str = "", tool_context: ToolContext = None) -> dict:
+        """Ask several customers to pay at once (a bulk request): each phone gets one M-Pesa prompt, sent by
+        the callback server at a pace Daraja accepts. Call it only after showing the person the whole list
+        and the total; they approve or reject the call before anything is sent.
+
+        Args:
+            rows: One customer per line as CSV: "phone,amount" or "phone,amount,reference", e.g.
+                "0712345678,500\n0722000000,500,June". A header line is allowed.
+            description: What the requests are for, e.g. "chama contribution" (a row without a reference uses it).
+
+        Returns:
+            A dict with `status` "accepted" (then call bulk_payment_status with wait=True), or "error" with a
+            `message` and `problems` (each bad line and why; nothing was sent). Also `batch_id`, `summary`,
+            `item_count`, `total_amount`.
+        """
+        try:
+            result = await payments.bulk(rows, description)
+            if tool_context is not None and result.get("batch_id"):
+                tool_context.state[LAST_BATCH_ID] = result["batch_id"]
+            return result
+        except Exception as exc:
+            log.exception("request_bulk_payment failed")
+            return error(f"Something went wrong while sending the bulk request ({type(exc).__name__}). "
+                         "Check the callback server's bulk requests before trying again.")
+
+    async def bulk_payment_status(batch_id: str = "", wait: bool = False, tool_context: ToolContext = None) -> dict:
+        """How a bulk request is going: how many paid, who has not paid and why (no M-Pesa call).
+
+        Args:
+            batch_id: The bulk request's ID (bat_...); empty means the one this chat sent last.
+            wait: True right after request_bulk_payment: wait (up to about 2 minutes) until everyone has answered.
+
+        Returns:
+            A dict with `status` ("settled", "in_progress" or "error"), `summary` (e.g. "28 of 30 paid,
+            1 cancelled, 1 did not answer"), `counts`, `paid_amount`, `not_paid` (phone, amount, reason) and a
+            `message` to show the person.
+        """
+        batch_id = batch_id or (tool_context.state.get(LAST_BATCH_ID, "") if tool_context else "")
+        try:
+            return await payments.bulk_status(batch_id, wait)
+        except Exception as exc:
+            log.exception("bulk_payment_status failed")
+            return error(f"Something went wrong while checking the bulk request ({type(exc).__name__}).",
+                         batch_id=batch_id)
+
+    return [request_bulk_payment, bulk_payment_status]
+
+
 def agent_tools(payments: Payments) -> list:
-    """The agent's tools as ADK wires them. Through ADK's tool confirmation (adk web shows an approve /
-    reject step, the API carries it) the person approves before anything reaches a phone: a push above
-    PAYMENT_CONFIRM_ABOVE (and within PAYMENT_MAX_AMOUNT, above which the tool refuses anyway), the same
-    push again within PAYMENT_REPEAT_WINDOW, and every retry (the retry tools ask themselves, naming
-    the payments)."""
+    """The agent's tools as ADK wires them (send, status, wait, the history tools, the bulk tools, then the
+    retry tools). Through ADK's tool confirmation (adk web shows an approve / reject step, the API carries
+    it) the person approves before anything reaches a phone: a push above PAYMENT_CONFIRM_ABOVE (and within
+    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway), the same push again within
+    PAYMENT_REPEAT_WINDOW, every bulk request, and every retry (the retry tools ask themselves, naming the
+    payments)."""
     send, status = make_tools(payments)
 
     def needs_approval(phone_number: str, amount: int, context: str = "", wait_for_completion: bool = True,
                        tool_context: ToolContext = None) -> bool:
         return payments.approval_question(phone_number, amount, context) is not None
 
-    return [SendTool(send, needs_approval, payments), status, make_wait_tool(payments), *make_retry_tools(payments)]
+    bulk, bulk_status = make_bulk_tools(payments)
+    return [SendTool(send, needs_approval, payments), status, make_wait_tool(payments),
+            *make_history_tools(payments), FunctionTool(bulk, require_confirmation=True), bulk_status,
+            *make_retry_tools(payments)]
 
 
 class SendTool(FunctionTool):
@@ -690,3 +801,191 @@ def __getattr__(name: str):
         from mpesa_agent import agent  # late: agent.py imports this module
         return getattr(agent, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+HISTORY_TOOL_NAMES = ("last_payment", "find_payments", "payment_totals")
+LIST_LIMIT = 20  # payments one chat answer lists, at most
+UNPAID_SCAN = 200  # payments read to find who has not paid (the newest request per phone)
+PERIOD_WORDS = {"today": "today", "yesterday": "yesterday", "this_week": "this week", "last_week": "last week",
+                "this_month": "this month", "last_month": "last month", "last_7_days": "in the last 7 days",
+                "last_30_days": "in the last 30 days"}
+STATUS_MARKS = {"completed": "✅", "failed": "❌", "pending": "⏳", "unknown": "❔"}
+
+
+def payment_line(payment: dict) -> str:
+    """One stored payment as the merchant reads it, ending with its checkout ID."""
+    phone, amount = display_phone(payment["phone_number"]), f"{payment['amount']:,} KSh"
+    purpose = f" for {payment['description']}" if payment.get("description") else ""
+    when = datetime.fromisoformat(payment["created_at"]).astimezone(EAT).strftime("%d %b %H:%M")
+    status = payment["status"]
+    if status == COMPLETED:
+        what = f"{phone} paid {amount}{purpose}" + (f", receipt {payment['receipt']}" if payment.get("receipt") else "")
+    elif status == FAILED:
+        what = f"{phone} did not pay {amount}{purpose}: {payment.get('reason') or 'failed'}"
+    elif status == PENDING:
+        what = f"{phone} has not answered the prompt for {amount}{purpose} yet"
+    else:
+        what = f"{phone}, {amount}{purpose}: outcome unknown ({payment.get('reason') or 'no final answer'})"
+    return f"{STATUS_MARKS.get(status, '')} {when}: {what}. Checkout ID: {payment['checkout_request_id']}"
+
+
+def _period(name: str) -> tuple[str, str, str] | dict:
+    """(since, until, words) of a named period, or an error the model can act on."""
+    key = str(name or "").strip().lower().replace(" ", "_")
+    try:
+        since, until = period_span(key, datetime.now(timezone.utc))
+    except InvalidTime:
+        return error(f"I don't know the period {name!r}; use one of {', '.join(PERIODS)}.")
+    return stamp(since), stamp(until), PERIOD_WORDS[key]
+
+
+def _phone_filter(phone_number) -> str | dict:
+    """The MSISDN to filter on ("" for none), or an error the model can act on."""
+    if not str(phone_number or "").strip():
+        return ""
+    try:
+        return normalize_phone(phone_number)
+    except InvalidPhoneNumber as exc:
+        return error(f"{exc}.")
+
+
+def make_history_tools(payments: Payments) -> list:
+    """Three read-only tools over the callback server's stored payments (GET /payment/history, /payment/analytics)."""
+    tracking = payments.tracking
+
+    async def read(function, *args, **kwargs) -> dict:
+        try:
+            return await payments._blocking(functools.partial(function, *args, **kwargs))
+        except TrackingRejected as exc:
+            return error(f"The callback server refused the question: {exc}.")
+        except TrackingUnavailable as exc:
+            return error(f"I can't reach the payment records right now ({exc}); try again in a moment.")
+
+    async def last_payment(phone_number: str = "") -> dict:
+        """The newest payment request, of one customer or of anyone, from the stored records (any chat).
+
+        Use it for "did 0712345678 pay?" when this chat has no payment to that number, "my last
+        payment", "last payment ilienda aje", and "did it go through?" before any payment in this chat.
+
+        Args:
+            phone_number: The customer's number in any Kenyan form; empty means the newest of all.
+
+        Returns:
+            The payment's status notification (`status`, `message`, `payment_status`,
+            `checkout_request_id`, and `payment_details` or `error_message`) with `payment`, the
+            stored record, and `line`, the payment as the merchant reads it; `status` "not_found" when
+            there is none.
+        """
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
+        page = await read(tracking.history, phone=phone, limit=1)
+        if page.get("status") == "error":
+            return page
+        if not page.get("payments"):
+            whom = f" to {display_phone(phone)}" if phone else ""
+            return {"status": "not_found", "message": f"I have no payment request{whom} on record yet."}
+        record = page["payments"][0]
+        return {**notes.notification_for(record), "payment": record, "line": payment_line(record)}
+
+    async def find_payments(status: str = "", period: str = "", phone_number: str = "", limit: int = 10) -> dict:
+        """List stored payment requests, newest first, each with its checkout ID (any chat's).
+
+        Use it for "which payments failed this week?", "who hasn't paid?" (status "unpaid"),
+        "pending payments today", "payments from 0712345678".
+
+        Args:
+            status: "completed", "failed", "pending", "unknown", or "unpaid": the customers whose
+                latest request in the period is not paid (one line per customer). Empty: all.
+            period: today, yesterday, this_week, last_week, this_month, last_month, last_7_days or
+                last_30_days; empty: any time ("unpaid" defaults to last_7_days).
+            phone_number: Only this customer's requests (any Kenyan form).
+            limit: At most this many lines (1-20).
+
+        Returns:
+            `status` "success", `count`, `payments` (the stored records) and `message`: one line per
+            payment, to show as it is.
+        """
+        wanted = str(status or "").strip().lower()
+        unpaid = wanted == "unpaid"
+        span = _period(period or ("last_7_days" if unpaid else "")) if (period or unpaid) else ("", "", "")
+        if isinstance(span, dict):
+            return span
+        since, until, words = span
+        phone = _phone_filter(phone_number)
+        if isinstance(phone, dict):
+            return phone
+        try:
+            limit = max(1, min(int(limit), LIST_LIMIT))
+        except (TypeError, ValueError):
+            limit = 10
+        page = await read(tracking.history, status="" if unpaid else wanted, phone=phone, since=since, until=until,
+                          limit=UNPAID_SCAN if unpaid else limit)
+        if page.get("status") == "error":
+            return page
+        found = page.get("payments", [])
+        if unpaid:  # the newest request per phone, when it is not paid
+            newest: dict[str, dict] = {}
+            for record in found:
+                newest.setdefault(record["phone_number"], record)
+            found = [record for record in newest.values() if record["status"] != COMPLETED][:limit]
+        kind = wanted
+        scope = " ".join(part for part in (words, f"to {display_phone(phone)}" if phone else "") if part)
+        if not found:
+            if unpaid:
+                return {"status": "success", "count": 0, "payments": [],
+                        "message": f"Everyone you asked {words} has paid." if words else "Everyone has paid."}
+            return {"status": "success", "count": 0, "payments": [],
+                    "message": f"No {kind + ' ' if kind else ''}payment requests{' ' + scope if scope else ''}."}
+        if unpaid:
+            head = f"{len(found)} customer{'s' if len(found) != 1 else ''} {'have' if len(found) != 1 else 'has'} " \
+                   f"not paid{' ' + scope if scope else ''}:"
+        else:
+            more = " (the newest)" if page.get("next_cursor") else ""
+            head = f"{len(found)} {kind + ' ' if kind else ''}payment request{'s' if len(found) != 1 else ''}" \
+                   f"{' ' + scope if scope else ''}{more}:"
+        return {"status": "success", "count": len(found), "payments": found,
+                "message": "\n".join([head, *(payment_line(record) for record in found)])}
+
+    async def payment_totals(period: str = "today") -> dict:
+        """How much was collected in a period, and how many requests were paid, failed or are pending.
+
+        Use it for "how much did I collect today?", "nimepokea ngapi leo", "total this week".
+
+        Args:
+            period: today, yesterday, this_week, last_week, this_month, last_month, last_7_days or last_30_days.
+
+        Returns:
+            `status` "success", `collected` (KES of completed payments), counts per state (`completed`,
+            `failed`, `pending`, `unknown`), `completion_rate` (completed / (completed + failed), or
+            null), `failure_reasons` and `message`, to show as it is.
+        """
+        span = _period(period or "today")
+        if isinstance(span, dict):
+            return span
+        since, until, words = span
+        figures = await read(tracking.analytics, since, until)
+        if figures.get("status") == "error":
+            return figures
+        counts = {state: figures["by_status"][state]["count"] for state in ("completed", "failed", "pending", "unknown")}
+        collected = figures["by_status"]["completed"]["amount"]
+        rate = figures.get("completion_rate")
+        if not figures["count"]:
+            return {"status": "success", "period": words, "collected": 0, **counts, "requests": 0,
+                    "completion_rate": None, "failure_reasons": [], "message": f"No payment requests {words}."}
+        lines = [f"💰 You collected {collected:,} KSh {words} from {counts['completed']} paid "
+                 f"request{'s' if counts['completed'] != 1 else ''}."]
+        others = [f"{counts[s]} {w}" for s, w in (("failed", "failed"), ("pending", "still pending"),
+                                                   ("unknown", "unknown")) if counts[s]]
+        if others:
+            lines.append(f"Of {figures['count']} requests, " + ", ".join(others) + ".")
+        if rate is not None:
+            lines.append(f"Completion rate: {rate:.0%}.")
+        if figures.get("failure_reasons"):
+            lines.append("Failures: " + "; ".join(f"{r['reason']} ({r['count']})" for r in figures["failure_reasons"][:3])
+                         + ".")
+        return {"status": "success", "period": words, "collected": collected, **counts, "requests": figures["count"],
+                "completion_rate": rate, "failure_reasons": figures.get("failure_reasons", []),
+                "message": "\n".join(lines)}
+
+    return [last_payment, find_payments, payment_totals]

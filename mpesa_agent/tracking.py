@@ -1,4 +1,5 @@
-"""HTTP client of the callback server's /payment/* API, used by the agent's tools."""
+"""HTTP client of the callback server's /payment/* API (register, status, wait, history, analytics), used by
+the agent's tools."""
 from __future__ import annotations
 
 import logging
@@ -74,14 +75,32 @@ class TrackingClient:
         return self._call("GET", f"/payment/wait/{checkout_request_id}",
                           params={"timeout": int(max(0, timeout))}, read_timeout=timeout + READ_TIMEOUT)
 
-    def _call(self, method: str, path: str, read_timeout: float = READ_TIMEOUT, explained_5xx: bool = False,
-              **kwargs) -> dict:
+    def history(self, **filters) -> dict:
+        """A page of stored payments, newest first: `{"payments": [...], "next_cursor": ...}`."""
+        return self._call("GET", "/payment/history", params={k: v for k, v in filters.items() if v not in (None, "")})
+
+    def analytics(self, since: str, until: str) -> dict:
+        """Counts, KES totals, completion rate and failure reasons for payments created in [since, until)."""
+        return self._call("GET", "/payment/analytics", params={"since": since, "until": until})
+
+    def bulk_create(self, rows_csv: str, description: str = "") -> dict:
+        """Start a bulk request from `phone,amount[,reference]` lines (never retried: a second call is a second batch)."""
+        return self._call("POST", "/payment/bulk", data=rows_csv.encode(), params={"description": description},
+                          content_type="text/csv")
+
+    def bulk_report(self, batch_id: str) -> dict:
+        return self._call("GET", f"/payment/bulk/{batch_id}")
+
+    def _call(self, method: str, path: str, read_timeout: float = READ_TIMEOUT, content_type: str | None = None,
+              explained_5xx: bool = False, **kwargs) -> dict:
         """The JSON answer; 4xx is TrackingRejected, 5xx TrackingUnavailable unless `explained_5xx` and the
         server said why in JSON (the retry route's 502: M-Pesa refused, or its answer was lost)."""
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if content_type:
+            headers["Content-Type"] = content_type
         try:
             response = self.session.request(
-                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout),
-                headers={"Authorization": f"Bearer {self.api_key}"}, **kwargs)
+                method, self.base_url + path, timeout=(CONNECT_TIMEOUT, read_timeout), headers=headers, **kwargs)
         except requests.RequestException as exc:
             raise TrackingUnavailable(f"callback server unreachable at {self.base_url}: {type(exc).__name__}") from None
         try:

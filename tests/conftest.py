@@ -1,5 +1,7 @@
 import os
 import threading
+import uuid
+from urllib.parse import quote, urlencode
 
 import pytest
 from werkzeug.serving import make_server
@@ -14,20 +16,89 @@ def _clean_environment(monkeypatch):
     """No test sees the developer's MPESA_*/CALLBACK_*/GOOGLE_* variables."""
     for name in list(os.environ):
         if name.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_", "TRUSTED_",
-                            "RECONCILE_", "VERIFY_", "WEBHOOK")):
+                            "RECONCILE_", "VERIFY_", "WEBHOOK", "BULK_", "DASHBOARD_")):
             monkeypatch.delenv(name, raising=False)
 
 
+DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "stores: run each test on SQLite and on PostgreSQL (the db_kind fixture)")
+    config.addinivalue_line("markers", "sqlite_only: about the SQLite file itself; not run on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests of modules marked `stores` run once per store, unless marked `sqlite_only`."""
+    if "db_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("stores"):
+        kinds = ["sqlite"] if metafunc.definition.get_closest_marker("sqlite_only") else ["sqlite", "postgresql"]
+        metafunc.parametrize("db_kind", kinds, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    """Offline settings on a tmp_path database, ignoring .env files."""
+def db_kind(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_database():
+    """A PostgreSQL database of this test run's own, dropped at the end: its URL.
+
+    From MPESA_TEST_POSTGRES_URL (any database the user may CREATE DATABASE from), else the local
+    server at 127.0.0.1:5432. Without one the PostgreSQL tests are skipped, saying how to enable
+    them; under CI=true they fail instead."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    admin_url = os.environ.get("MPESA_TEST_POSTGRES_URL") or DEFAULT_TEST_POSTGRES_URL
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+    except psycopg.Error as exc:
+        why = (f"PostgreSQL tests skipped: no server at {admin_url} ({str(exc).strip().splitlines()[0]}). "
+               "Set MPESA_TEST_POSTGRES_URL=postgresql://user@host:port/dbname to run them.")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{why} Under CI=true they must run.", pytrace=False)
+        pytest.skip(why)
+    name = f"mpesa_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": name})
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_database):
+    """A schema of its own in the test run's database, as a postgresql:// URL (search_path set)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    parts = {**conninfo_to_dict(postgres_database), "options": f"-csearch_path={schema}"}
+    return "postgresql://?" + urlencode(parts, quote_via=quote)
+
+
+@pytest.fixture
+def db_target(db_kind, tmp_path, request):
+    """Where PAYMENTS_DB points for this test: a SQLite file, or a PostgreSQL schema's URL."""
+    if db_kind == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return tmp_path / "payments.db"
+
+
+@pytest.fixture
+def settings(tmp_path, db_target) -> Settings:
+    """Offline settings on a tmp_path database (or, for `stores` tests, each store), ignoring .env files."""
     return Settings.from_env(
         {
             "MPESA_CONSUMER_KEY": "test-key",
             "MPESA_CONSUMER_SECRET": "test-secret",
             "MPESA_CALLBACK_URL": "http://127.0.0.1:8001/callback/0123456789abcdef0123456789abcdef",
             "CALLBACK_API_KEY": "test-api-key",
-            "PAYMENTS_DB": str(tmp_path / "payments.db"),
+            "PAYMENTS_DB": str(db_target),
         },
         root=tmp_path,
         load_files=False,

@@ -34,9 +34,10 @@ def offline_root_agent(payments: Payments):
                                     "model": OfflineModel()})
 
 
-def converse(payments: Payments, *messages: str, answers=()) -> list[Turn]:
-    """Send `messages` one by one in a new session; return what happened in each turn. `answers` are the
-    person's answers to ADK's confirmation steps, in order (True approves, False rejects); past them, approve."""
+def converse(payments: Payments, *messages, answers=()) -> list[Turn]:
+    """Send `messages` (texts, or whole `types.Content`s, e.g. with an attached file) one by one in a new
+    session; return what happened in each turn. `answers` are the person's answers to ADK's confirmation
+    steps, in order (True approves, False rejects); past them, the person approves."""
     return asyncio.run(chat(payments, messages, answers))
 
 
@@ -49,7 +50,7 @@ async def chat(payments: Payments, messages, answers=()) -> list[Turn]:
     for text in messages:
         turn = Turn([], [], "", [])
         replies = []
-        message = types.Content(role="user", parts=[types.Part(text=text)])
+        message = text if isinstance(text, types.Content) else types.Content(role="user", parts=[types.Part(text=text)])
         while message is not None:
             approvals = []
             async for event in runner.run_async(user_id="test", session_id=session.id, new_message=message):

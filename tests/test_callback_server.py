@@ -13,10 +13,12 @@ from mpesa_agent.server import serve
 from mpesa_agent.server.api import wait_timeout
 from mpesa_agent.server.serve import ensure_api_key
 from mpesa_agent.config import ConfigError
-from mpesa_agent.server.store import Store, Transaction
+from mpesa_agent.server.store import Store, open_store, Transaction
 from test_callback_manager import (SAMPLE_CANCELLED, SAMPLE_CANCELLED_ID, SAMPLE_NO_RESPONSE,
                                    SAMPLE_NO_RESPONSE_ID, SAMPLE_SUCCESS, SAMPLE_SUCCESS_ID,
                                    SAMPLE_SUCCESS_PHONE, callback_body)
+
+pytestmark = pytest.mark.stores  # each test on SQLite and on PostgreSQL (tests/conftest.py)
 
 TOKEN = "0123456789abcdef0123456789abcdef"  # the token in conftest's MPESA_CALLBACK_URL
 CALLBACK = f"/callback/{TOKEN}"
@@ -248,7 +250,7 @@ def test_the_raw_body_is_committed_before_daraja_gets_its_200(client, settings):
     response = post_callback(client, SAMPLE_SUCCESS, headers={"Businessshortcode": "174379"},
                              environ_base={"REMOTE_ADDR": "196.201.212.69"})
     assert response.status_code == 200
-    fresh = Store(settings.payments_db)  # another connection: only committed data is visible
+    fresh = open_store(settings.payments_db)  # another connection: only committed data is visible
     [raw] = fresh.callbacks()
     assert (raw.body, raw.source_addr, raw.outcome) == (SAMPLE_SUCCESS, "196.201.212.69", "parked")
     assert raw.headers["Businessshortcode"] == "174379"
@@ -384,7 +386,7 @@ def test_health_reports_the_database_and_counts(client, settings, app, monkeypat
     register(client)
     post_callback(client, callback_body())
     body = client.get("/health").get_json()
-    assert body == {"status": "ok", "db": str(settings.payments_db), "payments": {"completed": 1},
+    assert body == {"status": "ok", "db": app.extensions["callback_manager"].store.described, "payments": {"completed": 1},
                     "callbacks": {"applied": 1}, "waiting": 0, "rejected": 0}
 
     def broken():

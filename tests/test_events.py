@@ -14,9 +14,11 @@ import requests
 from bench.client import Connection
 from harness import callback_server
 from mpesa_agent.server.manager import CallbackManager
-from mpesa_agent.server.store import SCHEMA_VERSION, Event, Store
+from mpesa_agent.server.store import DATABASE_ERRORS, SCHEMA_VERSION, Event, Store, open_store
 from tests.test_callback_manager import callback_body, register
 from tests.test_store import make_version_1_database
+
+pytestmark = pytest.mark.stores  # each test on SQLite and on PostgreSQL (tests/conftest.py)
 
 TOKEN = "7e1d3c5b9a7e1d3c5b9a7e1d3c5b9a7e"
 API_KEY = "events-test-key"
@@ -26,7 +28,7 @@ APP_AUTH = {"Authorization": "Bearer test-api-key"}  # conftest's settings
 
 @pytest.fixture
 def manager(settings):
-    store = Store(settings.payments_db)
+    store = open_store(settings.payments_db)
     yield CallbackManager(store, settings)
     store.close()
 
@@ -89,10 +91,10 @@ def test_an_event_is_written_in_the_same_transaction_as_its_change(manager):
 
 def test_events_are_never_changed_or_deleted(manager):
     register(manager)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(DATABASE_ERRORS, match="append-only"):
         with manager.store.transaction() as tx:
             tx.conn.execute("UPDATE events SET type = 'payment.completed'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(DATABASE_ERRORS, match="append-only"):
         with manager.store.transaction() as tx:
             tx.conn.execute("DELETE FROM events")
     assert types(manager) == ["payment.registered"]

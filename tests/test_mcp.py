@@ -32,7 +32,7 @@ def result_of(answer) -> dict:
     return json.loads(answer.content[0].text)
 
 
-async def exercise(session: ClientSession) -> None:
+async def exercise(session: ClientSession, tag: int) -> None:
     """What any MCP client does: list the tools, send a payment, check it, and read refusals."""
     await session.initialize()
     tools = {tool.name: tool for tool in (await session.list_tools()).tools}
@@ -61,6 +61,19 @@ async def exercise(session: ClientSession) -> None:
     unknown = await session.call_tool("check_payment_status", {"checkout_request_id": "not an id"})
     assert unknown.isError
 
+    bulk = tools["send_bulk_payment_request"]
+    assert (bulk.annotations.destructiveHint, bulk.annotations.readOnlyHint) == (True, False)
+    rows = "".join(f"07{tag}3{n:06d},{100 + n}\n" for n in range(3))
+    unconfirmed = await session.call_tool("send_bulk_payment_request", {"rows": rows, "description": "chama"})
+    assert unconfirmed.isError and "confirm=true" in unconfirmed.content[0].text
+    invalid = await session.call_tool("send_bulk_payment_request", {"rows": rows + "0712,5\n", "confirm": True})
+    assert invalid.isError and "line 4:" in invalid.content[0].text
+    accepted = result_of(await session.call_tool("send_bulk_payment_request",
+                                                 {"rows": rows, "description": "chama", "confirm": True}))
+    assert (accepted["status"], accepted["item_count"], accepted["total_amount"]) == ("accepted", 3, 303)
+    settled = result_of(await session.call_tool("check_bulk_payment_request",
+                                                {"batch_id": accepted["batch_id"], "wait": True}))
+    assert (settled["status"], settled["summary"]) == ("settled", "3 of 3 paid")
     retry = tools["retry_payment"]
     assert (retry.annotations.destructiveHint, retry.annotations.idempotentHint) == (True, True)
     refused = await session.call_tool("retry_payment", {"checkout_request_id": outcome["checkout_request_id"],
@@ -82,7 +95,7 @@ def test_over_stdio_the_sdk_client_lists_sends_and_reads_refusals(stack):
 
     async def run():
         async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-            await exercise(session)
+            await exercise(session, tag=1)
     asyncio.run(asyncio.wait_for(run(), 120))
 
 
@@ -99,7 +112,7 @@ def test_over_http_with_the_bearer_key(stack, tmp_path):
             headers = {"Authorization": f"Bearer {stack.api_key}"}
             async with streamablehttp_client(url, headers=headers) as (read, write, _), \
                     ClientSession(read, write) as session:
-                await exercise(session)
+                await exercise(session, tag=2)
         asyncio.run(asyncio.wait_for(run(), 120))
     finally:
         server.stop()

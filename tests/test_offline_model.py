@@ -9,7 +9,7 @@ from google.adk.runners import InMemoryRunner, Runner
 from google.genai import types
 
 from mpesa_agent.payments import notifications as notes
-from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, NO_PAYMENT_YET, OfflineModel, reply_to_result
+from mpesa_agent.offline_model import HELP_TEXT, MODEL_NAME, OfflineModel, reply_to_result
 from mpesa_agent.offline_model.model import ASK_AGAIN_LATER
 from mpesa_agent.payments.states import FAILURE_REASONS
 
@@ -97,10 +97,24 @@ def make_tools(send_results, status_results, retry_results=()):
         """The current status of a payment."""
         return status_queue.pop(0) if status_queue else success(checkout_id=checkout_request_id)
 
-    return [send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment, retry_payment,
-            retry_unanswered_payments]
+    async def last_payment(phone_number: str = "") -> dict:
+        """The newest stored payment (of a phone)."""
+        return {**success(checkout_id="ws_CO_STORED"), "payment": STORED}
+
+    async def find_payments(status: str = "", period: str = "", phone_number: str = "", limit: int = 10) -> dict:
+        """Stored payments."""
+        return {"status": "success", "count": 1, "message": f"1 payment request:\n✅ ... Checkout ID: ws_CO_STORED"}
+
+    async def payment_totals(period: str = "today") -> dict:
+        """Totals of a period."""
+        return {"status": "success", "message": f"💰 You collected 500 KSh {period}"}
+
+    return [send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment, last_payment,
+            find_payments, payment_totals, retry_payment, retry_unanswered_payments]
 
 
+STORED = {"checkout_request_id": "ws_CO_STORED", "phone_number": "254712345678", "amount": 500,
+          "description": "lunch", "status": "completed", "created_at": "2026-11-29T11:05:00.000+00:00"}
 FINAL = ("success", "failed", "timeout", "pending", "unknown")
 
 
@@ -373,10 +387,43 @@ def test_status_by_phone_picks_that_phones_payment():
     assert turns[2].calls == [(STATUS, {"checkout_request_id": "ws_CO_A"})]
 
 
-def test_status_without_any_payment_asks_for_the_id():
+def test_status_in_a_new_chat_reads_the_newest_stored_payment():
     first, second = converse("did it go through?", "ws_CO_999")
-    assert first.calls == [] and first.text == NO_PAYMENT_YET
+    assert first.calls == [("last_payment", {})]
+    assert first.text == ("Your last payment request (asked 29 Nov 14:05):\n✅ Yes: 0712345678 paid 500 KSh for lunch."
+                          " Receipt NLJ7RT61SV. Checkout ID: ws_CO_STORED")
     assert second.calls == [(STATUS, {"checkout_request_id": "ws_CO_999"})]
+
+
+@pytest.mark.parametrize("text, call", [
+    ("did 0712 345 678 pay?", ("last_payment", {"phone_number": "0712345678"})),
+    ("0712345678 ameshalipa?", ("last_payment", {"phone_number": "0712345678"})),
+    ("my last payment", ("last_payment", {})),
+    ("last payment ilienda aje", ("last_payment", {})),
+    ("what happened to my last push", ("last_payment", {})),
+    ("how much did I collect today?", ("payment_totals", {"period": "today"})),
+    ("nimepokea ngapi leo", ("payment_totals", {"period": "today"})),
+    ("mauzo ya wiki hii", ("payment_totals", {"period": "this_week"})),
+    ("how much have we received this month", ("payment_totals", {"period": "this_month"})),
+    ("total", ("payment_totals", {"period": "today"})),
+    ("which payments failed this week?", ("find_payments", {"status": "failed", "period": "this_week"})),
+    ("who hasn't paid?", ("find_payments", {"status": "unpaid"})),
+    ("nani hajalipa leo", ("find_payments", {"status": "unpaid", "period": "today"})),
+    ("show pending payments", ("find_payments", {"status": "pending"})),
+    ("failed payments yesterday", ("find_payments", {"status": "failed", "period": "yesterday"})),
+    ("payments from 0712345678", ("find_payments", {"phone_number": "0712345678"})),
+])
+def test_questions_about_stored_payments_read_the_server(text, call):
+    [turn] = converse(text)
+    assert turn.calls == [call]
+    assert "ws_CO_STORED" in turn.text or "You collected" in turn.text
+
+
+@pytest.mark.parametrize("text", ["kuna 3 members hawajalipa", "send 500 to 0712345678 for the last payment",
+                                  "tuma 500 kwa 0712 345 678 leo"])
+def test_statements_and_requests_are_not_read_as_history_questions(text):
+    [turn] = converse(text)
+    assert all(name not in ("last_payment", "find_payments", "payment_totals") for name, _ in turn.calls)
 
 
 def test_status_after_a_request_that_was_not_sent():

@@ -27,9 +27,10 @@ def documented(spec: dict) -> set[tuple[str, str]]:
 
 
 def routes(app) -> set[tuple[str, str]]:
-    """Flask's rules as OpenAPI paths: `<checkout_request_id>` -> `{checkout_request_id}`."""
+    """Flask's rules as OpenAPI paths: `<checkout_request_id>` -> `{checkout_request_id}`. The dashboard's
+    HTML pages (/dashboard*) are for people signed in with a cookie, not part of the API for programs."""
     return {(re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule), method)
-            for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+            for rule in app.url_map.iter_rules() if not rule.endpoint.startswith("dashboard.")
             for method in rule.methods - {"HEAD", "OPTIONS"}}
 
 
@@ -129,6 +130,24 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     for bad in ("status=paid", "limit=0", "limit=x"):
         assert call("/payments", "GET", f"/payments?{bad}", headers=AUTH).status_code == 400
     assert call("/payments", "GET", "/payments").status_code == 401
+    history = "/payment/history"
+    first = call(history, "GET", f"{history}?limit=2", headers=AUTH).get_json()
+    assert len(first["payments"]) == 2 and first["next_cursor"]
+    rest = call(history, "GET", f"{history}?limit=100&cursor={first['next_cursor']}", headers=AUTH).get_json()
+    assert rest["next_cursor"] is None and len(first["payments"] + rest["payments"]) == len(statuses)
+    for bad in ("status=paid", "phone=123", "limit=0", "cursor=x", "since=yesterday", "min_amount=0.5"):
+        assert call(history, "GET", f"{history}?{bad}", headers=AUTH).get_json()["parameter"] == bad.split("=")[0]
+    assert call(history, "GET", history).status_code == 401
+    exported = client.get(f"{history}.csv?status=completed", headers=AUTH)
+    assert (exported.status_code, exported.mimetype) == (200, "text/csv")
+    assert exported.get_data(as_text=True).count("\r\n") == 3  # the header and two payments
+    seen.add((f"{history}.csv", "GET", "200"))
+    assert call(f"{history}.csv", "GET", f"{history}.csv?status=paid", headers=AUTH).status_code == 400
+    assert call(f"{history}.csv", "GET", f"{history}.csv").status_code == 401
+    figures = call("/payment/analytics", "GET", "/payment/analytics", headers=AUTH).get_json()
+    assert figures["by_status"]["completed"]["count"] == 2 and figures["failure_reasons"][0]["result_codes"] == ["1032"]
+    assert call("/payment/analytics", "GET", "/payment/analytics?since=2026-13-01", headers=AUTH).status_code == 400
+    assert call("/payment/analytics", "GET", "/payment/analytics").status_code == 401
     page = call("/events", "GET", "/events?limit=5", headers=AUTH).get_json()
     assert len(page["events"]) == 5 and page["next_after"] == page["events"][-1]["id"]
     for bad in ("after=-1", "limit=0", "type=payment.paid", "checkout_request_id=a%20b"):
@@ -194,6 +213,33 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", **confirmed).get_json()["created"] is False
     chain = call(STATUS, "GET", "/payment/status/ws_CO_cancelled", headers=AUTH).get_json()["attempts"]
     assert [(p["attempt"], p["retry_of"]) for p in chain] == [(1, None), (2, "ws_CO_cancelled")]
+    bulk, report, report_csv, cancel = ("/payment/bulk", "/payment/bulk/{batch_id}", "/payment/bulk/{batch_id}.csv",
+                                        "/payment/bulk/{batch_id}/cancel")
+    items = [{"phone_number": "0733111222", "amount": 500}, {"phone_number": "0712", "amount": 5}]
+    accepted = call(bulk, "POST", bulk, json={"description": "chama", "items": items, "skip_invalid": True}, headers=AUTH)
+    assert accepted.status_code == 201
+    batch_id = accepted.get_json()["batch"]["id"]
+    assert call(bulk, "POST", bulk, json={"items": items}, headers=AUTH).get_json()["problems"][0]["line"] == 2
+    assert call(bulk, "POST", bulk, json={"items": items}).status_code == 401
+    assert call(bulk, "POST", bulk, data="0712345678," + "1" * 1_100_000, content_type="text/csv",
+                headers=AUTH).status_code == 413
+    assert call(bulk, "GET", bulk, headers=AUTH).get_json()["batches"][0]["id"] == batch_id
+    assert call(bulk, "GET", f"{bulk}?limit=0", headers=AUTH).status_code == 400
+    assert call(bulk, "GET", bulk).status_code == 401
+    assert call(report, "GET", f"{bulk}/{batch_id}?items=true", headers=AUTH).get_json()["items"][0]["outcome"] == "queued"
+    assert call(report, "GET", f"{bulk}/{batch_id}?items=maybe", headers=AUTH).status_code == 400
+    assert call(report, "GET", f"{bulk}/bat_nobody", headers=AUTH).status_code == 404
+    assert call(report, "GET", f"{bulk}/{batch_id}").status_code == 401
+    as_csv = client.get(f"{bulk}/{batch_id}.csv", headers=AUTH)
+    assert (as_csv.status_code, as_csv.mimetype) == (200, "text/csv")
+    seen.add((report_csv, "GET", "200"))
+    assert call(report_csv, "GET", f"{bulk}/bat_nobody.csv", headers=AUTH).status_code == 404
+    assert call(report_csv, "GET", f"{bulk}/{batch_id}.csv").status_code == 401
+    assert call(cancel, "POST", f"{bulk}/{batch_id}/cancel", headers=AUTH).get_json()["cancelled"] == 1
+    assert call(cancel, "POST", f"{bulk}/bat_nobody/cancel", headers=AUTH).status_code == 404
+    assert call(cancel, "POST", f"{bulk}/{batch_id}/cancel").status_code == 401
+    assert call("/events", "GET", "/events?type=batch.finished", headers=AUTH).get_json()["events"][0]["data"][
+        "batch"]["status"] == "cancelled"
 
     guarded = create_app(settings.replace(trusted_callback_ips=("196.201.212.0/24",)))
     assert post_callback(callback_body(), client=guarded.test_client(),

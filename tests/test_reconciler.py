@@ -13,10 +13,12 @@ from mpesa_agent.daraja.errors import DarajaServerError, ThrottledError, Transpo
 from mpesa_agent.payments.states import classify
 from mpesa_agent.server.reconciler import Reconciler, Schedule
 from tests.test_store import make_version_1_database
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import Store, open_store
 from mpesa_agent.tools import Payments, make_tools
 from harness import Stack
 from test_callback_manager import callback_body, in_thread, ingest, register
+
+pytestmark = pytest.mark.stores  # each test on SQLite and on PostgreSQL (tests/conftest.py)
 
 MINUTE = 60
 

@@ -2,7 +2,7 @@
 import pytest
 
 from mpesa_agent.payments.record import Payment
-from mpesa_agent.payments.retry import AUTO_RETRY_CODES, account_reference, auto_retryable, check_push, retry_refusal
+from mpesa_agent.payments.retry import AUTO_RETRY_CODES, auto_retryable, check_push, retry_refusal
 
 LIMITS = {"count": 3, "window": 600, "repeat_window": 120}
 
@@ -50,7 +50,3 @@ def test_automatic_retry_is_for_no_answer_and_busy_within_the_maximum(code):
 def test_automatic_retry_never_repeats_the_customers_answer_or_a_setup_error(code):
     assert not auto_retryable(payment(result_code=code), max_retries=5)
 
-
-def test_the_account_reference_keeps_letters_and_digits():
-    assert (account_reference("school fees 2026!"), account_reference("ñ"), account_reference("")) == (
-        "schoolfees20", "Payment", "Payment")

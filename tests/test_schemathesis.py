@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from harness import callback_server
+from harness import callback_server, free_port
 
 TOKEN = "5c4e3a7d5c4e3a7d5c4e3a7d5c4e3a7d"
 API_KEY = "schemathesis-test-key"
@@ -23,7 +23,8 @@ LONGEST_WAIT = 0.05  # seconds; the long-poll would otherwise hold a case for up
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("schemathesis")
     # 64 threads: a margin in case a generated timeout that short_wait cannot cut holds one for 300 s
-    process = callback_server(folder, api_key=API_KEY, token=TOKEN, )
+    # no Daraja at this address: the bulk sender's pushes of generated batches are refused, never sent
+    process = callback_server(folder, api_key=API_KEY, token=TOKEN, MPESA_BASE_URL=f"http://127.0.0.1:{free_port()}")
     yield process.start()
     process.stop()
 

@@ -78,6 +78,10 @@ def test_ready_only_when_every_process_answers_as_itself_and_chats_are_kept_in_a
             if line.startswith("Ready.") or "did not come up" in line:
                 break
         assert lines[-1].startswith(f"Ready. Chat: http://127.0.0.1:{adk}/dev-ui/?app=mpesa_agent"), "".join(lines)
+        dashboard = process.stdout.readline()
+        assert dashboard.startswith(f"Dashboard: http://127.0.0.1:{server}/dashboard "), dashboard
+        assert "/dashboard/sign-in" in requests.get(f"http://127.0.0.1:{server}/dashboard", timeout=10,
+                                                    allow_redirects=False).headers["Location"]
         created = requests.post(f"http://127.0.0.1:{adk}/apps/mpesa_agent/users/u/sessions/s1", json={}, timeout=10)
         assert created.status_code == 200, created.text
         assert sessions.is_file() and b"s1" in sessions.read_bytes()

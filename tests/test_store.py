@@ -3,12 +3,15 @@ import threading
 
 import pytest
 
-from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, Store
+from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, Store, open_store
+from mpesa_agent.server.store import INTEGRITY_ERRORS
+
+pytestmark = pytest.mark.stores  # each test on SQLite and on PostgreSQL (tests/conftest.py)
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(tmp_path / "nested" / "dir" / "payments.db")
+def store(db_kind, tmp_path, db_target):
+    store = open_store(tmp_path / "nested" / "dir" / "payments.db" if db_kind == "sqlite" else db_target)
     yield store
     store.close()
 
@@ -18,6 +21,7 @@ def add_payment(store, checkout_id="ws_CO_1", amount=500):
         return tx.insert_payment(checkout_id, "254712345678", amount, "lunch", None)
 
 
+@pytest.mark.sqlite_only
 def test_creates_folders_schema_wal_and_full_sync(store, tmp_path):
     assert (tmp_path / "nested" / "dir" / "payments.db").is_file()
     assert store.pragmas() == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1, "user_version": SCHEMA_VERSION}
@@ -29,16 +33,17 @@ def test_payment_round_trip_keeps_money_as_integer(store):
     assert (payment.status, payment.amount, payment.phone_number) == ("pending", 500, "254712345678")
     assert store.payment("ws_CO_1") == payment
     assert store.payment("ws_CO_2") is None
-    conn = sqlite3.connect(store.path)
-    assert conn.execute("SELECT typeof(amount) FROM payments").fetchone() == ("integer",)
-    conn.close()
+    with store.reader() as conn:
+        kind = "typeof" if store.dialect == "sqlite" else "pg_typeof"
+        assert conn.execute(f"SELECT {kind}(amount)::text FROM payments" if kind == "pg_typeof" else
+                            f"SELECT {kind}(amount) FROM payments").fetchone()[0] in ("integer", "bigint")
 
 
 def test_schema_refuses_bad_states_and_amounts(store):
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         add_payment(store, amount=0)
     add_payment(store)
-    with pytest.raises(sqlite3.IntegrityError), store.transaction() as tx:
+    with pytest.raises(INTEGRITY_ERRORS), store.transaction() as tx:
         tx.update_payment("ws_CO_1", status="paid")
     with pytest.raises(ValueError, match="not updatable"), store.transaction() as tx:
         tx.update_payment("ws_CO_1", amount=1)
@@ -79,7 +84,7 @@ def test_parked_callbacks_are_found_by_checkout_id(store):
 def test_everything_survives_reopening(store):
     add_payment(store)
     callback_id = store.record_callback(b"raw", {"X": "1"}, "1.2.3.4")
-    reopened = Store(store.path)
+    reopened = open_store(store.path or store.url)
     assert reopened.payment("ws_CO_1") == store.payment("ws_CO_1")
     assert reopened.callback(callback_id).body == b"raw"
     reopened.close()
@@ -112,7 +117,7 @@ def test_group_commit_keeps_each_failure_to_itself_and_returns_only_once_on_disk
     durable, errors = [], []
 
     def work(n):
-        other = sqlite3.connect(store.path)  # a separate connection sees only committed data
+        other = open_store(store.path or store.url)  # separate connections see only committed data
         for i in range(30):
             checkout_id = f"ws_CO_{n}_{i}"
             try:
@@ -122,7 +127,7 @@ def test_group_commit_keeps_each_failure_to_itself_and_returns_only_once_on_disk
                         raise ValueError("refused")
             except ValueError:
                 continue
-            if other.execute("SELECT 1 FROM payments WHERE checkout_request_id = ?", (checkout_id,)).fetchone():
+            if other.payment(checkout_id) is not None:
                 durable.append(checkout_id)
             else:
                 errors.append(checkout_id)

@@ -7,7 +7,7 @@ The tools share one implementation with the ADK tools (`tools.Payments`): the sa
 the same callback server, the same answers. A refusal (a bad phone or amount, the rate limit, a
 repeat within 2 minutes, live money off) is an MCP tool error the client can read. A push above
 PAYMENT_CONFIRM_ABOVE KES, the same push again within 2 minutes, and every retry need `confirm: true`:
-the calling agent must ask its person first.
+the calling agent must ask its person first. A bulk request (many phones at once) always needs `confirm: true`.
 """
 from __future__ import annotations
 
@@ -94,6 +94,43 @@ def make_server(payments: Payments) -> FastMCP:
             checkout_request_id: The payment's ID, e.g. "ws_CO_26112026125423123712345678".
         """
         result = await payments.status(checkout_request_id)
+        if result.get("status") == "error":
+            raise ToolError(result["message"])
+        return result
+
+    @server.tool(annotations=ToolAnnotations(title="Request M-Pesa payments from many people (bulk)",
+                                             readOnlyHint=False, destructiveHint=True, idempotentHint=False,
+                                             openWorldHint=True))
+    async def send_bulk_payment_request(rows: str, description: str = "", confirm: bool = False) -> dict:
+        """Ask several customers to pay at once: each phone on the list gets one M-Pesa prompt, sent by the
+        callback server at a pace Daraja accepts. Every row is checked first; nothing is sent if one is bad.
+
+        Args:
+            rows: One customer per line as CSV: "phone,amount" or "phone,amount,reference" (header allowed).
+            description: What the requests are for, e.g. "chama contribution".
+            confirm: True only after the person saw the whole list and the total and confirmed: always needed.
+
+        Returns `status` "accepted", `batch_id` (follow it with check_bulk_payment_request), `item_count`,
+        `total_amount` and `summary`.
+        """
+        if not confirm:
+            raise ToolError("Not sent: a bulk request prompts every phone on the list. Show the person the list and "
+                            "the total, then call again with confirm=true.")
+        result = await payments.bulk(rows, description)
+        if result.get("status") == "error":
+            raise ToolError(result["message"] + "".join(f"\n{problem}" for problem in result.get("problems") or []))
+        return result
+
+    @server.tool(annotations=ToolAnnotations(title="Check a bulk M-Pesa request", readOnlyHint=True,
+                                             idempotentHint=True, openWorldHint=True))
+    async def check_bulk_payment_request(batch_id: str, wait: bool = False) -> dict:
+        """How a bulk request is going: how many paid, who has not paid and why (from the callback server).
+
+        Args:
+            batch_id: The bulk request's ID (bat_...).
+            wait: Wait (up to about 2 minutes) until everyone has answered.
+        """
+        result = await payments.bulk_status(batch_id, wait)
         if result.get("status") == "error":
             raise ToolError(result["message"])
         return result

@@ -1,7 +1,8 @@
-"""What one chat message asks for: intent, phone, amount, purpose, checkout ID. Pure text, no ADK.
+"""What one chat message asks for: intent, phone, amount, purpose, checkout ID, period. Pure text, no ADK.
 
 English and everyday Kenyan phrasing: "tuma 500 kwa 0712 345 678 ya lunch", "nitumie 1.5k",
-"Ksh. 1,200", "500 bob", "mia tano", "elfu moja mia tano", "2 thao".
+"Ksh. 1,200", "500 bob", "mia tano", "elfu moja mia tano", "2 thao"; and questions about past
+payments: "my last payment", "nimepokea ngapi leo", "which payments failed this week?", "nani hajalipa?".
 """
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, displ
 
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
 RETRY_UNANSWERED = "retry_unanswered"  # "retry the ones that didn't answer"
+LAST, LIST, TOTALS = "last", "list", "totals"  # questions about stored payments, answered from any chat
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
 MORE_THAN_ONE_PHONE = "I see more than one phone number"
-MAX_REQUESTS = 5  # in one message; more is a list to send from a spreadsheet, not a chat
+MAX_REQUESTS = 200  # in one sentence; a longer list is pasted one per line, or attached as a CSV
+BULK_FROM = 3  # three or more people in one message make one bulk request; two go one after another
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
 _CUR_BEFORE = r"(?:kshs?|kes|shs?|shillings?)\.?"
@@ -188,6 +191,15 @@ class Message:
     starts_with_purpose: bool = False
     correction: bool = False  # "no wait make it 250", "samahani ni 07..": replaces what was said before
     requests: tuple[Request, ...] = ()  # two or more payments, each phone with its own amount
+    period: str | None = None  # "today", "this_week", ... (payments/periods.py PERIODS)
+    status_filter: str | None = None  # for LIST: completed, failed, pending, unknown or unpaid
+    problems: tuple[str, ...] = ()  # a pasted list's lines that cannot be read, each saying why
+    asks_who_paid: bool = False  # "who hasn't paid?", "nani hajalipa": about the chat's bulk request, if it has one
+
+    @property
+    def bulk(self) -> bool:
+        """Enough people for one bulk request (sent by the server) rather than one push after another."""
+        return len(self.requests) >= BULK_FROM or bool(self.problems)
 
     @property
     def has_slots(self) -> bool:
@@ -200,6 +212,9 @@ def understand(text: str) -> Message:
     A correction ("... no wait make it 250", "samahani ni 0711 000 223") wins over what came before
     it in the message; a cancellation ("achana nayo", "cancel that") with nothing after it cancels.
     """
+    listed = _listed(str(text or ""))
+    if listed is not None:
+        return listed
     text = " ".join(str(text or "").split())
     if _RETRY_UNANSWERED.match(text):
         return Message(intent=RETRY_UNANSWERED)
@@ -266,6 +281,63 @@ def _several(text: str) -> tuple[Request, ...]:
     return tuple(Request(p, a, c) for p, a, c in zip(phones, amounts, contexts))
 
 
+_LEADING_AMOUNT = re.compile(r"^(?P<num>\d{1,3}(?:,\d{3})+|\d+)(?:\.0+)?(?=$|[\s,;\t])")
+_CELL_SEPARATORS = re.compile(r"^[\s,;\t:=-]+|[\s,;\t]+$")
+_HEADER = re.compile(r"^\W*(?:phone|msisdn|mobile|number|simu|namba)\b", re.IGNORECASE)
+
+
+def _listed(text: str) -> Message | None:
+    """A pasted list or a CSV, one person per line ("0712345678,500,June", "0722 000 000 - 300"):
+    a bulk request when BULK_FROM or more lines have a phone. Lines before the first phone may say
+    the amount for each and the purpose ("Request 500 from each of these for the chama:") or be a
+    header; a later line that cannot be read is a problem naming its line."""
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    phoned = [(number, line, find_phone(line)) for number, line in lines]
+    if sum(1 for _, _, (phone, problem, _) in phoned if phone or problem) < BULK_FROM:
+        return None
+    first = next(i for i, (_, _, (phone, problem, _)) in enumerate(phoned) if phone or problem)
+    intro = " ".join(line for _, line in lines[:first] if not _HEADER.match(line))
+    told = _read(" ".join(intro.split())) if intro else Message(intent=OTHER)
+    each, purpose = told.amount, _purpose(told.context)
+    requests, problems = [], []
+    for number, line, (phone, problem, rest) in phoned[first:]:
+        if problem or not phone:
+            problems.append(f"line {number} ({line[:40]}): {problem or 'no phone number'}")
+            continue
+        amount, reference, why = _row_amount(rest.replace("<PHONE>", " ", 1), each)
+        if why:
+            problems.append(f"line {number} ({line[:40]}): {why}")
+            continue
+        requests.append(Request(phone, amount, reference))
+    return Message(intent=SEND, context=purpose, requests=tuple(requests), problems=tuple(problems))
+
+
+def _row_amount(rest: str, each: int | None) -> tuple[int | None, str, str | None]:
+    """(amount, reference, problem) from what a line holds besides its phone."""
+    rest = _CELL_SEPARATORS.sub("", rest)
+    leading = _LEADING_AMOUNT.match(rest)
+    if leading:
+        amount, reference = int(leading["num"].replace(",", "")), rest[leading.end():]
+    else:
+        read = _read(" ".join(rest.split()))
+        if read.amount_problem:
+            return None, "", _sentence_case(read.amount_problem)
+        amount, reference = read.amount or each, read.context or (rest if not read.amount else "")
+    if not amount:
+        return None, "", "no amount (write it after the number, e.g. 0712345678,500)"
+    return amount, _purpose(_CELL_SEPARATORS.sub("", reference)), None
+
+
+def _purpose(text: str) -> str:
+    """ "the chama" -> "chama": what a request is for, as the customer will see it."""
+    text = " ".join(text.split())
+    return re.sub(r"^(?:for|ya|kwa|the)\s+", "", text, flags=re.IGNORECASE).strip(" .:;,")[:100]
+
+
+def _sentence_case(text: str) -> str:
+    return text[:1].lower() + text[1:] if text else text
+
+
 def _last_marker(text: str) -> re.Match | None:
     """The last "no wait", "actually", "samahani", "cancel that"... that starts a correction."""
     markers = [m for m in _CORRECTION.finditer(text)]
@@ -286,7 +358,74 @@ def _read(text: str) -> Message:
                   context=context, same_phone=same_phone,
                   starts_with_purpose=bool(context) and bool(_PURPOSE.match(text)))
     return Message(intent=_intent(text, checkout, Message(intent=OTHER, **fields)),
-                   checkout_id=checkout.group(0) if checkout else None, **fields)
+                   checkout_id=checkout.group(0) if checkout else None, period=_period_in(text),
+                   status_filter=_status_in(text), asks_who_paid=bool(_UNPAID_WORDS.search(text)), **fields)
+
+
+# Questions about stored payments. A period names Kenyan days; a status word filters a list.
+_PERIODS = (
+    ("last_7_days", r"(?:last|past) (?:7|seven) days|siku saba(?: zilizopita)?"),
+    ("last_30_days", r"(?:last|past) (?:30|thirty) days|siku thelathini"),
+    ("yesterday", r"yesterday|jana"),
+    ("last_week", r"last week|past week|wiki (?:iliyopita|jana)"),
+    ("this_week", r"this week|wiki hii|hii wiki"),
+    ("last_month", r"last month|mwezi (?:uliopita|jana)"),
+    ("this_month", r"this month|mwezi huu|hii mwezi"),
+    ("today", r"today|leo|this morning|tonight|so far"),
+)
+_PERIOD_WORDS = [(name, re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)) for name, pattern in _PERIODS]
+_UNPAID = re.compile(r"\b(?:unpaid|not (?:yet )?paid|(?:has|have|did|is|are)(?: not|n'?t) (?:yet )?paid|yet to pay|"
+                     r"hajalipa|hawajalipa|hawaja ?lipa|bado hajalipa|owes? me|wadeni|debtors?)\b", re.IGNORECASE)
+_STATUS_FILTERS = (
+    ("failed", r"fail(?:ed|s|ing)?|feli|imefeli|zilizofeli|yaliyofeli|ilifeli|zimefeli|hayakufaulu|"
+               r"zilizoshindwa|yaliyoshindwa|declined|cancell?ed|rejected"),
+    ("pending", r"pending|waiting|still open|inasubiri|zinasubiri|yanayosubiri|bado"),
+    ("completed", r"completed|successful|succeeded|paid ones|zilizolipwa|yaliyolipwa|zimelipwa|zilifaulu"),
+)
+_STATUS_FILTER_WORDS = [(name, re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)) for name, pattern in _STATUS_FILTERS]
+_TOTALS = re.compile(
+    r"\bhow much (?:money )?(?:did|have|has|had) (?:i|we)\b|\bhow much (?:came in|(?:have|has) come in|was paid|"
+    r"did (?:they|customers|people) pay)\b|\b(?:total|totals|takings|revenue|sales|mauzo|jumla|collections?)\b|"
+    r"\b(?:nimepokea|tumepokea|nimekusanya|tumekusanya|nimepata|tumepata|nimeingiza|tumeingiza|imeingia) "
+    r"(?:pesa )?(?:ngapi|kiasi gani)\b|\bpesa ngapi\b|\bngapi (?:leo|jana|wiki|mwezi)\b",
+    re.IGNORECASE)
+_LAST = re.compile(r"\b(?:last|latest|most recent|previous) (?:payment|one|request|transaction|prompt|push|stk|mpesa|malipo)s?\b|"
+                   r"\bmalipo ya mwisho\b|\b(?:request|payment) ya mwisho\b|\bya mwisho\b", re.IGNORECASE)
+_LIST = re.compile(r"\b(?:which|what|list|show|see|view|display|all|my|onyesha|nionyeshe|zipi|gani|nani|who)\b.{0,30}?"
+                   r"\b(?:payments?|requests?|transactions?|malipo|prompts?|customers?|wateja)\b|"
+                   r"\b(?:payments?|requests?|transactions?|malipo|prompts?)\b.{0,20}?\b(?:failed|fail|pending|"
+                   r"completed|successful|today|yesterday|this week|last week|leo|jana)\b|"
+                   r"\b(?:who|nani|which|wepi|gani)\b", re.IGNORECASE)
+
+
+def _period_in(text: str) -> str | None:
+    return next((name for name, words in _PERIOD_WORDS if words.search(text)), None)
+
+
+def _status_in(text: str) -> str | None:
+    if _UNPAID.search(text):
+        return "unpaid"
+    return next((name for name, words in _STATUS_FILTER_WORDS if words.search(text)), None)
+
+
+def _report(text: str, slots: Message) -> str | None:
+    """LAST, LIST or TOTALS for a question about stored payments (never with an amount: that is a request)."""
+    if slots.amount or slots.amount_problem:
+        return None
+    if _TOTALS.search(text) and not slots.phone:
+        return TOTALS
+    if _LAST.search(text):
+        return LAST
+    status = _status_in(text)
+    if status and re.search(r"\b(?:who|nani|which|what|wepi|zipi|gani|list|show|onyesha|nionyeshe|ambao|unpaid)\b",
+                            text, re.IGNORECASE):
+        return LIST
+    if slots.phone and re.search(r"\b(?:payments|requests|transactions|history|malipo)\b", text, re.IGNORECASE):
+        return LIST
+    if _LIST.search(text) and (status or _period_in(text) or re.search(
+            r"\b(?:payments|requests|transactions|malipo)\b", text, re.IGNORECASE)):
+        return LIST
+    return None
 
 
 # "Wanjiku owes me 350", "Otieno ananidai elfu moja": who owes is what the request is for.
@@ -318,6 +457,9 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
         return RETRY
     if _ABOUT.search(text) and not slots.has_slots:
         return HELP
+    report = _report(text, slots)
+    if report:
+        return report
     if send and not slots.has_slots and _NOT_A_PAYMENT.search(text):
         return OTHER  # "send me a joke", "how do I pay my KPLC bill?": the words, not the wish
     if send and (not status or send.start() < status.start()):
@@ -329,6 +471,15 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     if _HELP_WORDS.search(text):
         return HELP
     return OTHER
+
+
+# "who hasn't paid?": about the chat's bulk request when it has one (else a question about stored payments).
+_UNPAID_WORDS = re.compile(
+    r"\bwho(?:'s|\s+has|\s+have|\s+is|\s+are)?\s*(?:not|n't|hasn't|haven't|hasnt|havent|didn't|didnt|did not|has not|"
+    r"have not|yet to)\s+(?:yet\s+)?pa(?:id|y)\b|\bwho(?:'s|\s+has|\s+have)?\s+(?:already\s+)?paid\b|"
+    r"\bhow many (?:have |has |people )?paid\b|\bnani (?:hajalipa|bado|amelipa|wamelipa)\b|"
+    r"\b(?:batch|bulk request|chama requests?)\b.*\b(?:progress|status|going|done)\b",
+    re.IGNORECASE)
 
 
 def _bare(text: str) -> str:

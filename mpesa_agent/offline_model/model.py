@@ -6,16 +6,20 @@ sessions. Text understanding lives in `intents.py`; this module holds the dialog
 """
 from __future__ import annotations
 
+import csv
+import io
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import AsyncGenerator
 
 from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import (HELP, MORE_THAN_ONE_PHONE, NO, RETRY, RETRY_UNANSWERED, SEND, STATUS,
-                                              YES, Message, Request, understand)
+from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MORE_THAN_ONE_PHONE, NO, RETRY, RETRY_UNANSWERED, SEND,
+                                              STATUS, TOTALS, YES, Message, Request, understand)
+from mpesa_agent.payments.periods import EAT
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
 MODEL_NAME = "offline-mpesa"
@@ -25,6 +29,11 @@ WAIT_TOOL = "wait_for_payment"
 RETRY_TOOL = "retry_payment"
 RETRY_MANY_TOOL = "retry_unanswered_payments"
 USE_THE_STEP = ("Please use the Approve or Reject step shown above: I send nothing until you approve it there.")
+BULK_TOOL = "request_bulk_payment"
+BULK_STATUS_TOOL = "bulk_payment_status"
+LISTED = 50  # people named in a bulk list or answer; the rest are counted
+TEXT_FILES = ("text/csv", "text/plain", "application/csv", "text/tab-separated-values", "application/vnd.ms-excel")
+LAST_TOOL, LIST_TOOL, TOTALS_TOOL = "last_payment", "find_payments", "payment_totals"  # the stored records
 
 ASK_AMOUNT = "How much should I request?"
 ASK_PHONE = "To which phone number? (e.g. 0712345678)"
@@ -38,10 +47,6 @@ HELP_TEXT = (
 REFUSAL = (
     "Sorry, I can only help with M-Pesa payment requests: I send an STK Push asking a phone's owner "
     "to pay this business, and tell you when it is paid. " + EXAMPLES
-)
-NO_PAYMENT_YET = (
-    "There is no payment in this chat yet, so I don't know which one to check. "
-    "Send me its checkout ID (it starts with ws_CO_)."
 )
 ASK_AGAIN_LATER = 'Ask me "did it go through?" in a minute and I\'ll check.'
 
@@ -144,6 +149,7 @@ class Chat:
     awaiting_confirmation: dict | None = None
     awaiting_approval: bool = False  # ADK's approve / reject step is open (a confirmation the person must click)
     payments: list[tuple[str, str | None]] = field(default_factory=list)  # (checkout ID, phone)
+    batch_id: str | None = None  # the bulk request this chat sent last
 
 
 def decide(contents: list[types.Content]) -> Call | Say:
@@ -171,6 +177,14 @@ def decide(contents: list[types.Content]) -> Call | Say:
         if last.name == STATUS_TOOL:
             args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
             return Say(reply_to_result(last.name, args, last.data))
+        if last.name == BULK_TOOL:
+            return _bulk_sent(last.data)
+        if last.name == BULK_STATUS_TOOL:
+            return Say(bulk_reply(last.data))
+        if last.name == LAST_TOOL:
+            return Say(_reply_to_last(args, last.data))
+        if last.name in (LIST_TOOL, TOTALS_TOOL):
+            return Say(str(last.data.get("message") or "I got no answer from the payment records."))
         return _next_in_batch(events, reply_to_result(last.name, args, last.data))
     if last.kind != "user":
         return Say(HELP_TEXT)
@@ -220,6 +234,8 @@ def _events(contents: list[types.Content]) -> list[Event]:
                 events.append(Event("result", name=result.name or "", data=dict(data)))
             elif part.text and not part.thought:
                 texts.append(part.text)
+            elif part.inline_data and (part.inline_data.mime_type or "").split(";")[0] in TEXT_FILES:
+                texts.append((part.inline_data.data or b"").decode("utf-8-sig", "replace"))  # an attached CSV
         if texts:
             events.append(Event("user" if content.role == "user" else "model", text="\n".join(texts)))
     return events
@@ -285,6 +301,8 @@ def _replay(events: list[Event]) -> Chat:
             if event.name == SEND_TOOL:
                 if event.data.get("status") == "needs_confirmation":
                     chat.awaiting_confirmation = args
+            if event.name == BULK_TOOL and event.data.get("batch_id"):
+                chat.batch_id, chat.last_result = event.data["batch_id"], (BULK_TOOL, event.data)
             if checkout_id:
                 chat.payments.append((str(checkout_id), _phone_of(args)))
     return chat
@@ -311,10 +329,24 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Call(SEND_TOOL, _send_args(pending)), None
     if pending and msg.intent == NO:
         return Say("OK, I did not send it again."), None
+    if chat.batch_id and (msg.asks_who_paid or (msg.intent == STATUS and not msg.checkout_id and not msg.phone
+                                                and chat.last_result and chat.last_result[0] == BULK_TOOL)):
+        return Call(BULK_STATUS_TOOL, {}), None  # no id: the tool reads the chat's last bulk request
+    if msg.intent == SEND and msg.bulk:
+        return _bulk_request(msg), None
+    if msg.intent == STATUS and chat.draft and not chat.payments and not msg.phone and not msg.checkout_id:
+        return Say(f"Nothing has been sent in this chat yet. {_questions(chat.draft)}"), chat.draft
     if msg.intent == STATUS:
         return _status(chat, msg), None
     if msg.intent == RETRY_UNANSWERED:
         return Call(RETRY_MANY_TOOL, {}), None
+    if msg.intent == LAST:
+        return Call(LAST_TOOL, {"phone_number": msg.phone} if msg.phone else {}), None
+    if msg.intent == LIST:
+        wanted = {"status": msg.status_filter, "period": msg.period, "phone_number": msg.phone}
+        return Call(LIST_TOOL, {name: value for name, value in wanted.items() if value}), None
+    if msg.intent == TOTALS:
+        return Call(TOTALS_TOOL, {"period": msg.period or "today"}), None
     if msg.intent == RETRY:
         return _retry(chat, msg), None
     if chat.draft and chat.draft.confirm and msg.intent in (YES, RETRY):
@@ -372,6 +404,74 @@ def _retry(chat: Chat, msg: Message) -> Call | Say:
                    f"{ASK_AGAIN_LATER}{ref}")
     return Say(f"The request for {what} is still waiting for their answer: they may still pay it, so I will not "
                f"send another prompt now. {ASK_AGAIN_LATER}{ref}")
+
+
+def _bulk_request(msg: Message) -> Call | Say:
+    """Three or more people: show the list and the total, and call the bulk tool, which ADK holds for
+    the person's approval; a list with unreadable lines is sent back instead."""
+    if msg.problems:
+        shown = "\n".join(f"- {problem}" for problem in msg.problems[:LISTED])
+        return Say(f"I could not read {len(msg.problems)} of the lines, so nothing was sent:\n{shown}\n"
+                   "Fix them and send the whole list again (one phone,amount per line).")
+    contexts = {r.context for r in msg.requests}
+    description = msg.context or (_purpose_of(next(iter(contexts))) if len(contexts) == 1 else "")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for request in msg.requests:
+        reference = _purpose_of(request.context)
+        writer.writerow([request.phone, request.amount] + ([reference] if reference and reference != description else []))
+    total = sum(r.amount for r in msg.requests)
+    what = f" for {description}" if description else ""
+    lines = [f"{n}. {_money(r.amount)} from {r.phone}"
+             + (f" ({_purpose_of(r.context)})" if r.context and _purpose_of(r.context) != description else "")
+             for n, r in enumerate(msg.requests[:LISTED], start=1)]
+    if len(msg.requests) > LISTED:
+        lines.append(f"… and {len(msg.requests) - LISTED} more")
+    say = "\n".join([f"A bulk request{what}: {len(msg.requests)} people, {_money(total)} in all:", *lines,
+                      "Approve it to send the prompts (nothing is sent until you do)."])
+    return Call(BULK_TOOL, {"rows": out.getvalue(), "description": description}, say=say)
+
+
+def _purpose_of(context: str) -> str:
+    return re.sub(r"^(?:the|for)\s+", "", (context or "").strip(), flags=re.IGNORECASE)
+
+
+def _bulk_sent(result: dict) -> Call | Say:
+    """The bulk tool answered: follow an accepted batch until everyone has answered, else say why not."""
+    status = str(result.get("status") or "").lower()
+    if status == "accepted" and result.get("batch_id"):
+        what = f" for {result['description']}" if result.get("description") else ""
+        return Call(BULK_STATUS_TOOL, {"wait": True},
+                    say=f"📤 Sending {result.get('item_count')} payment prompts{what} "
+                        f"({_money(result.get('total_amount'))} in all). I'll tell you when everyone has answered…")
+    message = str(result.get("message") or result.get("error") or "").strip()
+    if not status and "rejected" in message.lower():
+        return Say("🛑 Not sent: you rejected the bulk request. Nothing reached anyone's phone.")
+    problems = "".join(f"\n- {problem}" for problem in result.get("problems") or [])
+    return Say(f"{_sentence(message)}{problems}".strip() or "The bulk request was not sent.")
+
+
+def bulk_reply(result: dict) -> str:
+    """A bulk request's progress or outcome: the summary, then who has not paid and why."""
+    if str(result.get("status")) == "error":
+        return _sentence(str(result.get("message") or "I could not check the bulk request."))
+    what = f" ({result['description']})" if result.get("description") else ""
+    settled = result.get("status") == "settled"
+    head = (f"{'✅' if settled else '⏳'} {result.get('summary')}{what}: "
+            f"{_money(result.get('paid_amount'))} of {_money(result.get('total_amount'))} collected.")
+    not_paid = result.get("not_paid") or []
+    lines = [f"- {i['phone_number']} ({_money(i['amount'])}): {i['reason']}" for i in not_paid]
+    if result.get("not_paid_count", 0) > len(not_paid):
+        lines.append(f"… and {result['not_paid_count'] - len(not_paid)} more (the full list: "
+                     f"GET /payment/bulk/{result.get('batch_id')}.csv)")
+    if not lines:
+        return head + " Everyone has paid." + _batch(result)
+    tail = "" if settled else "\nAsk me \"who hasn't paid?\" again later."
+    return "\n".join([head + " Not paid:", *lines]) + _batch(result) + tail
+
+
+def _batch(result: dict) -> str:
+    return f"\nBulk request ID: {result['batch_id']}" if result.get("batch_id") else ""
 
 
 def _cannot_cancel(chat: Chat) -> str:
@@ -482,8 +582,7 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
         for checkout_id, phone in reversed(chat.payments):
             if phone == msg.phone:
                 return Call(STATUS_TOOL, {"checkout_request_id": checkout_id})
-        return Say(f"I have no payment to {msg.phone} in this chat. "
-                   "Send me its checkout ID (it starts with ws_CO_).")
+        return Call(LAST_TOOL, {"phone_number": msg.phone})  # asked in another chat: the stored records know
     tool, result = chat.last_result or ("", {})
     if tool == SEND_TOOL and not result.get("checkout_request_id"):
         earlier = " To check an earlier payment, send me its checkout ID (ws_CO_...)." if chat.payments else ""
@@ -494,7 +593,23 @@ def _status(chat: Chat, msg: Message) -> Call | Say:
                    f"{result.get('message', '')}{earlier}")
     if chat.payments:
         return Call(STATUS_TOOL, {"checkout_request_id": chat.payments[-1][0]})
-    return Say(NO_PAYMENT_YET)
+    return Call(LAST_TOOL, {})  # a new chat: the newest payment on record, whichever chat sent it
+
+
+def _reply_to_last(args: dict, result: dict) -> str:
+    """The newest stored payment (of a phone), in the words of a status answer, with when it was asked."""
+    record = result.get("payment")
+    if not isinstance(record, dict):
+        return reply_to_result(STATUS_TOOL, args, result)
+    try:
+        asked = f" (asked {datetime.fromisoformat(record['created_at']).astimezone(EAT):%d %b %H:%M})"
+    except (KeyError, TypeError, ValueError):
+        asked = ""
+    facts = {"phone_number": record.get("phone_number"), "amount": record.get("amount"),
+             "context": record.get("description") or ""}
+    head = f"Last payment request to {_phone_of(facts)}{asked}:" if args.get("phone_number") else \
+        f"Your last payment request{asked}:"
+    return f"{head}\n{reply_to_result(STATUS_TOOL, facts, result)}"
 
 
 def reply_to_result(tool: str, args: dict, result: dict) -> str:
@@ -552,6 +667,8 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
         else:
             hint = next((h for words, h in _ERROR_HINTS if any(w in lowered for w in words)),
                         'If you can fix that, tell me again, e.g. "send 500 to 0712345678 for lunch".')
+        if checkout_id and str(checkout_id) not in message:  # every answer about a payment names it
+            return f"{_sentence(message)}{ref}\n{hint}".strip()
         return f"{_sentence(message)}\n{hint}".strip()
     if not status and "rejected" in message.lower():  # ADK's answer when the person rejected the push
         return (f"🛑 Not sent: you rejected the request{f' for {what}' if amount else ''} to {who}. "

@@ -61,6 +61,9 @@ class Payment:
     last_query_at: str | None = _column("TEXT", TIME_OR_NULL, default=None)
     last_query_result: str | None = _column("TEXT", TEXT_OR_NULL, default=None)
     verification: str | None = _column("TEXT", {"enum": [*map(str, Verification), None]}, default=None)
+    batch_id: str | None = _column("TEXT", {"type": ["string", "null"],
+                                            "description": "The bulk request (POST /payment/bulk) it belongs to."},
+                                   updatable=False, default=None)
     # Retries (issue 13): a retry is a new payment linked to the one it retries; `attempt` counts the chain.
     retry_of: str | None = _column("TEXT", {"type": ["string", "null"], "description":
                                             "The payment this one retries (a new STK Push for the same phone and amount)."},
@@ -73,13 +76,13 @@ class Payment:
 
     @classmethod
     def new(cls, checkout_request_id: str, phone_number: str, amount: int, description: str,
-            merchant_request_id: str | None, now: str, **initial) -> "Payment":
+            merchant_request_id: str | None, now: str, batch_id: str | None = None, **initial) -> "Payment":
         """A payment as registration writes it (every other field at its initial value, or `initial`'s)."""
         values = {f.name: f.metadata["initial"] for f in FIELDS}
         values.update(initial)
         values.update(checkout_request_id=checkout_request_id, phone_number=phone_number, amount=int(amount),
                       description=description, merchant_request_id=merchant_request_id,
-                      created_at=now, updated_at=now)
+                      created_at=now, updated_at=now, batch_id=batch_id)
         return cls(**values)
 
     def to_dict(self) -> dict:

@@ -98,8 +98,3 @@ def auto_retryable(payment: Payment, max_retries: int) -> bool:
     return (retry_refusal(payment) is None and normalize_code(payment.result_code) in AUTO_RETRY_CODES
             and payment.attempt <= max_retries)
 
-
-def account_reference(context: str) -> str:
-    """Daraja's AccountReference for a push (and its retries): alphanumeric, at most 12 characters, shown
-    to the customer."""
-    return "".join(ch for ch in context if ch.isascii() and ch.isalnum())[:12] or "Payment"

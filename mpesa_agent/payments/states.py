@@ -62,6 +62,10 @@ class EventType(StrEnum):
     PAYMENT_RETRIED = "payment.retried"  # a retry of this payment was sent (or may have been): data.retry says which
     CALLBACK_RECEIVED = "callback.received"
     CALLBACK_PARKED = "callback.parked"
+    BATCH_STARTED = "batch.started"  # a bulk request was accepted (server/batches.py)
+    BATCH_PROGRESS = "batch.progress"  # about every tenth of its items pushed
+    BATCH_FINISHED = "batch.finished"  # every item pushed, refused or cancelled
+    BATCH_SETTLED = "batch.settled"  # every item has its final answer
 
 
 SETTLED_EVENTS = {COMPLETED: EventType.PAYMENT_COMPLETED, FAILED: EventType.PAYMENT_FAILED,

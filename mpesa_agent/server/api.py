@@ -1,19 +1,20 @@
-"""The `/payment/*` API the agent's tools use (register, status, wait, retry), `/payments` (the newest, for
-the CLI), `/health` and `/openapi.json`."""
+"""The `/payment/*` API the agent's tools use (register, status, wait, retry, history, analytics), `/payments`
+(the newest, for the CLI), `/health` and `/openapi.json`."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from mpesa_agent.payments.notifications import notification_for, timeout_notification
 from mpesa_agent.payments.record import Payment
 from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, State, Verification
+from mpesa_agent.server import history as reports
 from mpesa_agent.server.http import error, json_object, manager, seconds, settings
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
 from mpesa_agent.server.retries import Retries, RetryRefused, retry_summary
+from mpesa_agent.server.store import DATABASE_ERRORS
 
 log = logging.getLogger("callback_server")
 
@@ -115,15 +116,50 @@ def payments():
     return jsonify({"payments": [payment.to_dict() for payment in found]})
 
 
+@blueprint.get("/payment/history")
+def history():
+    """A page of payments matching the filters, newest first; pass `next_cursor` back as `cursor`."""
+    try:
+        found, cursor = reports.history(manager().store, **reports.parse_filters(request.args))
+    except reports.BadParameter as exc:
+        return bad_parameter(exc)
+    return jsonify({"payments": [payment.to_dict() for payment in found], "next_cursor": cursor})
+
+
+@blueprint.get("/payment/history.csv")
+def history_csv():
+    """Every payment matching the filters as CSV, streamed (read a page at a time)."""
+    try:
+        filters = reports.parse_filters(request.args, paging=False)
+    except reports.BadParameter as exc:
+        return bad_parameter(exc)
+    rows = reports.csv_rows(reports.every_payment(manager().store, **filters))
+    return Response(stream_with_context(rows), mimetype="text/csv",
+                    headers={"Content-Disposition": 'attachment; filename="payments.csv"'})
+
+
+@blueprint.get("/payment/analytics")
+def analytics():
+    try:
+        return jsonify(reports.analytics(manager().store, since=request.args.get("since") or None,
+                                         until=request.args.get("until") or None))
+    except reports.BadParameter as exc:
+        return bad_parameter(exc)
+
+
+def bad_parameter(exc: "reports.BadParameter"):
+    return error(400, str(exc), parameter=exc.name)
+
+
 @blueprint.get("/health")
 def health():
     config, callbacks = settings(), manager()
     try:
         counts = callbacks.store.counts()
-    except sqlite3.Error as exc:
-        log.error("health: database %s not usable: %s", config.payments_db, exc)
-        return error(503, f"database not usable: {exc}", db=str(config.payments_db))
-    body = {"status": "ok", "db": str(config.payments_db), **counts, "waiting": callbacks.waiting(),
+    except DATABASE_ERRORS as exc:
+        log.error("health: database %s not usable: %s", callbacks.store.described, exc)
+        return error(503, f"database not usable: {exc}", db=callbacks.store.described)
+    body = {"status": "ok", "db": callbacks.store.described, **counts, "waiting": callbacks.waiting(),
             "rejected": callbacks.rejected}
     if callbacks.store.write_failure:  # callbacks may be stored but not applied: say so, loudly
         return jsonify({**body, "status": "degraded", "error": f"the database refuses writes "

@@ -1,5 +1,6 @@
 """`create_app(settings)`: the callback server's Flask app, one Blueprint per concern (Daraja's
-callbacks, the `/payment/*` API, the event log, webhooks), one Bearer check and JSON errors everywhere."""
+callbacks, the `/payment/*` API, bulk requests, the event log, webhooks, the dashboard), one Bearer check and JSON
+errors everywhere (the dashboard's HTML pages have their own sign-in: server/dashboard_auth.py)."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,13 +11,14 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
-from mpesa_agent.server import api, callbacks, events, webhooks
+from mpesa_agent.server import api, bulk, callbacks, dashboard, dashboard_auth, events, webhooks
+from mpesa_agent.server.batches import Batches
 from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
 from mpesa_agent.server.retries import Retries
-from mpesa_agent.server.store import Store
+from mpesa_agent.server.store import open_store
 
 log = logging.getLogger("callback_server")
 
@@ -25,14 +27,15 @@ def create_app(config: Settings | None = None) -> Flask:
     """The Flask app with its own store and CallbackManager (`app.extensions["callback_manager"]`)."""
     settings = config or Settings.from_env()
     prefix = callback_prefix(settings)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the dashboard's assets are served under /dashboard/static
     app.url_map.merge_slashes = False  # "//" is a JSON 404, not an HTML redirect
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MPESA_SETTINGS=settings, CALLBACK_PREFIX=prefix)
     app.json.ensure_ascii = False
     app.json.sort_keys = False
-    store = Store(settings.payments_db)
+    store = open_store(settings.payments_db)
     app.extensions["callback_manager"] = CallbackManager(store, settings)
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
+    app.extensions["batches"] = Batches(store)  # sent by serve.py's BulkSender (app.extensions["bulk_sender"])
     app.extensions["retries"] = Retries(app.extensions["callback_manager"], settings)
     try:
         app.extensions["webhooks"].sync_channels(channel_urls(settings), settings.notify_events, channel_id)
@@ -40,8 +43,11 @@ def create_app(config: Settings | None = None) -> Flask:
         raise ConfigError(f"NOTIFY_EVENTS {exc}") from None
     app.register_blueprint(callbacks.blueprint, url_prefix=prefix)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(bulk.blueprint)
     app.register_blueprint(events.blueprint)
     app.register_blueprint(webhooks.blueprint)
+    app.register_blueprint(dashboard.blueprint)
+    dashboard_auth.configure(app, settings)
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, unexpected_error)
@@ -57,8 +63,8 @@ def callback_prefix(settings: Settings) -> str:
         raise ConfigError("MPESA_CALLBACK_URL must end in a secret token of at least "
                           f"{MIN_CALLBACK_TOKEN_LENGTH} characters, e.g. /callback/" + secrets.token_hex(16))
     prefix = settings.callback_path.rstrip("/").rsplit("/", 1)[0]
-    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks") or prefix.startswith(("/payment/", "/events/",
-                                                                                       "/webhooks/")):
+    if prefix in ("/payment", "/payments", "/health", "/events", "/webhooks", "/dashboard") or prefix.startswith(
+            ("/payment/", "/events/", "/webhooks/", "/dashboard/")):
         raise ConfigError(f"MPESA_CALLBACK_URL's path {prefix}/... collides with the server's own endpoints; "
                           "use e.g. /callback/<token>")
     for name, entries in (("TRUSTED_CALLBACK_IPS", settings.trusted_callback_ips),
@@ -80,7 +86,7 @@ def http_error(exc: HTTPException):
         response.headers["Allow"] = ", ".join(exc.valid_methods or ())
         return response, code
     if exc.code == 413:
-        return error(413, f"the body is too large: at most {MAX_BODY_BYTES} bytes")
+        return error(413, f"the body is too large: at most {request.max_content_length or MAX_BODY_BYTES} bytes")
     return error(exc.code or 500, exc.description or exc.name)
 
 

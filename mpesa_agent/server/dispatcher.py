@@ -45,7 +45,7 @@ class Dispatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> "Dispatcher":
-        self.outbox.store.commit_listeners.append(self._wake.set)  # a new event may have queued rows
+        self.outbox.store.outbox_listeners.append(self._wake.set)  # rows were queued: send them now
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="webhook")
         self._thread = threading.Thread(target=self._run, name="webhook-dispatcher", daemon=True)
         self._thread.start()
@@ -63,7 +63,8 @@ class Dispatcher:
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: a wake-up while we look is not lost
             try:
-                pause = self.run_once()
+                # PostgreSQL: one process sends (SQLite: always us); the others wait to take over.
+                pause = self.run_once() if self.outbox.store.leader("webhook dispatcher") else IDLE_SECONDS
             except Exception:  # the database refused, say: the rows stay pending
                 log.exception("webhook dispatcher: pass failed; trying again in %s s", IDLE_SECONDS)
                 pause = IDLE_SECONDS

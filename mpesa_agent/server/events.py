@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.payments.states import EventType
@@ -41,6 +42,12 @@ def events():
 
 @blueprint.get("/events/stream")
 def stream():
+    return stream_response(frame)
+
+
+def stream_response(framer: Callable[[Event], str]):
+    """The Server-Sent Events answer for this request's filters, each event written by `framer`
+    (the dashboard's stream sends the same events with its own frames)."""
     query, problem = _query(request.headers.get("Last-Event-ID") or request.args.get("after"))
     if problem:
         return error(400, problem)
@@ -48,7 +55,8 @@ def stream():
     if problem:
         return error(400, problem)
     keepalive = current_app.config.get("EVENTS_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS)
-    response = Response(_sse(manager().store, keepalive, lasting, **query), mimetype="text/event-stream")
+    response = Response(stream_with_context(_sse(manager().store, keepalive, lasting, framer, **query)),
+                        mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     return response
@@ -64,8 +72,8 @@ def timeline(checkout_request_id: str):
     return jsonify({"checkout_request_id": checkout_request_id, "events": [event.to_dict() for event in found]})
 
 
-def _sse(store: Store, keepalive: float, lasting: float | None, after: int, type: str | None,
-         checkout_request_id: str | None):
+def _sse(store: Store, keepalive: float, lasting: float | None, framer: Callable[[Event], str], after: int,
+         type: str | None, checkout_request_id: str | None):
     """Every matching event after `after`, then each new one as it is committed, for `lasting` seconds."""
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
     cursor = after
@@ -76,7 +84,7 @@ def _sse(store: Store, keepalive: float, lasting: float | None, after: int, type
             found = store.events(after=cursor, until=horizon, limit=MAX_EVENTS_PAGE, type=type,
                                  checkout_request_id=checkout_request_id)
             if found:
-                yield "".join(map(_frame, found))
+                yield "".join(map(framer, found))
                 cursor = found[-1].id
             if len(found) < MAX_EVENTS_PAGE:
                 break
@@ -88,7 +96,7 @@ def _sse(store: Store, keepalive: float, lasting: float | None, after: int, type
             yield ": keep-alive\n\n"
 
 
-def _frame(event: Event) -> str:
+def frame(event: Event) -> str:
     return f"id: {event.id}\nevent: {event.type}\ndata: {event.to_json()}\n\n"
 
 

@@ -9,7 +9,6 @@ after the settling commit. The rules themselves live in payments/lifecycle.py.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from dataclasses import replace
@@ -23,7 +22,7 @@ from mpesa_agent.payments.lifecycle import (AWAITING_NOTE, CallbackEvidence, Dec
 from mpesa_agent.payments.record import InvalidRegistration, Payment, validate_registration
 from mpesa_agent.payments.states import (COMPLETED, FAILED, PENDING, UNKNOWN, CallbackOutcome, EventType,
                                          Reason, SettledBy, Verification)
-from mpesa_agent.server.store import RawCallback, Store, Transaction, utcnow
+from mpesa_agent.server.store import DATABASE_ERRORS, RawCallback, SqlStore, Transaction, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,8 @@ REJECTED_SAMPLES_PER_MINUTE = 10
 REJECTED_BODY_BYTES = 2048
 REJECTED_HEADER_BYTES = 2048
 REJECTED_KEPT = 1000
+# A waiter wakes on these: the payment left `pending` (another process's commit is announced too).
+SETTLING_EVENTS = frozenset({EventType.PAYMENT_COMPLETED, EventType.PAYMENT_FAILED, EventType.PAYMENT_UNKNOWN})
 __all__ = ["AWAITING_NOTE", "CallbackManager", "InvalidRegistration", "RegistrationConflict", "UnknownPayment"]
 
 
@@ -86,7 +87,7 @@ class _Waiters:
 class CallbackManager:
     """Registers payments, applies evidence durably, logs events and wakes whoever waits."""
 
-    def __init__(self, store: Store, settings: Settings | None = None):
+    def __init__(self, store: SqlStore, settings: Settings | None = None):
         self.store = store
         self.settings = settings
         self._lock = threading.Lock()
@@ -97,6 +98,7 @@ class CallbackManager:
         # Called inside the transaction of every decision, after its changes and events (the automatic
         # retrier schedules a retry of a failure there, so that the schedule commits with the failure).
         self.decision_hooks: list[Callable[[Transaction, Payment, Decision], None]] = []
+        store.event_listeners.append(self._on_event)  # settled by this process, or (PostgreSQL) by another
         self.rejected = 0  # refused callbacks since start (only a sample of them is stored)
         self._sample_budget, self._budget_at = float(REJECTED_SAMPLES_PER_MINUTE), time.monotonic()
         self.recover()
@@ -106,10 +108,14 @@ class CallbackManager:
         return bool(self.settings and self.settings.verify_success_by_query)
 
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
-                 description: Any = "", merchant_request_id: Any = None, *, retry_of: str | None = None,
+                 description: Any = "", merchant_request_id: Any = None, *, batch_id: str | None = None,
+                 within: Callable[[Transaction, Payment], None] | None = None, retry_of: str | None = None,
                  attempt: int = 1) -> Registration:
         """Track a payment; the same registration again is harmless, a different one conflicts.
-        A retry (server/retries.py) names the payment it retries and its attempt number."""
+
+        `within(tx, payment)` runs in the registration's own transaction (a bulk item records its
+        checkout id with it, a retry its link: both are committed, or neither). A retry
+        (server/retries.py) names the payment it retries and its attempt number."""
         checkout_id, msisdn, amount, description, merchant_id = validate_registration(
             checkout_request_id, phone_number, amount, description, merchant_request_id,
             self.settings.max_amount if self.settings else None)
@@ -127,8 +133,10 @@ class CallbackManager:
                 if merchant_id and not existing.merchant_request_id:
                     existing = tx.update_payment(checkout_id, merchant_request_id=merchant_id)
                     _log_event(tx, EventType.PAYMENT_UPDATED, existing)
+                if within is not None:
+                    within(tx, existing)
                 return Registration(existing, False)
-            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id,
+            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id, batch_id,
                                         **({"retry_of": retry_of, "attempt": attempt} if retry_of else {}))
             _log_event(tx, EventType.PAYMENT_REGISTERED, payment)
             for parked in tx.parked_callbacks(checkout_id):
@@ -137,6 +145,8 @@ class CallbackManager:
                 log.info("callback #%d %s: parked callback matched at registration: %s%s",
                          parked.id, checkout_id, result.outcome, f" ({result.note})" if result.note else "")
                 settled = settled or changed
+            if within is not None:
+                within(tx, payment)
         log.info("registered %s: %s KES (%s)", checkout_id, amount, payment.status)
         if settled:
             self._wake(checkout_id)
@@ -190,7 +200,7 @@ class CallbackManager:
         for callback_id in stored:
             try:
                 self.process_callback(callback_id)
-            except sqlite3.Error as exc:  # still refused: the next pass tries again
+            except DATABASE_ERRORS as exc:  # still refused: the next pass tries again
                 log.warning("callback #%d still not applied: %s", callback_id, exc)
                 break
             applied += 1
@@ -206,13 +216,11 @@ class CallbackManager:
         failure = None
         with self.store.transaction() as tx:
             callback_id = tx.insert_callback(raw_body, headers, source_addr)
-            tx.conn.execute("SAVEPOINT apply")
             try:
-                result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
+                with tx.savepoint("apply"):
+                    result, settled = self._process(tx, RawCallback(callback_id, "", None, {}, bytes(raw_body)))
             except Exception as exc:
-                tx.conn.execute("ROLLBACK TO apply")  # raises if SQLite rolled everything back: nothing stored
                 failure = exc
-            tx.conn.execute("RELEASE apply")
         if failure is not None:
             self.store.note_write_failure(failure)
             log.error("callback #%d stored but not applied; it is applied again as soon as writes work",
@@ -350,6 +358,10 @@ class CallbackManager:
             waiters.count -= 1
             if waiters.count == 0 and self._waiters.get(checkout_request_id) is waiters:
                 del self._waiters[checkout_request_id]
+
+    def _on_event(self, event_type: str, checkout_request_id: str | None) -> None:
+        if event_type in SETTLING_EVENTS and checkout_request_id:
+            self._wake(checkout_request_id)
 
     def _wake(self, checkout_request_id: str) -> None:
         with self._lock:

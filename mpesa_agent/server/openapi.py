@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpesa_agent.payments.bulk import MAX_DESCRIPTION, MAX_ITEMS, MAX_REFERENCE, OUTCOMES, BatchStatus, ItemState
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN, MAX_TEXT_FIELD
 from mpesa_agent.payments.record import TEXT_OR_NULL, json_schema as payment_schema
 from mpesa_agent.payments.states import CallbackOutcome, EventType, State
@@ -32,6 +33,9 @@ SCHEMAS: dict[str, Any] = {
                           {"type": "array", "items": {"type": "string"}}],
             },
             "checkout_request_id": {"type": "string", "description": "404: the id (first 100 characters)."},
+            "batch_id": {"type": "string", "description": "404 on /payment/bulk/*: the batch id."},
+            "problems": {"type": "array", "items": {"$ref": "#/components/schemas/RowProblem"},
+                         "description": "400 on POST /payment/bulk: every bad row, with its line and why."},
             "db": {"type": "string", "description": "503: the database file."},
             "payment_status": {"enum": STATES, "description": "409 on retry: the payment's status."},
             "needs": {"const": "confirm_repeat",
@@ -40,6 +44,7 @@ SCHEMAS: dict[str, Any] = {
             "retry": {"$ref": "#/components/schemas/Retry"},
             "sent": {"type": ["boolean", "null"],
                      "description": "502 on retry: false, nothing went out; null, it may have (not re-sent)."},
+            "parameter": {"type": "string", "description": "400 on history and analytics: the wrong query parameter."},
         },
     },
     "Payment": payment_schema(),
@@ -145,10 +150,12 @@ SCHEMAS.update({
             "created_at": {"type": "string", "format": "date-time"},
             "data": {
                 "type": "object", "required": ["payment"],
-                "description": "The payment as it is after the change (null for a parked callback); "
-                               "for callback events also what the callback said and what became of it.",
+                "description": "The payment as it is after the change (null for a parked callback and for "
+                               "batch events); for callback events also what the callback said and what became "
+                               "of it; for batch.* events the batch in brief.",
                 "properties": {
                     "payment": {"oneOf": [{"$ref": "#/components/schemas/Payment"}, {"type": "null"}]},
+                    "batch": {"$ref": "#/components/schemas/Batch"},
                     "callback": {"type": "object", "required": ["id", "outcome"], "properties": {
                         "id": {"type": "integer"}, "outcome": {"enum": CALLBACK_OUTCOMES},
                         "note": {"type": ["string", "null"]}, "result_code": {"type": "string"},
@@ -212,6 +219,57 @@ SCHEMAS.update({
         "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
         "properties": {"checkout_request_id": {"type": "string"},
                        "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}},
+    },
+})
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_BUCKET = {"count": _COUNT, "amount": {**_COUNT, "description": "KES registered, every state."},
+           **{state: _COUNT for state in STATES},
+           "completed_amount": {**_COUNT, "description": "KES of completed payments: what was collected."}}
+SCHEMAS.update({
+    "HistoryPage": {
+        "type": "object", "required": ["payments", "next_cursor"], "additionalProperties": False,
+        "properties": {"payments": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}},
+                       "next_cursor": {"type": ["string", "null"],
+                                       "description": "Pass as `cursor` for the next (older) page; null: none."}},
+    },
+    "Analytics": {
+        "type": "object", "additionalProperties": False,
+        "required": ["since", "until", "timezone", "count", "amount", "by_status", "completion_rate",
+                     "failure_reasons", "time_to_callback", "by_day", "by_hour"],
+        "properties": {
+            "since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"},
+            "timezone": {"type": "string", "description": "Days and hours are Kenyan (EAT, UTC+3)."},
+            "count": _COUNT, "amount": {**_COUNT, "description": "KES registered in the period, every state."},
+            "by_status": {"type": "object", "required": STATES, "additionalProperties": False,
+                          "properties": {state: {"type": "object", "required": ["count", "amount"],
+                                                 "additionalProperties": False,
+                                                 "properties": {"count": _COUNT, "amount": _COUNT}}
+                                         for state in STATES}},
+            "completion_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                                "description": "completed / (completed + failed); null when neither."},
+            "failure_reasons": {"type": "array", "description": "Most frequent first.", "items": {
+                "type": "object", "required": ["reason", "result_codes", "count", "amount"],
+                "additionalProperties": False,
+                "properties": {"reason": {"type": "string", "description": "In words, e.g. Request cancelled by user."},
+                               "result_codes": {"type": "array", "items": {"type": "string"}},
+                               "count": _COUNT, "amount": _COUNT}}},
+            "time_to_callback": {
+                "type": "object", "required": ["count", "p50", "p90", "sampled"], "additionalProperties": False,
+                "description": "Seconds from registration (right after the push) to the settling callback.",
+                "properties": {"count": _COUNT, "p50": {"type": ["number", "null"], "minimum": 0},
+                               "p90": {"type": ["number", "null"], "minimum": 0},
+                               "sampled": {"type": "boolean",
+                                           "description": "true: only the newest 50,000 callbacks of the period were used."}}},
+            "by_day": {"type": "array", "description": "Every Kenyan day of the period, oldest first.", "items": {
+                "type": "object", "required": ["date", *_BUCKET], "additionalProperties": False,
+                "properties": {"date": {"type": "string", "format": "date"}, **_BUCKET}}},
+            "by_hour": {"type": "array", "minItems": 24, "maxItems": 24,
+                        "description": "Hours of the (Kenyan) day 0-23, summed over the period.", "items": {
+                            "type": "object", "required": ["hour", *_BUCKET], "additionalProperties": False,
+                            "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23}, **_BUCKET}}},
+        },
     },
 })
 
@@ -289,6 +347,91 @@ SCHEMAS.update({
 })
 
 
+_OUTCOME_COUNT = {"type": "object", "required": ["count", "amount"], "additionalProperties": False,
+                  "properties": {"count": {"type": "integer", "minimum": 0},
+                                 "amount": {"type": "integer", "minimum": 0, "description": "Whole KES."}}}
+_BATCH_PROPERTIES = {
+    "id": {"type": "string", "pattern": "^bat_"},
+    "description": {"type": "string"},
+    "status": {"enum": [str(s) for s in BatchStatus],
+               "description": "sending: items still queued; sent: every item pushed (or refused); cancelled."},
+    "settled": {"type": "boolean", "description": "Every item has its final answer (nothing queued or pending)."},
+    "summary": {"type": "string", "description": 'For people: "28 of 30 paid, 1 cancelled, 1 did not answer".'},
+    "item_count": {"type": "integer", "minimum": 1},
+    "total_amount": {"type": "integer", "minimum": 1, "description": "Whole KES asked for, all items."},
+    "paid_amount": {"type": "integer", "minimum": 0},
+    "by_outcome": {"type": "object", "required": list(OUTCOMES), "additionalProperties": False,
+                   "properties": {outcome: _OUTCOME_COUNT for outcome in OUTCOMES},
+                   "description": "Count and KES per outcome: the payment's state once sent, else the item's."},
+    "throttled": {"type": "integer", "minimum": 0, "description": "Pushes Daraja throttled (each sent later, once)."},
+    "note": {"type": ["string", "null"], "description": "Why sending is paused right now."},
+    "created_at": {"type": "string", "format": "date-time"},
+    "updated_at": {"type": "string", "format": "date-time"},
+    "finished_at": {"type": ["string", "null"], "format": "date-time"},
+    "settled_at": {"type": ["string", "null"], "format": "date-time"},
+}
+_ITEM = {"type": "object", "additionalProperties": False,
+         "required": ["position", "line", "phone_number", "amount", "reference", "state", "outcome", "reason",
+                      "checkout_request_id", "receipt"],
+         "properties": {
+             "position": {"type": "integer", "minimum": 1}, "line": {"type": "integer", "minimum": 1},
+             "phone_number": {"type": "string", "pattern": r"^254\d{9}$"}, "amount": {"type": "integer", "minimum": 1},
+             "reference": {"type": "string"}, "state": {"enum": [str(s) for s in ItemState]},
+             "outcome": {"enum": list(OUTCOMES)},
+             "reason": {"type": ["string", "null"], "description": "Why it is not paid, in words (null once paid)."},
+             "checkout_request_id": {"type": ["string", "null"]}, "receipt": {"type": ["string", "null"]}}}
+SCHEMAS.update({
+    "RowProblem": {"type": "object", "required": ["line", "field", "reason", "value"], "additionalProperties": False,
+                   "properties": {"line": {"type": "integer", "minimum": 1,
+                                           "description": "The CSV line, or the item's position in `items` (from 1)."},
+                                  "field": {"type": ["string", "null"]}, "reason": {"type": "string"},
+                                  "value": {"type": ["string", "null"], "description": "What was given (cut to 40)."}}},
+    "BulkRequest": {
+        "type": "object", "required": ["items"], "additionalProperties": False,
+        "properties": {
+            "description": {"type": "string", "maxLength": MAX_DESCRIPTION,
+                            "description": "What the batch is for; an item without a reference uses it."},
+            "items": {"type": "array", "minItems": 1, "maxItems": MAX_ITEMS, "items": {
+                "type": "object", "required": ["phone_number", "amount"], "properties": {
+                    "phone_number": {"type": ["string", "integer"]},
+                    "amount": {"type": ["integer", "number", "string"], "description": "Whole KES."},
+                    "reference": {"type": "string", "maxLength": MAX_REFERENCE,
+                                  "description": "Shown to the customer (its first 12 letters and digits)."}}}},
+            "skip_invalid": {"type": "boolean", "default": False,
+                             "description": "Send the valid rows and skip the bad ones (listed in `skipped`)."}},
+        "examples": [{"description": "chama", "items": [{"phone_number": "0712345678", "amount": 500},
+                                                        {"phone_number": "0722000000", "amount": 500,
+                                                         "reference": "June"}]}]},
+    "BulkCsvForm": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "phone,amount[,reference] lines, UTF-8, header optional."},
+                       "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+                       "skip_invalid": {"enum": ["true", "false"]}}},
+    "Batch": {"type": "object", "required": list(_BATCH_PROPERTIES), "additionalProperties": False,
+              "properties": _BATCH_PROPERTIES},
+    "BatchReport": {
+        "type": "object", "additionalProperties": False,
+        "required": [*_BATCH_PROPERTIES, "not_paid", "failed", "skipped"],
+        "properties": {**_BATCH_PROPERTIES,
+                       "not_paid": {"type": "array", "items": _ITEM, "description": "Every item not paid (yet)."},
+                       "failed": {"type": "array", "items": _ITEM,
+                                  "description": "Failed, refused (not_sent) or unknown items, each with why."},
+                       "skipped": {"type": "array", "items": {"$ref": "#/components/schemas/RowProblem"}},
+                       "items": {"type": "array", "items": _ITEM, "description": "With ?items=true: every item."}}},
+    "BulkAccepted": {"type": "object", "required": ["status", "batch"], "additionalProperties": False,
+                     "properties": {"status": {"const": "accepted"}, "batch": {"$ref": "#/components/schemas/BatchReport"}}},
+    "BatchList": {"type": "object", "required": ["batches"], "additionalProperties": False,
+                  "properties": {"batches": {"type": "array", "items": {"$ref": "#/components/schemas/Batch"}}}},
+    "BatchCancelled": {
+        "type": "object", "required": ["status", "cancelled", "batch"], "additionalProperties": False,
+        "properties": {"status": {"enum": [str(s) for s in BatchStatus]},
+                       "cancelled": {"type": "integer", "minimum": 0,
+                                     "description": "Items cancelled now (0: every item was already sent)."},
+                       "batch": {"$ref": "#/components/schemas/BatchReport"}}},
+})
+
+
 def _notification(status: str, payment_status: str, **extra: Any) -> dict:
     """One notification shape (the seed's JSON) plus the stored record."""
     properties = {"status": {"const": status}, "message": {"type": "string", "minLength": 1},
@@ -337,6 +480,113 @@ EVENT_TYPE = {"name": "type", "in": "query", "required": False, "schema": {"enum
 EVENT_CHECKOUT_ID = {"name": "checkout_request_id", "in": "query", "required": False,
                      "schema": {"type": "string", "pattern": CHECKOUT_ID_PATTERN.pattern},
                      "description": "Only this payment's events."}
+
+
+NO_BATCH = _error("No batch with this id.")
+BATCH_ID = {"name": "batch_id", "in": "path", "required": True, "schema": {"type": "string"},
+            "example": "bat_3f2a9c0d1e4b5a67"}
+BULK_PATHS = {
+    "/payment/bulk": {
+        "post": {"operationId": "bulk_create",
+                 "summary": "Ask many people to pay: every row is validated first, then a durable job sends "
+                            "the STK Pushes at BULK_PUSHES_PER_SECOND.",
+                 "description": "JSON `items`, or a CSV (`phone,amount[,reference]`, header optional) as a "
+                                "text/csv body (`?description=&skip_invalid=`) or a multipart file. Nothing is "
+                                "stored if a row is bad, unless skip_invalid. Each item is pushed at most once.",
+                 "security": BEARER,
+                 "parameters": [{"name": "description", "in": "query", "required": False,
+                                 "schema": {"type": "string", "maxLength": MAX_DESCRIPTION},
+                                 "description": "For a text/csv body."},
+                                {"name": "skip_invalid", "in": "query", "required": False,
+                                 "schema": {"enum": ["true", "false"]}, "description": "For a text/csv body."}],
+                 "requestBody": {"required": True, "content": {
+                     "application/json": {"schema": _ref("BulkRequest")},
+                     "text/csv": {"schema": {"type": "string"}, "example": "phone,amount,reference\n0712345678,500,June\n"},
+                     "multipart/form-data": {"schema": _ref("BulkCsvForm")}}},
+                 "responses": {"201": _json("Accepted: the batch, its items queued.", _ref("BulkAccepted"),
+                                            headers={"Location": {"schema": {"type": "string"},
+                                                                  "description": "/payment/bulk/{id}"}}),
+                               "400": _error("Bad rows (`problems`: each line and why), or a request wrong as a whole."),
+                               "401": UNAUTHORIZED,
+                               "413": _error("The body is over 1 MiB.")}},
+        "get": {"operationId": "bulk_list", "summary": "The newest batches, newest first, in brief.",
+                "security": BEARER,
+                "parameters": [{"name": "limit", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}],
+                "responses": {"200": _json("The batches.", _ref("BatchList")), "400": _error("limit is not valid."),
+                              "401": UNAUTHORIZED}},
+    },
+    "/payment/bulk/{batch_id}": {"get": {
+        "operationId": "bulk_report",
+        "summary": "Progress and outcome: counts and KES by outcome, who has not paid, who failed and why.",
+        "security": BEARER,
+        "parameters": [BATCH_ID, {"name": "items", "in": "query", "required": False,
+                                  "schema": {"enum": ["true", "false"], "default": "false"},
+                                  "description": "true: every item too."}],
+        "responses": {"200": _json("The batch.", _ref("BatchReport")), "400": _error("items is not true or false."),
+                      "401": UNAUTHORIZED, "404": NO_BATCH}}},
+    "/payment/bulk/{batch_id}.csv": {"get": {
+        "operationId": "bulk_report_csv", "summary": "Every item with its outcome, as CSV.", "security": BEARER,
+        "parameters": [BATCH_ID],
+        "responses": {"200": {"description": "position,line,phone_number,amount,reference,outcome,reason,"
+                                             "checkout_request_id,receipt; one line per item.",
+                              "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "401": UNAUTHORIZED, "404": NO_BATCH}}},
+    "/payment/bulk/{batch_id}/cancel": {"post": {
+        "operationId": "bulk_cancel",
+        "summary": "Stop the pushes not sent yet (an item being sent right now still goes out).",
+        "security": BEARER, "parameters": [BATCH_ID],
+        "responses": {"200": _json("Cancelled (or nothing left to cancel).", _ref("BatchCancelled")),
+                      "401": UNAUTHORIZED, "404": NO_BATCH}}},
+}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+SINCE = _query("since", {"type": "string"}, "From this time (inclusive): 2026-11-29 (a Kenyan day's start), "
+                                            "2026-11-29T10:00:00Z, or a time with an offset (none: Kenyan time).")
+UNTIL = _query("until", {"type": "string"}, "Before this time; a date alone includes that whole day.")
+HISTORY_FILTERS = [
+    _query("status", {"type": "string"}, "pending, completed, failed, unknown, or unpaid (pending, failed and "
+                                         "unknown); several comma-separated."),
+    _query("phone", {"type": "string"}, "The customer's number in any Kenyan form (0712345678, +254 712 345 678)."),
+    _query("min_amount", {"type": "integer", "minimum": 1, "maximum": 10**12}, "Whole KES, inclusive."),
+    _query("max_amount", {"type": "integer", "minimum": 1, "maximum": 10**12}, "Whole KES, inclusive."),
+    SINCE, UNTIL,
+    _query("receipt", {"type": "string", "maxLength": 30}, "An M-Pesa receipt, e.g. UKYPST28TK."),
+    _query("q", {"type": "string", "maxLength": 100}, "Text in the description, any case."),
+]
+BAD_PARAMETER = _error("A query parameter is wrong; `parameter` names it.")
+HISTORY_PATHS = {
+    "/payment/history": {"get": {
+        "operationId": "history",
+        "summary": "Payments matching every filter, newest first, a page at a time (keyset: fast at any depth).",
+        "security": BEARER,
+        "parameters": [*HISTORY_FILTERS,
+                       _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}, "Page size."),
+                       _query("cursor", {"type": "string"}, "`next_cursor` of the previous page, unchanged.")],
+        "responses": {"200": _json("A page.", _ref("HistoryPage")), "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+    "/payment/history.csv": {"get": {
+        "operationId": "history_csv",
+        "summary": "Every payment matching the filters as CSV (a header line, then one line per payment), streamed.",
+        "security": BEARER,
+        "parameters": HISTORY_FILTERS,
+        "responses": {"200": {"description": "The CSV file; its columns are the Payment fields.",
+                              "content": {"text/csv": {"schema": {"type": "string"}}}},
+                      "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+    "/payment/analytics": {"get": {
+        "operationId": "analytics",
+        "summary": "Counts and KES by state, completion rate, failure reasons, time to callback, by day and hour.",
+        "description": "Over payments created in [since, until); default: the 30 days before now; at most 400 days.",
+        "security": BEARER,
+        "parameters": [SINCE, UNTIL],
+        "responses": {"200": _json("The figures.", _ref("Analytics")), "400": BAD_PARAMETER, "401": UNAUTHORIZED},
+    }},
+}
 
 
 NO_ENDPOINT = _error("No webhook endpoint with this id.")
@@ -541,6 +791,8 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "404": _error("No payment and no event with this id."),
                 },
             }},
+            **BULK_PATHS,
+            **HISTORY_PATHS,
             **WEBHOOK_PATHS,
             "/health": {"get": {
                 "operationId": "health",

@@ -207,6 +207,7 @@ class Outbox:
         with self.store.transaction() as tx:
             changed = tx.conn.execute(f"UPDATE webhook_endpoints SET {assignments}, updated_at = ? WHERE id = ?",
                                       (*fields.values(), utcnow(), endpoint_id)).rowcount
+            tx.queued += bool(changed and fields.get("enabled"))  # its pending rows are deliverable again
         return self.get(endpoint_id) if changed else None
 
     def delete(self, endpoint_id: str) -> bool:
@@ -245,8 +246,8 @@ class Outbox:
                     raise Invalid({"event_id": "must be an event id alone (or send since and until instead)"})
                 sql, args = " WHERE id = ?", [data["event_id"]]
             elif "since" in data:
-                sql, args = (" WHERE created_at >= ? AND created_at < ? AND EXISTS (SELECT 1 FROM json_each("
-                             "(SELECT events FROM webhook_endpoints WHERE id = ?)) WHERE value IN ('*', events.type))",
+                subscribed = self.store.subscribed("(SELECT events FROM webhook_endpoints WHERE id = ?)", "events.type")
+                sql, args = (f" WHERE created_at >= ? AND created_at < ? AND {subscribed}",
                              [_utc(data["since"], "since"), _utc(data.get("until", now[1]), "until"), endpoint_id])
             else:
                 raise Invalid({"body": "send event_id, or since (and optionally until)"})
@@ -254,6 +255,7 @@ class Outbox:
                                      f" SELECT id, ?, ?, ? FROM events{sql}", [endpoint_id, *now, *args]).rowcount
             if "event_id" in data and not queued:
                 raise Invalid({"event_id": f"no event {data['event_id']}"})
+            tx.queued += queued
         return queued
 
     def enabled_ids(self) -> list[str]:

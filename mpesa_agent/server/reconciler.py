@@ -118,6 +118,10 @@ class Reconciler:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
+            if not self.manager.store.leader("reconciler"):  # PostgreSQL: one process runs it (SQLite: always us)
+                self._poked.wait(self.schedule.tick)
+                self._poked.clear()
+                continue
             try:
                 self.manager.reapply()  # callbacks stored while the database refused writes
             except Exception:

@@ -7,12 +7,13 @@
    rate limit; the same amount to the same phone within PAYMENT_REPEAT_WINDOW needs `confirm_repeat`),
    and a claim: the `payment_retries` row of the payment moves to `sending`. Its primary key is the
    retried payment, so two requests, or a request and the automatic retrier, never both push.
-2. The push, through this process's Daraja client (`push`, the one place the server sends one).
-3. The new payment is registered (`retry_of`, `attempt`), then the original gets `retried_as`, the row
-   becomes `sent` and a `payment.retried` event is logged.
+2. The push and its registration, through `daraja.push.push_and_register` (the one place both happen,
+   for the agent's tools and the bulk sender too) and this process's Daraja client.
+3. In the registration's own transaction: the new payment (`retry_of`, `attempt`), the original's
+   `retried_as`, the row `sent` and a `payment.retried` event, all committed or none.
 
-A push whose answer was lost (a timeout, a crash between 1 and 3) leaves the row `unknown`: it is never
-sent again by itself. A push Daraja refused before anything went out frees the claim (a person may try
+A push whose answer was lost (a timeout, or a crash between 1 and 3: a row left `sending` for longer than
+any push takes) becomes `unknown`: it is never sent again by itself. A push Daraja refused before anything went out frees the claim (a person may try
 again); an automatic one is tried again later, at most AUTO_TRIES times.
 """
 from __future__ import annotations
@@ -26,12 +27,12 @@ from typing import Callable
 
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient
-from mpesa_agent.daraja.client import StkPushAck
 from mpesa_agent.daraja.errors import DarajaError, OutcomeUnknownError, ThrottledError
+from mpesa_agent.daraja.push import push_and_register
 from mpesa_agent.payments.lifecycle import Decision
 from mpesa_agent.payments.phones import display_phone, masked_phone
 from mpesa_agent.payments.record import Payment
-from mpesa_agent.payments.retry import account_reference, auto_retryable, check_push, retry_refusal
+from mpesa_agent.payments.retry import auto_retryable, check_push, retry_refusal
 from mpesa_agent.payments.states import FAILED, EventType
 from mpesa_agent.server.manager import CallbackManager, UnknownPayment
 from mpesa_agent.server.store import PAYMENT_COLUMNS, Transaction, utcnow
@@ -42,6 +43,7 @@ PERSON, AUTO = "person", "auto"
 SCHEDULED, SENDING, SENT, UNKNOWN, SKIPPED = "scheduled", "sending", "sent", "unknown", "skipped"
 AUTO_TRIES = 3  # automatic sends Daraja refuses before anything goes out (throttled, unreachable) before giving up
 CLAIM_WAIT_SECONDS = 45.0  # how long a second request for the same retry waits for the first one's push
+STUCK_SECONDS = 90.0  # a retry `sending` this long was left by a process that died (a push takes 35 s at most)
 RETRY_COLUMNS = "retry_of, attempt, requested_by, state, due_at, tries, checkout_request_id, note, created_at, updated_at"
 
 
@@ -109,7 +111,7 @@ class Retries:
         self.clock = clock
         self.poked = threading.Event()  # set when an automatic retry is scheduled: the retrier looks at once
         manager.decision_hooks.append(self.schedule)
-        self.recover()
+        self.recover(0.0 if getattr(self.store, "dialect", "sqlite") == "sqlite" else STUCK_SECONDS)
 
     # -- what the API and the status answer read
 
@@ -142,14 +144,20 @@ class Retries:
                 row = _row(tx.conn, checkout_id)
                 if row is None or row.state in (SCHEDULED, SKIPPED):
                     self._check(tx, original, confirm_repeat)
-                    row = self._claim(tx, original, row, PERSON)
-                    break
+                    claimed = self._claim(tx, original, row, PERSON)
+                    if claimed is not None:
+                        row = claimed
+                        break
+                    row = _row(tx.conn, checkout_id)  # another process claimed it first
             if row.state == SENT:
                 return Retried(original, self.manager.status(row.checkout_request_id), False)
             if row.state == UNKNOWN:
                 raise RetryRefused(409, f"a retry of {checkout_id} was sent but M-Pesa's answer was lost, so it may "
                                         "have reached the phone: it is not sent again. Ask the customer, or wait for "
                                         "its callback", retry=row.to_dict())
+            if _epoch(row.updated_at) < self.clock() - STUCK_SECONDS:
+                self.recover()  # left `sending` by a process that died
+                continue
             if self.clock() > deadline:  # SENDING: another request is pushing this very retry
                 raise RetryRefused(409, f"a retry of {checkout_id} is being sent right now; check it again shortly",
                                    retry=row.to_dict())
@@ -198,6 +206,8 @@ class Retries:
                           note=f"put off: {check.verdict.replace('_', ' ')}")
                 return "put off"
             row = self._claim(tx, original, row, AUTO)
+        if row is None:
+            return "claimed elsewhere"
         self._send(original, row)
         return SENT
 
@@ -230,14 +240,20 @@ class Retries:
                           window=self.settings.rate_limit_window, repeat_window=self.settings.repeat_window,
                           confirmed=confirmed)
 
-    def _claim(self, tx: Transaction, original: Payment, row: RetryRow | None, by: str) -> RetryRow:
-        now = utcnow()
+    def _claim(self, tx: Transaction, original: Payment, row: RetryRow | None, by: str) -> RetryRow | None:
+        """The retry, now `sending` and this caller's to push; None when another caller claimed it first
+        (the conditions hold on PostgreSQL too, where several processes may try at once)."""
+        now, checkout_id = utcnow(), original.checkout_request_id
         if row is None:
-            tx.conn.execute(f"INSERT INTO payment_retries ({RETRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, ?, ?)",
-                            (original.checkout_request_id, original.attempt + 1, by, SENDING, now, now, now))
+            claimed = tx.conn.execute(
+                f"INSERT INTO payment_retries ({RETRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, 0, NULL, NULL, ?, ?)"
+                " ON CONFLICT (retry_of) DO NOTHING RETURNING retry_of",
+                (checkout_id, original.attempt + 1, by, SENDING, now, now, now)).fetchone()
         else:
-            self._set(tx, original.checkout_request_id, state=SENDING, requested_by=by)
-        return _row(tx.conn, original.checkout_request_id)
+            claimed = tx.conn.execute(
+                "UPDATE payment_retries SET state = ?, requested_by = ?, updated_at = ? WHERE retry_of = ? AND state = ?"
+                " RETURNING retry_of", (SENDING, by, now, checkout_id, row.state)).fetchone()
+        return _row(tx.conn, checkout_id) if claimed else None
 
     def _set(self, tx: Transaction, checkout_id: str, **changes) -> None:
         changes["updated_at"] = utcnow()
@@ -246,8 +262,15 @@ class Retries:
 
     def _send(self, original: Payment, row: RetryRow) -> Retried:
         checkout_id = original.checkout_request_id
+
+        def register(ack) -> None:
+            self.manager.register(ack.checkout_request_id, original.phone_number, original.amount,
+                                  original.description, ack.merchant_request_id, retry_of=checkout_id,
+                                  attempt=row.attempt,
+                                  within=lambda tx, payment: self._sent(tx, checkout_id, ack.checkout_request_id))
         try:
-            ack = self.push(original)
+            pushed = push_and_register(self.daraja, register, original.phone_number, original.amount,
+                                       original.description, self.settings.callback_url)
         except OutcomeUnknownError as exc:
             self._lost(checkout_id, f"M-Pesa's answer to the push was lost ({exc}); not sent again")
             raise RetryRefused(502, f"the retry of {checkout_id} may have reached the phone, but M-Pesa did not "
@@ -255,26 +278,22 @@ class Retries:
         except DarajaError as exc:
             self._refused(original, row, exc)
             raise RetryRefused(502, f"not sent: M-Pesa refused the retry of {checkout_id}: {exc}", sent=False) from None
-        payment, _ = self.manager.register(ack.checkout_request_id, original.phone_number, original.amount,
-                                           original.description, ack.merchant_request_id,
-                                           retry_of=checkout_id, attempt=row.attempt)
-        original = self._sent(original, ack.checkout_request_id, row.requested_by)
-        log.info("payment %s retried as %s (attempt %d, by %s) for %s KES %d", checkout_id, ack.checkout_request_id,
-                 row.attempt, row.requested_by, masked_phone(original.phone_number), original.amount)
-        return Retried(original, payment, True)
+        new_id = pushed.ack.checkout_request_id
+        if not pushed.registered:  # it went out: never again by itself
+            self._lost(checkout_id, f"sent as {new_id}, but the server could not record it "
+                                    f"({type(pushed.problem).__name__}); not sent again")
+            raise RetryRefused(502, f"the retry of {checkout_id} was sent as {new_id} but could not be recorded; "
+                                    "it is not sent again: check it before asking the customer again", sent=True)
+        log.info("payment %s retried as %s (attempt %d, by %s) for %s KES %d", checkout_id, new_id, row.attempt,
+                 row.requested_by, masked_phone(original.phone_number), original.amount)
+        return Retried(self.manager.status(checkout_id), self.manager.status(new_id), True)
 
-    def push(self, payment: Payment) -> StkPushAck:
-        """The STK Push for `payment`'s phone and amount: the one place the server sends one."""
-        return self.daraja.stk_push(payment.phone_number, payment.amount, account_reference(payment.description),
-                                    payment.description or "Payment", self.settings.callback_url)
-
-    def _sent(self, original: Payment, new_id: str, by: str) -> Payment:
-        with self.store.transaction() as tx:
-            self._set(tx, original.checkout_request_id, state=SENT, checkout_request_id=new_id, note=None)
-            original = tx.update_payment(original.checkout_request_id, retried_as=new_id)
-            tx.append_event(EventType.PAYMENT_RETRIED, original.checkout_request_id, {
-                "payment": original.to_dict(), "retry": _row(tx.conn, original.checkout_request_id).to_dict()})
-        return original
+    def _sent(self, tx: Transaction, checkout_id: str, new_id: str) -> None:
+        """In the retry's registration transaction: the link both ways, the row, and the event."""
+        self._set(tx, checkout_id, state=SENT, checkout_request_id=new_id, note=None)
+        original = tx.update_payment(checkout_id, retried_as=new_id)
+        tx.append_event(EventType.PAYMENT_RETRIED, checkout_id, {
+            "payment": original.to_dict(), "retry": _row(tx.conn, checkout_id).to_dict()})
 
     def _lost(self, checkout_id: str, note: str) -> None:
         with self.store.transaction() as tx:
@@ -297,21 +316,27 @@ class Retries:
                           note=f"M-Pesa refused it ({exc}); trying again later")
         log.warning("retry of %s not sent: %s", checkout_id, exc)
 
-    def recover(self) -> int:
-        """At start: a retry left `sending` by a crash was sent if its payment was registered, else it is unknown."""
+    def recover(self, stuck_after: float = STUCK_SECONDS) -> int:
+        """A retry left `sending` longer than `stuck_after` (its process died) was sent if its payment was
+        registered, else it is `unknown`: it may have reached the phone. At start on SQLite (one server
+        per file) every one left is stuck."""
+        cutoff = _iso(self.clock() - stuck_after)
         with self.store.reader() as conn:
             stuck = [RetryRow(*found) for found in conn.execute(
-                f"SELECT {RETRY_COLUMNS} FROM payment_retries WHERE state = ?", (SENDING,)).fetchall()]
+                f"SELECT {RETRY_COLUMNS} FROM payment_retries WHERE state = ? AND updated_at <= ?",
+                (SENDING, cutoff)).fetchall()]
             registered = {row.retry_of: conn.execute(
                 "SELECT checkout_request_id FROM payments WHERE retry_of = ?", (row.retry_of,)).fetchone()
                 for row in stuck}
         for row in stuck:
-            original = self.manager.status(row.retry_of)
-            if registered[row.retry_of]:
-                self._sent(original, registered[row.retry_of][0], row.requested_by)
-            else:
-                self._lost(row.retry_of, "the server stopped while this retry was being sent: it may have reached "
-                                         "the phone, so it is not sent again")
+            with self.store.transaction() as tx:
+                if _row(tx.conn, row.retry_of).state != SENDING:
+                    continue
+                if registered[row.retry_of]:
+                    self._sent(tx, row.retry_of, registered[row.retry_of][0])
+                    continue
+            self._lost(row.retry_of, "the server stopped while this retry was being sent: it may have reached "
+                                     "the phone, so it is not sent again")
         return len(stuck)
 
 
@@ -347,6 +372,7 @@ class AutoRetrier:
             self.retries.poked.clear()
 
     def run_once(self) -> dict[str, str]:
+        self.retries.recover()
         done = {}
         for checkout_id in self.retries.due():
             if self._stopped.is_set():

@@ -7,7 +7,8 @@ and the webhook dispatcher.
 Served by gevent's WSGI server (server/wsgi.py, chosen by measurement: docs/benchmark.md): a
 long-poll waiter, an event stream or an idle connection costs a greenlet, not a thread. A
 reconciler loop settles payments whose callback never came by STK Query (and confirms success
-callbacks with VERIFY_SUCCESS_BY_QUERY); a dispatcher delivers webhooks from their outbox.
+callbacks with VERIFY_SUCCESS_BY_QUERY); a dispatcher delivers webhooks from their outbox; a bulk
+sender pushes the items of bulk requests. The reconciler and the bulk sender share one Daraja client.
 See docs/callback_server.md.
 """
 from __future__ import annotations
@@ -19,8 +20,11 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
+import signal
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -28,10 +32,15 @@ from flask import Flask
 
 from mpesa_agent import preflight
 from mpesa_agent.config import ConfigError, Settings, callback_url_problems, mode
+from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.app import create_app
+from mpesa_agent.server.batches import BulkSender
+from mpesa_agent.server.bulk import MAX_BULK_BODY_BYTES
 from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
+from mpesa_agent.server.pgstore import redact_url
+from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, SqlStore, is_postgres_url, open_store
 from mpesa_agent.server.retries import AutoRetrier
 from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
@@ -79,7 +88,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="M-Pesa callback server (Daraja callbacks, the /payment/* API and the event log)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    parser.add_argument("--db", help="SQLite file of payments (default PAYMENTS_DB, data/payments.db)")
+    parser.add_argument("--db", help="SQLite file or postgresql:// URL of payments (default PAYMENTS_DB, "
+                                     "data/payments.db)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes sharing the port, one per core (PostgreSQL only; default 1)")
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)  # a worker: the socket its parent bound
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS,
                         help=f"most open connections in all: waiters, streams, idle clients (default {DEFAULT_CONNECTIONS})")
     parser.add_argument("--header-timeout", type=float, default=HEADER_SECONDS,
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     try:
         settings = settings or Settings.from_env()
         if args.db:
-            settings = settings.replace(payments_db=Path(args.db).resolve())
+            settings = settings.replace(payments_db=args.db if is_postgres_url(args.db) else Path(args.db).resolve())
         problems = startup_problems(settings)
         if problems:
             for problem in problems:
@@ -106,7 +119,14 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
                   "(see docs/callback_server.md, \"Setting up the callback URL\").", file=sys.stderr)
             return EXIT_CALLBACK_URL
         settings, key_source = ensure_api_key(settings)
-        owner = claim_database(settings.payments_db)
+        postgres = is_postgres_url(settings.payments_db)
+        if args.workers < 1 or (args.workers > 1 and not postgres):
+            raise ConfigError(f"--workers {args.workers}: several processes need PAYMENTS_DB=postgresql://... "
+                              "(a SQLite file is served by one process); leave --workers out for SQLite")
+        owner = None if postgres else claim_database(settings.payments_db)
+        if args.workers > 1:
+            open_store(settings.payments_db, listen=False).close()  # reachable, and migrated once, before any worker
+            return run_workers(args, settings)
         app = create_app(settings)
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
@@ -114,7 +134,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     except DatabaseInUse as exc:
         print(f"Database error: {exc}", file=sys.stderr)
         return EXIT_DATABASE
-    except (sqlite3.Error, NewerDatabase, OSError) as exc:
+    except (*DATABASE_ERRORS, NewerDatabase, OSError) as exc:
         print(f"Database error: {database_problem(settings.payments_db, exc)}", file=sys.stderr)
         return EXIT_DATABASE
     for problem in callback_url_problems(settings):
@@ -124,21 +144,28 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     print(f"Mode: {mode(settings)}\n"
           f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
           f"{settings.callback_token[:4]}… (MPESA_CALLBACK_URL {masked_callback_url(settings)}, token masked)\n"
-          f"Store: SQLite {settings.payments_db} (WAL, synchronous=FULL): "
+          f"Store: {describe_store(manager.store)}: "
           f"{sum(counts['payments'].values())} payments, {sum(counts['callbacks'].values())} raw callbacks\n"
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
           f"Automatic retry: {auto_retry_line(settings)}\n"
+          f"Bulk requests: at most {settings.bulk_pushes_per_second:g} pushes per second (BULK_PUSHES_PER_SECOND)\n"
           f"Webhooks: {len(app.extensions['webhooks'].list())} endpoint(s), retried {len(settings.webhook_retry_schedule)} "
           f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
           f"{'allowed' if settings.webhooks_allow_private_urls else 'refused'}\n"
           f"Callback server on http://{args.host}:{args.port} (gevent, up to {args.connections} connections, "
-          f"{args.per_source} per address)", flush=True)
-    server = wsgi_server(app, args.host, args.port, args.connections, args.per_source, args.header_timeout)
-    retries = app.extensions["retries"]  # its Daraja client is shared: one OAuth token per process
-    reconciler = Reconciler(manager, retries.daraja, settings).start()
+          f"{args.per_source} per address{worker_note(args)})\n"
+
+          f"Dashboard: http://{args.host}:{args.port}/dashboard (sign in with the API key)", flush=True)
+    host, port = (socket.socket(fileno=args.listen_fd), None) if args.listen_fd is not None else (args.host, args.port)
+    server = wsgi_server(app, host, port, args.connections, args.per_source, args.header_timeout)
+    daraja = DarajaClient.from_settings(settings)  # one client, one OAuth token (a new token voids the last)
+    reconciler = Reconciler(manager, daraja, settings).start()
     dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
+    sender = app.extensions["bulk_sender"] = BulkSender(app.extensions["batches"], manager, daraja, settings).start()
+    retries = app.extensions["retries"]
+    retries.daraja = daraja  # the same client for retries
     retrier = AutoRetrier(retries).start() if settings.auto_retry else None
     try:
         server.serve_forever()
@@ -146,11 +173,14 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         pass
     finally:
         server.stop(timeout=5)
+        sender.stop()
         dispatcher.stop()
         reconciler.stop()
         if retrier is not None:
             retrier.stop()
-        owner.close()
+        manager.store.close()
+        if owner is not None:
+            owner.close()
     return 0
 
 
@@ -159,6 +189,67 @@ def auto_retry_line(settings: Settings) -> str:
         return "off (PAYMENT_AUTO_RETRY=false)"
     return (f"on: no answer (1037, 1019, 1036) and M-Pesa busy (26, 1001) retried {settings.auto_retry_delay:g} s "
             f"later, at most {settings.auto_retry_max} retries per payment; never a cancel or a wrong PIN")
+
+
+def describe_store(store: SqlStore) -> str:
+    if store.dialect == "postgresql":
+        return (f"PostgreSQL {store.described} (server {store.server_version // 10000}, "
+                f"schema {store.schema}; several processes may share it)")
+    return f"SQLite {store.described} (WAL, synchronous=FULL), one server process per file"
+
+
+def worker_note(args: argparse.Namespace) -> str:
+    return f"; worker pid {os.getpid()}" if args.listen_fd is not None else ""
+
+
+def run_workers(args: argparse.Namespace, settings: Settings) -> int:
+    """Bind the port once and run `args.workers` server processes on it, each with its own event
+    loop and database pool; the kernel spreads connections over them. A worker that dies is
+    started again; SIGTERM or Ctrl-C stops them all."""
+    listener = socket.create_server((args.host, args.port), backlog=2048)
+    command = [sys.executable, str(Path(__file__).resolve().parents[2] / "callback_server.py"),
+               "--host", args.host, "--port", str(args.port), "--db", str(settings.payments_db),
+               "--connections", str(args.connections), "--per-source", str(args.per_source),
+               "--header-timeout", str(args.header_timeout), "--listen-fd", str(listener.fileno())]
+    print(f"Callback server: {args.workers} worker processes on http://{args.host}:{args.port} over "
+          f"{settings.payments_db if not isinstance(settings.payments_db, str) else redact_url(settings.payments_db)}"
+          f" (pid {os.getpid()} supervises)", flush=True)
+    stopping = []
+
+    def stop(signum, _frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    start = lambda: subprocess.Popen(command, pass_fds=(listener.fileno(),))  # noqa: E731
+    workers = [start() for _ in range(args.workers)]
+    code = 0
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            for index, worker in enumerate(workers):
+                status = worker.poll()
+                if status is None:
+                    continue
+                if status in (EXIT_CONFIG, EXIT_CALLBACK_URL, EXIT_DATABASE):  # would fail again: stop, say why
+                    print(f"Worker pid {worker.pid} could not start (exit {status}); stopping all workers.",
+                          file=sys.stderr, flush=True)
+                    stopping.append(None)
+                    code = status
+                    break
+                print(f"Worker pid {worker.pid} exited ({status}); starting another.", file=sys.stderr, flush=True)
+                workers[index] = start()
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        listener.close()
+    return code
 
 
 class DatabaseInUse(RuntimeError):
@@ -187,11 +278,15 @@ def claim_database(path: Path):
     return handle  # kept open by the caller: closing it would release the lock
 
 
-def database_problem(path: Path, exc: BaseException) -> str:
-    """One line: the database file, what is wrong with it, and what to do."""
+def database_problem(path: Path | str, exc: BaseException) -> str:
+    """One line: the database, what is wrong with it, and what to do."""
     text = str(exc)
     if isinstance(exc, NewerDatabase):
         return text
+    if isinstance(path, str):  # a PostgreSQL URL
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return (f"{redact_url(path)}: PostgreSQL says: {first}. Check that the server runs and the URL's user, "
+                "host and database are right (PAYMENTS_DB or --db); the server did not start.")
     if path.is_dir():
         what = "it is a folder, not a file"
     elif "not a database" in text or "malformed" in text:
@@ -208,11 +303,12 @@ def database_problem(path: Path, exc: BaseException) -> str:
             "the server did not start.")
 
 
-def wsgi_server(app: Flask, host: str, port: int, connections: int = DEFAULT_CONNECTIONS,
+def wsgi_server(app: Flask, host, port: int | None, connections: int = DEFAULT_CONNECTIONS,
                 per_source: int = DEFAULT_PER_SOURCE, header_seconds: float = HEADER_SECONDS) -> Server:
     """gevent's WSGI server with the guards of server/wsgi.py."""
     settings: Settings = app.config["MPESA_SETTINGS"]
-    return Server((host, port), buffered_chunked_bodies(app), connections=connections, per_source=per_source,
+    listener = host if port is None else (host, port)  # a bound socket, or where to bind one
+    return Server(listener, buffered_chunked_bodies(app), connections=connections, per_source=per_source,
                   exempt=exempt_sources(settings.trusted_proxies), header_seconds=header_seconds)
 
 
@@ -221,8 +317,9 @@ def buffered_chunked_bodies(app: Flask):
     MAX_BODY_BYTES is a 413 instead of being cut short silently by werkzeug's stream limit."""
     def middleware(environ, start_response):
         if environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked" and not environ.get("CONTENT_LENGTH"):
+            limit = MAX_BULK_BODY_BYTES if environ.get("PATH_INFO") == "/payment/bulk" else MAX_BODY_BYTES
             try:
-                body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+                body = environ["wsgi.input"].read(limit + 1)
             except (ValueError, OSError) as exc:  # a malformed chunk: nothing reaches the app or the store
                 start_response("400 Bad Request", [("Content-Type", "application/json"), ("Connection", "close")])
                 return [json.dumps(error_body(f"bad chunked body: {str(exc)[:80]}")).encode()]

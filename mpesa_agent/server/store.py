@@ -30,22 +30,30 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterator, Mapping
 
+import psycopg
+
 from mpesa_agent.payments.record import FIELD_NAMES, FIELDS, UPDATABLE, Payment
 from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
-# 4: retries (payments.retry_of / attempt / retried_as, the payment_retries table)
+SCHEMA_VERSION = 6  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: history indexes (issue 11); 5: bulk requests (batches, batch_items, payments.batch_id; issue 13);
+# 6: retries (payments.retry_of / attempt / retried_as, the payment_retries table; issue 13)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
 EVENT_POLL_SECONDS = 1.0
 
+# What either database raises: for callers that must tell "the database said no" from a bug.
+DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
 RECEIVED, APPLIED, DUPLICATE, PARKED, CONFLICT, REJECTED, INVALID = CallbackOutcome
 CALLBACK_OUTCOMES = tuple(CallbackOutcome)
 PAYMENT_COLUMNS = ", ".join(FIELD_NAMES)  # in field order, so a row builds a Payment positionally
 
+# Portable DDL: SQLite runs it as written, PostgreSQL through `postgres_ddl` (server/pgstore.py).
+# What only one dialect can say lives beside it (SQLITE_ONLY here, PG_ONLY in pgstore.py).
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS callbacks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -77,10 +85,6 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_checkout ON events (checkout_request_id, id);
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, id);
-CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_are_never_deleted BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
 
 -- Outbound webhooks (server/outbox.py): the endpoints, one outbox row per (event, endpoint) written
 -- with the event, and every delivery attempt.
@@ -122,6 +126,45 @@ CREATE TABLE IF NOT EXISTS webhook_attempts (
 );
 CREATE INDEX IF NOT EXISTS webhook_attempts_by_endpoint ON webhook_attempts (endpoint_id, id);
 
+-- Issue 11, payment history (server/history.py): keyset pages newest first on (created_at,
+-- checkout_request_id), alone or after an equality filter on status or phone; receipts of any status.
+CREATE INDEX IF NOT EXISTS payments_by_created ON payments (created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_status_created ON payments (status, created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at, checkout_request_id);
+CREATE INDEX IF NOT EXISTS payments_by_receipt ON payments (receipt);
+
+-- Bulk payment requests (issue 13, server/batches.py): a batch, and one row per item with its own
+-- state machine (payments/bulk.py ItemState); an item's payment is found by its checkout id.
+CREATE TABLE IF NOT EXISTS batches (
+    id TEXT PRIMARY KEY,                  -- bat_...
+    description TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'cancelled')),
+    item_count INTEGER NOT NULL,
+    total_amount INTEGER NOT NULL,        -- whole KES asked for, all items
+    skipped TEXT NOT NULL DEFAULT '[]',   -- JSON: the rows skip_invalid left out, each with its line and why
+    throttled INTEGER NOT NULL DEFAULT 0, -- pushes Daraja throttled (each sent again later, once)
+    note TEXT,                            -- why sending is paused, when it is
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    finished_at TEXT,                     -- every item pushed, refused or cancelled
+    settled_at TEXT                       -- every item has its final answer
+);
+CREATE INDEX IF NOT EXISTS batches_by_status ON batches (status, created_at);
+CREATE TABLE IF NOT EXISTS batch_items (
+    batch_id TEXT NOT NULL REFERENCES batches (id),
+    position INTEGER NOT NULL,            -- 1.. in the order given
+    line INTEGER NOT NULL,                -- its line in the upload (CSV line, or JSON item number)
+    phone_number TEXT NOT NULL,
+    amount INTEGER NOT NULL CHECK (amount >= 1),
+    reference TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'not_sent', 'unknown', 'cancelled')),
+    checkout_request_id TEXT,             -- once Daraja accepted the push
+    note TEXT,                            -- why it was not sent, or is unknown
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (batch_id, position)
+);
+CREATE INDEX IF NOT EXISTS batch_items_by_state ON batch_items (state, batch_id, position);
+
 -- Issue 13, retries (server/retries.py): at most one retry per payment, claimed here before its push is
 -- sent, so two requests (or a request and the automatic retrier) can never both push; a claim whose push
 -- answer was lost (a crash) becomes 'unknown' and is never sent again.
@@ -138,13 +181,28 @@ CREATE TABLE IF NOT EXISTS payment_retries (
     updated_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS payment_retries_due ON payment_retries (state, due_at);
-CREATE UNIQUE INDEX IF NOT EXISTS payments_by_retry_of ON payments (retry_of) WHERE retry_of IS NOT NULL;
-CREATE INDEX IF NOT EXISTS payments_by_phone ON payments (phone_number, created_at);
 """
+SQLITE_ONLY = """
+CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_never_deleted BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+"""
+
+
+def subscribed(events_json: str, event_type: str) -> str:
+    """SQL: the endpoint whose JSON array `events_json` is wants events of `event_type` (SQLite)."""
+    return f"EXISTS (SELECT 1 FROM json_each({events_json}) WHERE value IN ('*', {event_type}))"
+
+
 # One outbox row per enabled endpoint subscribed to the event's type (run by append_event).
-FAN_OUT = ("INSERT INTO webhook_outbox (event_id, endpoint_id, next_attempt_at, created_at)"
-           " SELECT ?, id, ?, ? FROM webhook_endpoints WHERE enabled = 1"
-           " AND EXISTS (SELECT 1 FROM json_each(webhook_endpoints.events) WHERE value IN ('*', ?))")
+def fan_out(dialect_subscribed: Callable[[str, str], str]) -> str:
+    return ("INSERT INTO webhook_outbox (event_id, endpoint_id, next_attempt_at, created_at)"
+            " SELECT ?, id, ?, ? FROM webhook_endpoints WHERE enabled = 1"
+            f" AND {dialect_subscribed('webhook_endpoints.events', '?')}")
+
+
+FAN_OUT = fan_out(subscribed)
 # One M-Pesa receipt completes at most one payment (lifecycle rule 3; this index is the backstop).
 RECEIPT_INDEX = ("CREATE UNIQUE INDEX IF NOT EXISTS payments_by_completed_receipt ON payments (receipt)"
                  " WHERE status = 'completed' AND receipt IS NOT NULL")
@@ -220,6 +278,11 @@ def _json_default(value):
     return str(value)  # Decimal amounts from callbacks: exact text, never float
 
 
+def event_json(data: dict) -> str:
+    """An event's data as stored: compact JSON, money as exact text."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
 def redact_headers(headers: Mapping[str, str] | None) -> dict:
     """Headers as a plain dict, with credentials replaced: they are stored for review."""
     return {name: ("<redacted>" if name.lower() in _REDACTED_HEADERS else str(value))
@@ -229,17 +292,40 @@ def redact_headers(headers: Mapping[str, str] | None) -> dict:
 class Transaction:
     """Reads and writes inside one `BEGIN IMMEDIATE` transaction (see `Store.transaction`)."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn):
         self.conn = conn
+        self.appended: list[tuple[int, str, str | None]] = []  # (id, type, checkout id) of the events appended
+        self.queued = 0  # webhook deliveries queued (or made deliverable again): the dispatcher is woken
+
+    @contextmanager
+    def savepoint(self, name: str = "apply") -> Iterator[None]:
+        """A part of the transaction that an exception undoes alone (its events are forgotten too)."""
+        state = self._state()
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")  # raises if SQLite rolled everything back: nothing stored
+            self._restore(state)
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        self.conn.execute(f"RELEASE {name}")
+
+    def _state(self):
+        return len(self.appended)
+
+    def _restore(self, state) -> None:
+        del self.appended[state:]
 
     def payment(self, checkout_request_id: str) -> Payment | None:
         return _payment(self.conn.execute(
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
-                       description: str, merchant_request_id: str | None, **initial) -> Payment:
+                       description: str, merchant_request_id: str | None, batch_id: str | None = None,
+                       **initial) -> Payment:
         payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow(),
-                              **initial)
+                              batch_id=batch_id, **initial)
         values = payment.to_dict()
         self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                           tuple(values.values()))
@@ -251,9 +337,9 @@ class Transaction:
             raise ValueError(f"not updatable: {', '.join(sorted(unknown))}")
         changes["updated_at"] = utcnow()
         assignments = ", ".join(f"{name} = ?" for name in changes)
-        self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?",
-                          (*changes.values(), checkout_request_id))
-        return self.payment(checkout_request_id)
+        return _payment(self.conn.execute(f"UPDATE payments SET {assignments} WHERE checkout_request_id = ?"
+                                          f" RETURNING {PAYMENT_COLUMNS}",
+                                          (*changes.values(), checkout_request_id)).fetchone())
 
     def completed_with_receipt(self, receipt: str) -> str | None:
         """The checkout id of the payment this receipt completed, if any."""
@@ -264,23 +350,22 @@ class Transaction:
     def append_event(self, type: str, checkout_request_id: str | None, data: dict) -> int:
         """Append one event to the log, and its webhook outbox rows (committed with the rest of this transaction)."""
         now = utcnow()
-        cursor = self.conn.execute(
-            "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?)",
-            (str(type), checkout_request_id, now,
-             json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_json_default)))
-        self.conn.execute(FAN_OUT, (cursor.lastrowid, time.time(), now, str(type)))
-        return cursor.lastrowid
+        event_id = self.conn.execute(
+            "INSERT INTO events (type, checkout_request_id, created_at, data) VALUES (?, ?, ?, ?) RETURNING id",
+            (str(type), checkout_request_id, now, event_json(data))).fetchone()[0]
+        self.queued += self.conn.execute(FAN_OUT, (event_id, time.time(), now, str(type))).rowcount
+        self.appended.append((event_id, str(type), checkout_request_id))
+        return event_id
 
     def insert_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None,
                         checkout_request_id: str | None = None) -> int:
         processed_at = None if outcome == RECEIVED else utcnow()
-        cursor = self.conn.execute(
+        return self.conn.execute(
             "INSERT INTO callbacks (received_at, source_addr, headers, body, checkout_request_id, outcome,"
-            " note, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (utcnow(), source_addr, json.dumps(redact_headers(headers)), sqlite3.Binary(bytes(body)),
-             checkout_request_id, outcome, note, processed_at))
-        return cursor.lastrowid
+            " note, processed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (utcnow(), source_addr, json.dumps(redact_headers(headers)), bytes(body),
+             checkout_request_id, outcome, note, processed_at)).fetchone()[0]
 
     def callback(self, callback_id: int) -> RawCallback | None:
         return _callback(self.conn.execute("SELECT * FROM callbacks WHERE id = ?", (callback_id,)).fetchone())
@@ -302,197 +387,59 @@ class Transaction:
 class _Batch:
     """Write transactions that share one commit (one fsync)."""
 
-    __slots__ = ("done", "error")
+    __slots__ = ("done", "error", "appended", "queued")
 
     def __init__(self):
         self.done, self.error = False, None
+        self.appended: list[tuple[int, str, str | None]] = []  # the events its blocks appended
+        self.queued = 0  # webhook deliveries its blocks queued
 
 
-class Store:
-    """The payments database at `path` (parent folders are created; the schema on first use)."""
+class SqlStore:
+    """What both stores share: the reads, and waiting for new events. A subclass provides
+    `transaction()`, `_connection()` (a read connection), `probe_write()` and `close()`."""
 
-    def __init__(self, path: Path | str):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = self._open()  # the only connection that writes (see the module docstring)
-        self._writer.execute("PRAGMA journal_mode=WAL")
-        self._write_lock = threading.Lock()  # held while a block runs on the writer, or a batch commits
-        self._writing_thread: int | None = None
-        self._batch: _Batch | None = None  # the open batch: blocks done, not yet committed
-        self._commits = threading.Condition()
-        self._committing = False
-        self._new_events = threading.Condition()  # notified after every commit: event readers look again
-        self.commit_listeners: list[Callable[[], None]] = []  # called after every commit (the webhook dispatcher)
+    dialect = "sqlite"
+
+    def __init__(self):
+        self._new_events = threading.Condition()  # notified when events are committed: event readers look again
+        self.known_last_event_id = 0  # the newest event id known to be committed (set by commits and polls)
+        # Called after a commit that queued webhook deliveries (the dispatcher), this process's or
+        # (PostgreSQL) another's: not after every commit, so an idle dispatcher costs nothing per callback.
+        self.outbox_listeners: list[Callable[[], None]] = []
+        # Called with (type, checkout id) of each committed event, this process's or (PostgreSQL) another's.
+        self.event_listeners: list[Callable[[str, str | None], None]] = []
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
-        self._idle_readers: list[sqlite3.Connection] = []
-        self._migrate()
-
-    def _migrate(self) -> None:
-        """Create the schema, or bring an older database up to SCHEMA_VERSION (additive only)."""
-        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise NewerDatabase(f"{self.path} has schema version {version}, newer than this program's "
-                                f"{SCHEMA_VERSION}: run the newer version, or point PAYMENTS_DB elsewhere")
-        if version == SCHEMA_VERSION:
-            self._create_receipt_index()
-            return
-        present = {row[1] for row in self._writer.execute("PRAGMA table_info(payments)")}
-        added = [f"ALTER TABLE payments ADD COLUMN {f.name} {f.metadata['sql']};"  # columns added since
-                 for f in FIELDS if present and f.name not in present]
-        # The columns first: the schema's indexes may be on them (payments_by_retry_of).
-        self._writer.executescript(f"BEGIN IMMEDIATE;\n{chr(10).join(added)}\n{SCHEMA}\n"
-                                   f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
-        self._create_receipt_index()
-
-    def _create_receipt_index(self) -> None:
-        """The one-receipt index; tried at every start while older duplicates stop it being made."""
-        try:
-            self._writer.execute(RECEIPT_INDEX)
-        except sqlite3.IntegrityError:  # made before the rule: the reviewer sorts those out, the manager still checks
-            log.warning("%s: some M-Pesa receipts completed more than one payment before this version; "
-                        "review them (SELECT receipt FROM payments WHERE status = 'completed' GROUP BY receipt "
-                        "HAVING COUNT(*) > 1)", self.path)
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
-                               check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+        self.described = ""  # where the data is, for people: a file, or a URL without its password
 
     def reader(self):
         """A read connection from the pool, as a context manager (for modules that keep their own SQL)."""
         return self._connection()
 
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A read connection from the pool (list.pop/append are atomic)."""
-        try:
-            conn = self._idle_readers.pop()
-        except IndexError:
-            conn = self._open()
-        try:
-            yield conn
-        finally:
-            if conn.in_transaction or len(self._idle_readers) >= IDLE_READERS_KEPT:
-                conn.close()
-            else:
-                self._idle_readers.append(conn)
-
-    @contextmanager
-    def transaction(self) -> Iterator[Transaction]:
-        """A write transaction: committed (and on disk) when the block ends, rolled back on error."""
-        if self._writing_thread == threading.get_ident():
-            raise RuntimeError("Store.transaction() inside another one in the same thread")
-        failure = None
-        with self._write_lock:
-            self._writing_thread = threading.get_ident()
-            try:
-                if self._batch is None:
-                    self._writer.execute("BEGIN IMMEDIATE")
-                    self._batch = _Batch()
-                batch = self._batch
-                try:
-                    self._writer.execute("SAVEPOINT tx")
-                    yield Transaction(self._writer)
-                    self._writer.execute("RELEASE tx")
-                except BaseException as exc:
-                    failure = exc
-                    self.note_write_failure(exc)
-                    self._undo(batch, exc)
-            finally:
-                self._writing_thread = None
-        try:
-            self._commit(batch)  # after a failure too: the batch may hold others' work, and must not stay open
-        except sqlite3.Error as exc:
-            self.note_write_failure(exc)
-            if failure is None:
-                raise
-        else:
-            if failure is None:
-                self.write_failure = None
-        if failure is not None:
-            raise failure
-
     def note_write_failure(self, exc: BaseException) -> None:
         """Remember that the database refused a write (disk full, I/O error), until one succeeds."""
-        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+        if isinstance(exc, DATABASE_ERRORS) and not isinstance(exc, INTEGRITY_ERRORS):
             self.write_failure = f"{type(exc).__name__}: {exc}"
 
-    def probe_write(self) -> bool:
-        """Write one page and commit it (fsync): do writes work again?"""
-        try:
-            with self.transaction() as tx:
-                tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except sqlite3.Error:
-            return False
+    @staticmethod
+    def subscribed(events_json: str, event_type: str) -> str:
+        """SQL: the endpoint's JSON array of event types `events_json` includes `event_type` (or "*")."""
+        return subscribed(events_json, event_type)
+
+    def leader(self, name: str) -> bool:
+        """Is this process the one that runs background job `name`? One process per SQLite file: yes."""
         return True
 
-    def _undo(self, batch: "_Batch", exc: BaseException) -> None:
-        """Roll back one failed block (write lock held); if that is impossible, the whole batch."""
-        try:
-            self._writer.execute("ROLLBACK TO tx")
-            self._writer.execute("RELEASE tx")
-            return
-        except sqlite3.Error:  # SQLite already rolled back everything (disk full, I/O error), or worse
-            if self._writer.in_transaction:
-                self._writer.execute("ROLLBACK")
-        self._batch = None
-        self._finish(batch, exc)
-
-    def _commit(self, batch: "_Batch") -> None:
-        """Return once `batch` is on disk: commit it (with whatever joined it) unless another thread is."""
-        with self._commits:
-            while not batch.done and self._committing:
-                self._commits.wait()
-            leader = not batch.done
-            self._committing = self._committing or leader
-        if leader:
-            current, error = None, None
-            try:
-                with self._write_lock:
-                    current, self._batch = self._batch, None
-                    if current is not None:
-                        try:
-                            self._writer.execute("COMMIT")
-                        except BaseException as exc:
-                            error = exc
-                            if self._writer.in_transaction:
-                                self._writer.execute("ROLLBACK")
-            finally:
-                with self._commits:
-                    self._committing = False
-                    if current is not None:
-                        current.done, current.error = True, error
-                    self._commits.notify_all()
-                if current is not None and error is None:
-                    with self._new_events:
-                        self._new_events.notify_all()
-                    for listener in self.commit_listeners:
-                        listener()
-        if batch.error is not None:
-            raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
-
-    def _finish(self, batch: "_Batch", error: BaseException | None) -> None:
-        with self._commits:
-            batch.done, batch.error = True, error
-            self._commits.notify_all()
-
-    def close(self) -> None:
-        """Commit what is pending and close every connection."""
-        with self._write_lock:
-            batch, self._batch = self._batch, None
-            if batch is not None:
-                try:
-                    self._writer.execute("COMMIT")
-                except sqlite3.Error as exc:
-                    self._finish(batch, exc)
-                else:
-                    self._finish(batch, None)
-            self._writer.close()
-        while self._idle_readers:
-            self._idle_readers.pop().close()
+    def _committed(self, appended: list[tuple[int, str, str | None]], queued: int = 0) -> None:
+        """After a commit: wake event readers, tell the listeners (appended: (id, type, checkout id))."""
+        if appended:
+            self._saw_events(max(event_id for event_id, _, _ in appended))
+        for _, event_type, checkout_id in appended:
+            for listener in self.event_listeners:
+                listener(event_type, checkout_id)
+        if queued:
+            for listener in self.outbox_listeners:
+                listener()
 
     def record_callback(self, body: bytes, headers: Mapping[str, str] | None, source_addr: str | None,
                         outcome: str = RECEIVED, note: str | None = None) -> int:
@@ -568,16 +515,24 @@ class Store:
     def wait_for_events(self, after: int, timeout: float) -> bool:
         """Block until an event with id > `after` is committed (True) or `timeout` passes (False).
 
-        This process's commits wake it at once; another process's (a second server on the same
-        file) are seen within EVENT_POLL_SECONDS."""
+        Commits of this process wake it at once, and so do other processes' on PostgreSQL (LISTEN);
+        the database itself is asked only every EVENT_POLL_SECONDS, in case a wake-up was missed."""
         deadline = time.monotonic() + timeout
         with self._new_events:
-            while self.last_event_id() <= after:
+            while self.known_last_event_id <= after:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._new_events.wait(min(left, EVENT_POLL_SECONDS))
+                if not self._new_events.wait(min(left, EVENT_POLL_SECONDS)):
+                    self._saw_events(self.last_event_id())
         return True
+
+    def _saw_events(self, last_id: int) -> None:
+        """Events up to `last_id` are committed: wake whoever waits for them."""
+        with self._new_events:
+            if last_id > self.known_last_event_id:
+                self.known_last_event_id = last_id
+                self._new_events.notify_all()
 
     def trim_rejected(self, keep: int) -> int:
         """Delete all but the newest `keep` rejected callbacks (samples of refused requests)."""
@@ -593,7 +548,199 @@ class Store:
             callbacks = dict(conn.execute("SELECT outcome, COUNT(*) FROM callbacks GROUP BY outcome").fetchall())
         return {"payments": payments, "callbacks": callbacks}
 
+
+class Store(SqlStore):
+    """The payments database at `path` (parent folders are created; the schema on first use)."""
+
+    def __init__(self, path: Path | str):
+        if is_postgres_url(path):  # never a SQLite file named after a URL
+            raise ValueError("Store() is the SQLite store; open_store() opens a postgresql:// URL")
+        super().__init__()
+        self.path = Path(path)
+        self.described = str(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._open()  # the only connection that writes (see the module docstring)
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._write_lock = threading.Lock()  # held while a block runs on the writer, or a batch commits
+        self._writing_thread: int | None = None
+        self._batch: _Batch | None = None  # the open batch: blocks done, not yet committed
+        self._commits = threading.Condition()
+        self._committing = False
+        self._idle_readers: list[sqlite3.Connection] = []
+        self._migrate()
+        self.known_last_event_id = self.last_event_id()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older database up to SCHEMA_VERSION (additive only)."""
+        version = self._writer.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise NewerDatabase(f"{self.path} has schema version {version}, newer than this program's "
+                                f"{SCHEMA_VERSION}: run the newer version, or point PAYMENTS_DB elsewhere")
+        if version == SCHEMA_VERSION:
+            self._create_receipt_index()
+            return
+        present = {row[1] for row in self._writer.execute("PRAGMA table_info(payments)")}
+        added = [f"ALTER TABLE payments ADD COLUMN {f.name} {f.metadata['sql']};"  # columns added since
+                 for f in FIELDS if present and f.name not in present]
+        self._writer.executescript(f"BEGIN IMMEDIATE;\n{SCHEMA}\n{SQLITE_ONLY}\n{chr(10).join(added)}\n"
+                                   f"PRAGMA user_version = {SCHEMA_VERSION};\nCOMMIT;")
+        self._create_receipt_index()
+
+    def _create_receipt_index(self) -> None:
+        """The one-receipt index; tried at every start while older duplicates stop it being made."""
+        try:
+            self._writer.execute(RECEIPT_INDEX)
+        except sqlite3.IntegrityError:  # made before the rule: the reviewer sorts those out, the manager still checks
+            log.warning("%s: some M-Pesa receipts completed more than one payment before this version; "
+                        "review them (SELECT receipt FROM payments WHERE status = 'completed' GROUP BY receipt "
+                        "HAVING COUNT(*) > 1)", self.path)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A read connection from the pool (list.pop/append are atomic)."""
+        try:
+            conn = self._idle_readers.pop()
+        except IndexError:
+            conn = self._open()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction or len(self._idle_readers) >= IDLE_READERS_KEPT:
+                conn.close()
+            else:
+                self._idle_readers.append(conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction: committed (and on disk) when the block ends, rolled back on error."""
+        if self._writing_thread == threading.get_ident():
+            raise RuntimeError("Store.transaction() inside another one in the same thread")
+        failure = None
+        with self._write_lock:
+            self._writing_thread = threading.get_ident()
+            try:
+                if self._batch is None:
+                    self._writer.execute("BEGIN IMMEDIATE")
+                    self._batch = _Batch()
+                batch = self._batch
+                try:
+                    self._writer.execute("SAVEPOINT tx")
+                    tx = Transaction(self._writer)
+                    yield tx
+                    self._writer.execute("RELEASE tx")
+                    batch.appended += tx.appended
+                    batch.queued += tx.queued
+                except BaseException as exc:
+                    failure = exc
+                    self.note_write_failure(exc)
+                    self._undo(batch, exc)
+            finally:
+                self._writing_thread = None
+        try:
+            self._commit(batch)  # after a failure too: the batch may hold others' work, and must not stay open
+        except sqlite3.Error as exc:
+            self.note_write_failure(exc)
+            if failure is None:
+                raise
+        else:
+            if failure is None:
+                self.write_failure = None
+        if failure is not None:
+            raise failure
+
+
+    def probe_write(self) -> bool:
+        """Write one page and commit it (fsync): do writes work again?"""
+        try:
+            with self.transaction() as tx:
+                tx.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.Error:
+            return False
+        return True
+
+    def _undo(self, batch: "_Batch", exc: BaseException) -> None:
+        """Roll back one failed block (write lock held); if that is impossible, the whole batch."""
+        try:
+            self._writer.execute("ROLLBACK TO tx")
+            self._writer.execute("RELEASE tx")
+            return
+        except sqlite3.Error:  # SQLite already rolled back everything (disk full, I/O error), or worse
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+        self._batch = None
+        self._finish(batch, exc)
+
+    def _commit(self, batch: "_Batch") -> None:
+        """Return once `batch` is on disk: commit it (with whatever joined it) unless another thread is."""
+        with self._commits:
+            while not batch.done and self._committing:
+                self._commits.wait()
+            leader = not batch.done
+            self._committing = self._committing or leader
+        if leader:
+            current, error = None, None
+            try:
+                with self._write_lock:
+                    current, self._batch = self._batch, None
+                    if current is not None:
+                        try:
+                            self._writer.execute("COMMIT")
+                        except BaseException as exc:
+                            error = exc
+                            if self._writer.in_transaction:
+                                self._writer.execute("ROLLBACK")
+            finally:
+                with self._commits:
+                    self._committing = False
+                    if current is not None:
+                        current.done, current.error = True, error
+                    self._commits.notify_all()
+                if current is not None and error is None:
+                    self._committed(current.appended, current.queued)
+        if batch.error is not None:
+            raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
+
+    def _finish(self, batch: "_Batch", error: BaseException | None) -> None:
+        with self._commits:
+            batch.done, batch.error = True, error
+            self._commits.notify_all()
+
+    def close(self) -> None:
+        """Commit what is pending and close every connection."""
+        with self._write_lock:
+            batch, self._batch = self._batch, None
+            if batch is not None:
+                try:
+                    self._writer.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    self._finish(batch, exc)
+                else:
+                    self._finish(batch, None)
+            self._writer.close()
+        while self._idle_readers:
+            self._idle_readers.pop().close()
+
     def pragmas(self) -> dict:
         with self._connection() as conn:
             return {name: conn.execute(f"PRAGMA {name}").fetchone()[0]
                     for name in ("journal_mode", "synchronous", "foreign_keys", "user_version")}
+
+
+def open_store(target: "Path | str", **options) -> SqlStore:
+    """The store PAYMENTS_DB names: a `postgresql://` URL, or else a SQLite file."""
+    if is_postgres_url(target):
+        from mpesa_agent.server.pgstore import PostgresStore
+        return PostgresStore(str(target), **options)
+    return Store(target)
+
+
+def is_postgres_url(target: "Path | str") -> bool:
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))

@@ -113,7 +113,7 @@ class Server(pywsgi.WSGIServer):
                  per_source: int = DEFAULT_PER_SOURCE, exempt: Callable[[str], bool] = lambda address: False,
                  header_seconds: float = HEADER_SECONDS, body_seconds: float = BODY_SECONDS):
         super().__init__(listener, application, spawn=Pool(connections), handler_class=Handler, log=None,
-                         error_log=log, backlog=2048)
+                         error_log=log, backlog=2048 if isinstance(listener, tuple) else None)
         self.per_source, self.exempt = per_source, exempt
         self.header_seconds, self.body_seconds = header_seconds, body_seconds
         self.open_by_source: Counter = Counter()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from collections import deque
+from dataclasses import dataclass, field, fields
 
 from .checks import msisdn, new_request_id
 
@@ -77,9 +78,22 @@ class Rule:
     phone: str | None
     count: int | None  # pushes left; None = until reset
     effects: dict
+    max_per_second: float | None = None  # a rate rule: applies only to pushes over this rate (Daraja's spike arrest)
+    admitted: deque = field(default_factory=deque, repr=False)  # when pushes under the rate went through
 
     def to_json(self) -> dict:
-        return {"id": self.id, "scope": self.scope, "phone": self.phone, "count": self.count, **self.effects}
+        rate = {} if self.max_per_second is None else {"max_per_second": self.max_per_second}
+        return {"id": self.id, "scope": self.scope, "phone": self.phone, "count": self.count, **rate, **self.effects}
+
+    def admits(self, now: float) -> bool:
+        """A rate rule lets this push through (and counts it) while fewer than max_per_second went
+        through in the last second."""
+        while self.admitted and now - self.admitted[0] >= 1.0:
+            self.admitted.popleft()
+        if len(self.admitted) < self.max_per_second:
+            self.admitted.append(now)
+            return True
+        return False
 
 
 
@@ -105,7 +119,7 @@ def parse_rule(spec: object, rule_id: int) -> Rule:
     """A Rule from control-API JSON; ValueError names the first wrong field."""
     if not isinstance(spec, dict):
         raise ValueError("send a JSON object")
-    unknown = set(spec) - _PLAN_FIELDS - {"scope", "phone", "count"}
+    unknown = set(spec) - _PLAN_FIELDS - {"scope", "phone", "count", "max_per_second"}
     if unknown:
         raise ValueError(f"unknown fields: {', '.join(sorted(unknown))}")
     phone = None
@@ -127,9 +141,14 @@ def parse_rule(spec: object, rule_id: int) -> Rule:
     for name, value in spec.items():
         if name in _PLAN_FIELDS:
             effects[name] = _effect(name, value)
+    rate = spec.get("max_per_second")
+    if rate is not None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 10_000:
+            raise ValueError("max_per_second must be a number of pushes per second above 0")
+        effects.setdefault("push_error", dict(ERROR_PRESETS["spike_arrest"]))  # what Daraja answers over its rate
     if not effects:
         raise ValueError(f"say what should happen: one of {', '.join(sorted(_PLAN_FIELDS))}")
-    return Rule(rule_id, scope, phone, count, effects)
+    return Rule(rule_id, scope, phone, count, effects, rate)
 
 
 def _effect(name: str, value: object):

@@ -166,6 +166,8 @@ class Simulator:
             plan = replace(plan, result_code=2028)  # a PayBill is paid to its own shortcode
         for rule in reversed(self._rules):  # the newest matching rule wins
             if rule.phone in (None, req.phone):
+                if rule.max_per_second is not None and rule.admits(time.monotonic()):
+                    continue  # under the rate: this rule lets the push through
                 if rule.count is not None:
                     rule.count -= 1
                     if rule.count == 0:

@@ -1,0 +1,291 @@
+"""Serving v2's figures (issue 10): everything held at once, and several processes on PostgreSQL.
+
+    python -m bench.scaling                      # about 2-3 minutes on 2 cores
+    python -m bench.scaling --waiters 1000 --sse 100 --idle 200 --callbacks 500   # quicker
+
+Rows:
+- held at once: WAITERS long-polls + SSE subscribers + IDLE slow clients (each trickles a header
+  line every 2 s and reconnects when the server cuts it off), then CALLBACKS callbacks from 32
+  senders for as many of the waiters: the ack p99, and each woken waiter's answer p99 after its
+  callback was sent. Memory per held connection from the server's RSS.
+- callback ingestion, 32 senders: SQLite one process; PostgreSQL one process; PostgreSQL
+  `--workers 2` (the ratio to one process is the figure).
+- cross-process notification: a waiter on server A, its callback posted to server B (one
+  PostgreSQL): callback sent -> A's answer, one at a time.
+
+PostgreSQL: MPESA_TEST_POSTGRES_URL or the local server (postgresql://postgres@127.0.0.1:5432/test);
+a database of its own is created and dropped. The table prints each figure beside its target.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from bench.client import Connection
+from bench.scenarios import (ACCEPTED, WAIT_TIMEOUT, _api, _register_all, _until_waiting, _waiter, callback_body,
+                             callback_ingestion, summary_ms)
+from bench.stack import API_KEY, AUTH, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
+from harness import Stack, callback_server
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+SENDERS = 32
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--waiters", type=int, default=10_000, help="long-poll waiters held at once (10000)")
+    parser.add_argument("--sse", type=int, default=1_000, help="event-stream subscribers held at once (1000)")
+    parser.add_argument("--idle", type=int, default=2_000, help="slow / idle connections held at once (2000)")
+    parser.add_argument("--callbacks", type=int, default=2_000, help="callbacks sent while all is held (2000)")
+    parser.add_argument("--ingest", type=int, default=3_000, help="callbacks per ingestion figure (3000)")
+    parser.add_argument("--notify-samples", type=int, default=200, help="cross-process notifications timed (200)")
+    parser.add_argument("--postgres", default=os.environ.get("MPESA_TEST_POSTGRES_URL") or DEFAULT_POSTGRES,
+                        help="a PostgreSQL URL the benchmark may CREATE DATABASE from")
+    return parser.parse_args(argv)
+
+
+class Database:
+    """A PostgreSQL database of the benchmark's own: `url()` gives a fresh schema in it."""
+
+    def __init__(self, admin_url: str):
+        self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+        self.name = f"mpesa_bench_{os.getpid()}"
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.admin.execute(f'CREATE DATABASE "{self.name}"')
+        self.base = make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": self.name})
+
+    def url(self) -> str:
+        schema = f"b_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self.base, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        from urllib.parse import quote, urlencode
+        return "postgresql://?" + urlencode({**conninfo_to_dict(self.base), "options": f"-csearch_path={schema}"},
+                                            quote_via=quote)
+
+    def close(self) -> None:
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.admin.close()
+
+
+async def _sse(stack: Stack, after: int, counts: list, stop: asyncio.Event) -> None:
+    """One event-stream subscriber: count the events it reads until `stop`."""
+    reader, writer = await asyncio.open_connection(HOST, stack.port, limit=1 << 20)
+    writer.write(f"GET /events/stream?after={after} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
+                 .encode())
+    try:
+        while not stop.is_set():
+            try:
+                line = await asyncio.wait_for(reader.readline(), 1.0)
+            except asyncio.TimeoutError:
+                continue  # quiet for a second: look at `stop`, keep reading
+            if line.startswith(b"data:"):
+                counts[0] += 1
+            elif not line and reader.at_eof():
+                counts[1] += 1  # the server ended the stream: counted as an error
+                return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        counts[1] += 1
+    finally:
+        writer.close()
+
+
+async def _trickle(stack: Stack, stop: asyncio.Event, stats: dict) -> None:
+    """One slowloris client: a request line, then a header line every 2 s; reconnect when cut off."""
+    while not stop.is_set():
+        try:
+            reader, writer = await asyncio.open_connection(HOST, stack.port)
+            stats["opened"] += 1
+            writer.write(b"GET /health HTTP/1.1\r\n")
+            while not stop.is_set():
+                await asyncio.sleep(2)
+                writer.write(b"X-Slow: 1\r\n")
+                await writer.drain()
+                if reader.at_eof():
+                    break
+            writer.close()
+        except (ConnectionError, OSError):
+            stats["refused"] += 1
+            await asyncio.sleep(1)
+
+
+async def held_at_once(stack: Stack, args) -> dict:
+    """Waiters + SSE + slow clients held together, then callbacks: ack and wake-up latency."""
+    ids = [f"ws_CO_held_{n}" for n in range(args.waiters)]
+    await _register_all(stack, ids)
+    api = await _api(stack)
+    _, health = await api.json("GET", "/health")
+    pid = stack.server_pid
+    rss_idle = rss_bytes(pid)
+    stop = asyncio.Event()
+    idle_stats = {"opened": 0, "refused": 0}
+    idle = [asyncio.create_task(_trickle(stack, stop, idle_stats)) for _ in range(args.idle)]
+    _, last = await api.json("GET", "/events?limit=1&after=999999999")
+    sse_counts = [0, 0]
+    streams = []
+    for start in range(0, args.sse, 100):
+        streams += [asyncio.create_task(_sse(stack, last.get("last_id", 0), sse_counts, stop))
+                    for _ in range(min(100, args.sse - start))]
+        await asyncio.sleep(0.05)
+    conns = []
+    for start in range(0, args.waiters, 200):
+        conns += await asyncio.gather(*(_api(stack) for _ in ids[start:start + 200]))
+    answers: dict = {}
+    tasks = [asyncio.create_task(_waiter(stack, c, answers, conn)) for c, conn in zip(ids, conns)]
+    await _until_waiting(api, args.waiters, timeout=120)
+    await asyncio.sleep(1)
+    rss_held, threads = rss_bytes(pid), thread_count(pid)
+    held = args.waiters + args.sse + args.idle
+    woken = ids[:args.callbacks]
+    sent: dict = {}
+    feed = iter(woken)
+
+    async def sender():
+        conn = await _api(stack)
+        acks = []
+        for checkout_id in feed:
+            sent[checkout_id] = time.perf_counter()
+            code, body = await conn.request("POST", callback_path(stack), callback_body(checkout_id))
+            acks.append((time.perf_counter() - sent[checkout_id], code == 200 and json.loads(body) == ACCEPTED))
+        await conn.close()
+        return acks
+
+    acks = [a for batch in await asyncio.gather(*(sender() for _ in range(SENDERS))) for a in batch]
+    deadline = time.monotonic() + 30
+    while sum(1 for c in woken if c in answers) < len(woken) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    wake = [answers[c][0] - sent[c] for c in woken if c in answers]
+    events_seen = sse_counts[0]
+    stop.set()
+    for task in tasks:
+        task.cancel()
+    for conn in (api, *conns):
+        await conn.close()
+    await asyncio.gather(*idle, *streams, *tasks, return_exceptions=True)
+    errors = sum(not ok for _, ok in acks) + sum(1 for c in woken if c not in answers or answers[c][1:] != (200, "success"))
+    return {"ack": summary_ms([a for a, _ in acks]), "wake": summary_ms(wake), "errors": errors,
+            "held": held, "waiters": args.waiters, "sse": args.sse, "idle": args.idle,
+            "sse_events": events_seen, "sse_errors": sse_counts[1], "idle_opened": idle_stats["opened"],
+            "rss_idle_mib": rss_idle / 2**20, "rss_held_mib": rss_held / 2**20,
+            "kib_per_held": (rss_held - rss_idle) / held / 1024, "threads": threads}
+
+
+async def cross_process(a: Stack, b_url: str, samples: int) -> dict:
+    """A waiter on A, its callback sent to B: sent -> A's answer."""
+    api, waiter = await _api(a), await _api(a)
+    port_b = int(b_url.rsplit(":", 1)[1])
+    sender = await Connection(HOST, port_b, AUTH).open()
+    latencies, errors = [], 0
+    for n in range(samples):
+        checkout_id = f"ws_CO_x_{n}"
+        status, _ = await api.json("POST", "/payment/register", {
+            "checkout_request_id": checkout_id, "phone_number": "254712345678", "amount": 500, "description": "x"})
+        answers: dict = {}
+        task = asyncio.create_task(_waiter(a, checkout_id, answers, waiter))
+        await _until_waiting(api, 1)
+        sent = time.perf_counter()
+        code, _ = await sender.request("POST", callback_path(a), callback_body(checkout_id))
+        await task
+        answered, http_status, outcome = answers[checkout_id]
+        errors += status != 201 or code != 200 or http_status != 200 or outcome != "success"
+        latencies.append(answered - sent)
+    for conn in (api, waiter, sender):
+        await conn.close()
+    return {**summary_ms(latencies), "errors": errors}
+
+
+def stack(folder: Path, db, *server_args: str) -> Stack:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=False, db=db if isinstance(db, Path) else None,
+                 wait=120, server_args=server_args, **({} if isinstance(db, Path) else {"PAYMENTS_DB": db}), **ENV)
+
+
+def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
+    rows = []
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    print("held at once (SQLite, one process) ...", file=sys.stderr, flush=True)
+    with stack(tmp / "held", tmp / "held" / "payments.db", "--connections", str(
+            args.waiters + args.sse + args.idle + 2000)) as s:
+        held = asyncio.run(held_at_once(s, args))
+    rows.append((f"held at once: {held['waiters']:,} waiters + {held['sse']:,} SSE + {held['idle']:,} slow clients",
+                 f"callbacks acked p99 {held['ack']['p99']:.1f} ms; waiters answered p50 {held['wake']['p50']:.1f} / "
+                 f"p99 {held['wake']['p99']:.1f} ms after their callback; {held['errors']} errors; SSE read "
+                 f"{held['sse_events']:,} events, {held['sse_errors']} streams ended",
+                 "ack p99 <= 25 ms; answer p99 <= 20 ms",
+                 verdict(held["ack"]["p99"] <= 25 and held["wake"]["p99"] <= 20 and not held["errors"])))
+    rows.append(("memory while held", f"RSS {held['rss_idle_mib']:.0f} -> {held['rss_held_mib']:.0f} MiB: "
+                 f"{held['kib_per_held']:.1f} KiB per held connection; {held['threads']} threads",
+                 "<= 16 KiB per waiter", verdict(held["kib_per_held"] <= 16)))
+    print("ingestion, SQLite, one process ...", file=sys.stderr, flush=True)
+    with stack(tmp / "sqlite", tmp / "sqlite" / "payments.db") as s:
+        one_sqlite = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))
+    rows.append(("callback ingestion, SQLite, 1 process", f"{one_sqlite['per_s']:,.0f}/s; ack p99 "
+                 f"{one_sqlite['p99']:.1f} ms; {one_sqlite['server_cpu_ms']:.2f} ms CPU each", ">= 1,000/s",
+                 verdict(one_sqlite["per_s"] >= 1000 and not one_sqlite["errors"])))
+    try:
+        database = Database(args.postgres)
+    except psycopg.Error as exc:
+        rows.append(("PostgreSQL rows", f"not run: no PostgreSQL at {args.postgres} ({str(exc).splitlines()[0]})",
+                     "-", "SKIPPED"))
+        return rows
+    try:
+        print("ingestion, PostgreSQL, one process ...", file=sys.stderr, flush=True)
+        with stack(tmp / "pg1", database.url()) as s:
+            one_pg = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))
+        rows.append(("callback ingestion, PostgreSQL, 1 process", f"{one_pg['per_s']:,.0f}/s; ack p99 "
+                     f"{one_pg['p99']:.1f} ms; {one_pg['server_cpu_ms']:.2f} ms CPU each", "report",
+                     verdict(not one_pg["errors"])))
+        print("ingestion, PostgreSQL, --workers 2 ...", file=sys.stderr, flush=True)
+        with stack(tmp / "pg2", database.url(), "--workers", "2") as s:
+            time.sleep(2)  # both workers up
+            two_pg = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))
+        ratio = two_pg["per_s"] / one_pg["per_s"]
+        rows.append(("callback ingestion, PostgreSQL, 2 processes", f"{two_pg['per_s']:,.0f}/s ({ratio:.2f}x one); "
+                     f"ack p99 {two_pg['p99']:.1f} ms", ">= 1.7x one process",
+                     verdict(ratio >= 1.7 and not two_pg["errors"])))
+        print("cross-process notification ...", file=sys.stderr, flush=True)
+        url = database.url()
+        with stack(tmp / "xa", url) as a:
+            b = callback_server(tmp / "xa", api_key=API_KEY, token=TOKEN, PAYMENTS_DB=url).start(60)
+            try:
+                cross = asyncio.run(cross_process(a, b.url, args.notify_samples))
+            finally:
+                b.stop()
+        rows.append(("cross-process notification (waiter on A, callback to B)",
+                     f"p50 {cross['p50']:.1f} / p99 {cross['p99']:.1f} ms; {cross['errors']} errors",
+                     "p99 <= 20 ms", verdict(cross["p99"] <= 20 and not cross["errors"])))
+    finally:
+        database.close()
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from bench.__main__ import raise_fd_limit
+    fds = raise_fd_limit()
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mpesa-scaling-") as tmp:
+        rows = run(args, Path(tmp))
+    print(f"\nServing v2 benchmark: {time.perf_counter() - started:.0f} s; {os.cpu_count()} cores shared with the load "
+          f"generator; load average {load:.1f} before; open-file limit {fds}")
+    widths = [max(len(r[i]) for r in rows + [("figure", "measured", "target", "")]) for i in range(4)]
+    for row in [("figure", "measured", "target", ""), tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
