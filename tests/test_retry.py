@@ -1,5 +1,5 @@
 """Retries with real processes: the callback server sends them through the simulator, whose transaction
-list is the witness of every prompt a phone got."""
+list is the witness of every prompt a phone got. Each test runs on SQLite and on PostgreSQL."""
 import threading
 import time
 
@@ -8,6 +8,7 @@ import pytest
 from harness import Stack
 from mpesa_agent.daraja import DarajaClient
 
+pytestmark = pytest.mark.stores
 CONFIRMED = {"confirm_repeat": True}
 NO_ANSWER, CANCELLED = "0700001037", "0700001032"
 
@@ -41,9 +42,9 @@ def retry(stack: Stack, checkout_id: str, body: dict | None = CONFIRMED):
     return stack.api("POST", f"/payment/{checkout_id}/retry", json=body, timeout=60)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("retry"), SIMULATOR_CALLBACK_DELAY="0.2") as stack:
+@pytest.fixture
+def stack(tmp_path, db_target):
+    with Stack(tmp_path, db=db_target, SIMULATOR_CALLBACK_DELAY="0.2") as stack:
         yield stack
 
 
@@ -108,9 +109,9 @@ def test_concurrent_retry_requests_send_one_push(stack):
     assert len(stack.pushes_to(msisdn(phone))) == 2  # the first request and one retry
 
 
-@pytest.fixture(scope="module")
-def auto(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("auto-retry"), SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_AUTO_RETRY="true",
+@pytest.fixture
+def auto(tmp_path, db_target):
+    with Stack(tmp_path, db=db_target, SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_AUTO_RETRY="true",
                PAYMENT_AUTO_RETRY_MAX="2", PAYMENT_AUTO_RETRY_DELAY="0.3", PAYMENT_REPEAT_WINDOW="0") as stack:
         yield stack
 
@@ -137,8 +138,8 @@ def test_automatic_retry_never_retries_a_cancel(auto):
     assert len(auto.pushes_to(msisdn(CANCELLED))) == 1
 
 
-def test_a_planned_retry_survives_kill_9(tmp_path):
-    with Stack(tmp_path, SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_AUTO_RETRY="true", PAYMENT_AUTO_RETRY_MAX="1",
+def test_a_planned_retry_survives_kill_9(tmp_path, db_target):
+    with Stack(tmp_path, db=db_target, SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_AUTO_RETRY="true", PAYMENT_AUTO_RETRY_MAX="1",
                PAYMENT_AUTO_RETRY_DELAY="4", PAYMENT_REPEAT_WINDOW="0") as stack:
         first = push(stack, NO_ANSWER, 46)
         outcome(stack, first)
