@@ -22,8 +22,10 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -31,10 +33,9 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench.client import Connection
-from bench.scenarios import (ACCEPTED, WAIT_TIMEOUT, _api, _register_all, _until_waiting, _waiter, callback_body,
-                             callback_ingestion, summary_ms)
-from bench.stack import API_KEY, AUTH, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
+from bench.scenarios import (ACCEPTED, _api, _register_all, _until_waiting, _waiter, callback_body,
+                             callback_ingestion, notification_latency_one, summary_ms)
+from bench.stack import API_KEY, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
 from harness import Stack, callback_server
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -47,6 +48,8 @@ def parse_args(argv):
     parser.add_argument("--sse", type=int, default=1_000, help="event-stream subscribers held at once (1000)")
     parser.add_argument("--idle", type=int, default=2_000, help="slow / idle connections held at once (2000)")
     parser.add_argument("--callbacks", type=int, default=2_000, help="callbacks sent while all is held (2000)")
+    parser.add_argument("--rate", type=float, default=100.0,
+                        help="callbacks per second while all is held (100: a very busy till, 6,000 a minute)")
     parser.add_argument("--ingest", type=int, default=3_000, help="callbacks per ingestion figure (3000)")
     parser.add_argument("--notify-samples", type=int, default=200, help="cross-process notifications timed (200)")
     parser.add_argument("--postgres", default=os.environ.get("MPESA_TEST_POSTGRES_URL") or DEFAULT_POSTGRES,
@@ -77,33 +80,33 @@ class Database:
         self.admin.close()
 
 
-async def _sse(stack: Stack, after: int, counts: list, stop: asyncio.Event) -> None:
-    """One event-stream subscriber: count the events it reads until `stop`."""
-    reader, writer = await asyncio.open_connection(HOST, stack.port, limit=1 << 20)
+async def _sse(port: int, after: int, counts: list, stop: asyncio.Event) -> None:
+    """One event-stream subscriber: count the events it reads until `stop` (read in chunks: a line
+    at a time would make this process, not the server, the bottleneck)."""
+    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 20)
     writer.write(f"GET /events/stream?after={after} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\r\n"
                  .encode())
     try:
         while not stop.is_set():
             try:
-                line = await asyncio.wait_for(reader.readline(), 1.0)
+                chunk = await asyncio.wait_for(reader.read(1 << 16), 1.0)
             except asyncio.TimeoutError:
                 continue  # quiet for a second: look at `stop`, keep reading
-            if line.startswith(b"data:"):
-                counts[0] += 1
-            elif not line and reader.at_eof():
+            if not chunk:
                 counts[1] += 1  # the server ended the stream: counted as an error
                 return
-    except (ConnectionError, asyncio.IncompleteReadError):
+            counts[0] += chunk.count(b"\ndata:")
+    except ConnectionError:
         counts[1] += 1
     finally:
         writer.close()
 
 
-async def _trickle(stack: Stack, stop: asyncio.Event, stats: dict) -> None:
+async def _trickle(port: int, stop: asyncio.Event, stats: dict) -> None:
     """One slowloris client: a request line, then a header line every 2 s; reconnect when cut off."""
     while not stop.is_set():
         try:
-            reader, writer = await asyncio.open_connection(HOST, stack.port)
+            reader, writer = await asyncio.open_connection(HOST, port)
             stats["opened"] += 1
             writer.write(b"GET /health HTTP/1.1\r\n")
             while not stop.is_set():
@@ -126,16 +129,13 @@ async def held_at_once(stack: Stack, args) -> dict:
     _, health = await api.json("GET", "/health")
     pid = stack.server_pid
     rss_idle = rss_bytes(pid)
-    stop = asyncio.Event()
-    idle_stats = {"opened": 0, "refused": 0}
-    idle = [asyncio.create_task(_trickle(stack, stop, idle_stats)) for _ in range(args.idle)]
     _, last = await api.json("GET", "/events?limit=1&after=999999999")
-    sse_counts = [0, 0]
-    streams = []
-    for start in range(0, args.sse, 100):
-        streams += [asyncio.create_task(_sse(stack, last.get("last_id", 0), sse_counts, stop))
-                    for _ in range(min(100, args.sse - start))]
-        await asyncio.sleep(0.05)
+    # The streams and slow clients run in a process of their own, so that reading them does not
+    # slow down this one's clock: the callbacks' and waiters' timings are this process's.
+    crowd = subprocess.Popen([sys.executable, "-m", "bench.scaling", "--crowd", str(stack.port),
+                              str(last.get("last_id", 0)), str(args.sse), str(args.idle)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    await asyncio.get_running_loop().run_in_executor(None, crowd.stdout.readline)  # "ready": all connected
     conns = []
     for start in range(0, args.waiters, 200):
         conns += await asyncio.gather(*(_api(stack) for _ in ids[start:start + 200]))
@@ -147,12 +147,16 @@ async def held_at_once(stack: Stack, args) -> dict:
     held = args.waiters + args.sse + args.idle
     woken = ids[:args.callbacks]
     sent: dict = {}
-    feed = iter(woken)
+    feed = iter(enumerate(woken))
+    begun = time.perf_counter()
 
     async def sender():
         conn = await _api(stack)
         acks = []
-        for checkout_id in feed:
+        for n, checkout_id in feed:
+            due = begun + n / args.rate  # paced: the n-th callback leaves at n / rate seconds
+            if due > time.perf_counter():
+                await asyncio.sleep(due - time.perf_counter())
             sent[checkout_id] = time.perf_counter()
             code, body = await conn.request("POST", callback_path(stack), callback_body(checkout_id))
             acks.append((time.perf_counter() - sent[checkout_id], code == 200 and json.loads(body) == ACCEPTED))
@@ -164,43 +168,19 @@ async def held_at_once(stack: Stack, args) -> dict:
     while sum(1 for c in woken if c in answers) < len(woken) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     wake = [answers[c][0] - sent[c] for c in woken if c in answers]
-    events_seen = sse_counts[0]
-    stop.set()
+    crowd_stats = json.loads(crowd.communicate("", timeout=60)[0].strip() or "{}")
     for task in tasks:
         task.cancel()
     for conn in (api, *conns):
         await conn.close()
-    await asyncio.gather(*idle, *streams, *tasks, return_exceptions=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
     errors = sum(not ok for _, ok in acks) + sum(1 for c in woken if c not in answers or answers[c][1:] != (200, "success"))
     return {"ack": summary_ms([a for a, _ in acks]), "wake": summary_ms(wake), "errors": errors,
             "held": held, "waiters": args.waiters, "sse": args.sse, "idle": args.idle,
-            "sse_events": events_seen, "sse_errors": sse_counts[1], "idle_opened": idle_stats["opened"],
+            "sse_events": crowd_stats.get("events", 0), "sse_errors": crowd_stats.get("ended", -1),
+            "idle_opened": crowd_stats.get("opened", 0),
             "rss_idle_mib": rss_idle / 2**20, "rss_held_mib": rss_held / 2**20,
             "kib_per_held": (rss_held - rss_idle) / held / 1024, "threads": threads}
-
-
-async def cross_process(a: Stack, b_url: str, samples: int) -> dict:
-    """A waiter on A, its callback sent to B: sent -> A's answer."""
-    api, waiter = await _api(a), await _api(a)
-    port_b = int(b_url.rsplit(":", 1)[1])
-    sender = await Connection(HOST, port_b, AUTH).open()
-    latencies, errors = [], 0
-    for n in range(samples):
-        checkout_id = f"ws_CO_x_{n}"
-        status, _ = await api.json("POST", "/payment/register", {
-            "checkout_request_id": checkout_id, "phone_number": "254712345678", "amount": 500, "description": "x"})
-        answers: dict = {}
-        task = asyncio.create_task(_waiter(a, checkout_id, answers, waiter))
-        await _until_waiting(api, 1)
-        sent = time.perf_counter()
-        code, _ = await sender.request("POST", callback_path(a), callback_body(checkout_id))
-        await task
-        answered, http_status, outcome = answers[checkout_id]
-        errors += status != 201 or code != 200 or http_status != 200 or outcome != "success"
-        latencies.append(answered - sent)
-    for conn in (api, waiter, sender):
-        await conn.close()
-    return {**summary_ms(latencies), "errors": errors}
 
 
 def stack(folder: Path, db, *server_args: str) -> Stack:
@@ -219,7 +199,8 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
     with stack(tmp / "held", tmp / "held" / "payments.db", "--connections", str(
             args.waiters + args.sse + args.idle + 2000)) as s:
         held = asyncio.run(held_at_once(s, args))
-    rows.append((f"held at once: {held['waiters']:,} waiters + {held['sse']:,} SSE + {held['idle']:,} slow clients",
+    rows.append((f"held at once: {held['waiters']:,} waiters + {held['sse']:,} SSE + {held['idle']:,} slow clients; "
+                 f"{args.callbacks:,} callbacks at {args.rate:g}/s",
                  f"callbacks acked p99 {held['ack']['p99']:.1f} ms; waiters answered p50 {held['wake']['p50']:.1f} / "
                  f"p99 {held['wake']['p99']:.1f} ms after their callback; {held['errors']} errors; SSE read "
                  f"{held['sse_events']:,} events, {held['sse_errors']} streams ended",
@@ -260,7 +241,8 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
         with stack(tmp / "xa", url) as a:
             b = callback_server(tmp / "xa", api_key=API_KEY, token=TOKEN, PAYMENTS_DB=url).start(60)
             try:
-                cross = asyncio.run(cross_process(a, b.url, args.notify_samples))
+                cross = asyncio.run(notification_latency_one(a, 0, args.notify_samples,
+                                                             callback_port=int(b.url.rsplit(":", 1)[1])))
             finally:
                 b.stop()
         rows.append(("cross-process notification (waiter on A, callback to B)",
@@ -271,7 +253,29 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+async def crowd(port: int, after: int, sse: int, idle: int) -> dict:
+    """SSE subscribers and slow clients until standard input closes; then their counts."""
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True).start()
+    stats, counts = {"opened": 0, "refused": 0}, [0, 0]
+    tasks = [asyncio.create_task(_trickle(port, stop, stats)) for _ in range(idle)]
+    for start in range(0, sse, 100):
+        tasks += [asyncio.create_task(_sse(port, after, counts, stop)) for _ in range(min(100, sse - start))]
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    print("ready", flush=True)
+    await stop.wait()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return {**stats, "events": counts[0], "ended": counts[1]}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--crowd"]:
+        from bench.__main__ import raise_fd_limit
+        raise_fd_limit()
+        print(json.dumps(asyncio.run(crowd(*map(int, argv[1:5])))))
+        return 0
     args = parse_args(argv)
     from bench.__main__ import raise_fd_limit
     fds = raise_fd_limit()

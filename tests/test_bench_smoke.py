@@ -34,7 +34,7 @@ def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
-    for label in ("held at once: 20 waiters + 5 SSE + 5 slow clients", "memory while held",
+    for label in ("held at once: 20 waiters + 5 SSE + 5 slow clients; 10 callbacks at 100/s", "memory while held",
                   "callback ingestion, SQLite, 1 process", "callback ingestion, PostgreSQL, 1 process",
                   "callback ingestion, PostgreSQL, 2 processes", "cross-process notification"):
         row = next((line for line in lines if line.startswith(f"| {label}")), None)

@@ -7,7 +7,9 @@ its transaction is committed, so across a reconnect none is skipped and none rep
 """
 from __future__ import annotations
 
+import bisect
 import math
+import threading
 import time
 from typing import Callable
 
@@ -21,6 +23,9 @@ from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event, Store
 DEFAULT_PAGE = 100
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
 RETRY_MILLISECONDS = 2000  # how soon an EventSource reconnects
+BATCH_SECONDS = 0.1  # a stream sends at most this often: new events are gathered into one write
+TAIL_KEPT = 10_000  # the newest events kept in memory for every stream of the process
+FRAMES_KEPT = 20_000  # written frames kept (per framer and event)
 EVENT_TYPES = frozenset(map(str, EventType))
 
 blueprint = Blueprint("events", __name__)
@@ -55,7 +60,9 @@ def stream_response(framer: Callable[[Event], str]):
     if problem:
         return error(400, problem)
     keepalive = current_app.config.get("EVENTS_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS)
-    response = Response(stream_with_context(_sse(manager().store, keepalive, lasting, framer, **query)),
+    batch = current_app.config.get("EVENTS_BATCH_SECONDS", BATCH_SECONDS)
+    tail = current_app.extensions.setdefault("event_tail", EventTail(manager().store))
+    response = Response(stream_with_context(_sse(tail, keepalive, batch, lasting, framer, **query)),
                         mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
@@ -72,28 +79,104 @@ def timeline(checkout_request_id: str):
     return jsonify({"checkout_request_id": checkout_request_id, "events": [event.to_dict() for event in found]})
 
 
-def _sse(store: Store, keepalive: float, lasting: float | None, framer: Callable[[Event], str], after: int,
-         type: str | None, checkout_request_id: str | None):
+class EventTail:
+    """The newest events of one store, read from it once and shared by every stream of this
+    process, with each event's frame written once per framer. A thousand streams then cost one
+    query per batch of commits instead of two each, and one write each per BATCH_SECONDS."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.events: list[Event] = []  # ascending ids: every event with start < id <= last
+        self.ids: list[int] = []
+        self.last = self.start = store.last_event_id()
+        self._lock = threading.Lock()
+        self._frames: dict[tuple[Callable, int], bytes] = {}
+
+    def after(self, cursor: int, type: str | None, checkout_request_id: str | None) -> tuple[list[Event], int] | None:
+        """The matching events after `cursor` and the id they reach, or None when `cursor` is older
+        than what is kept (the stream then reads the store itself)."""
+        self._refresh()
+        with self._lock:
+            if cursor < self.start:
+                return None
+            found = self.events[bisect.bisect_right(self.ids, cursor):]
+            last = self.last
+        if type is not None or checkout_request_id is not None:
+            found = [e for e in found if (type is None or e.type == type)
+                     and (checkout_request_id is None or e.checkout_request_id == checkout_request_id)]
+        return found, last
+
+    def frame(self, framer: Callable[[Event], str], event: Event) -> bytes:
+        """The event as `framer` writes it, encoded once for every stream."""
+        key = (framer, event.id)
+        text = self._frames.get(key)
+        if text is None:
+            text = self._frames[key] = framer(event).encode()
+            if len(self._frames) > FRAMES_KEPT:
+                for old in list(self._frames)[:FRAMES_KEPT // 2]:
+                    self._frames.pop(old, None)
+        return text
+
+    def _refresh(self) -> None:
+        known = self.store.known_last_event_id  # committed up to here (store.py)
+        if known <= self.last:
+            return
+        with self._lock:
+            while self.last < known:
+                found = self.store.events(after=self.last, until=known, limit=MAX_EVENTS_PAGE)
+                self.events += found
+                self.ids += [e.id for e in found]
+                self.last = found[-1].id if len(found) == MAX_EVENTS_PAGE else known
+            if len(self.events) > TAIL_KEPT:
+                drop = len(self.events) - TAIL_KEPT
+                self.start = self.ids[drop - 1]
+                del self.events[:drop], self.ids[:drop]
+
+
+def _sse(tail: EventTail, keepalive: float, batch: float, lasting: float | None, framer: Callable[[Event], str],
+         after: int, type: str | None, checkout_request_id: str | None):
     """Every matching event after `after`, then each new one as it is committed, for `lasting` seconds."""
     yield f"retry: {RETRY_MILLISECONDS}\n\n"
-    cursor = after
+    store, cursor = tail.store, after
     ends = time.monotonic() + lasting if lasting is not None else math.inf
     while True:
-        horizon = store.last_event_id()  # everything up to here is committed: read it all
-        while True:
-            found = store.events(after=cursor, until=horizon, limit=MAX_EVENTS_PAGE, type=type,
-                                 checkout_request_id=checkout_request_id)
+        kept = tail.after(cursor, type, checkout_request_id)
+        if kept is not None:  # the usual case: from memory
+            found, reached = kept
+            cursor = max(cursor, reached)  # a client may start ahead of the log: never go back
             if found:
-                yield "".join(map(framer, found))
-                cursor = found[-1].id
-            if len(found) < MAX_EVENTS_PAGE:
-                break
-        cursor = max(cursor, horizon)  # past the events the filters left out
+                yield b"".join([tail.frame(framer, event) for event in found])
+        else:  # far behind (a reconnect after a long time): page through the store
+            horizon = store.last_event_id()  # everything up to here is committed: read it all
+            while True:
+                found = store.events(after=cursor, until=horizon, limit=MAX_EVENTS_PAGE, type=type,
+                                     checkout_request_id=checkout_request_id)
+                if found:
+                    yield "".join(map(framer, found))
+                    cursor = found[-1].id
+                if len(found) < MAX_EVENTS_PAGE:
+                    break
+            cursor = max(cursor, horizon)  # past the events the filters left out
         left = ends - time.monotonic()
         if left <= 0:
             return
-        if not store.wait_for_events(cursor, min(keepalive, left)) and left > keepalive:
+        if not _wait(store, cursor, min(keepalive, left), batch) and left > keepalive:
             yield ": keep-alive\n\n"
+
+
+def _wait(store: Store, cursor: int, timeout: float, batch: float) -> bool:
+    """Until an event after `cursor` is committed (True) or `timeout` passes. With `batch`, a look
+    at the store's newest id every `batch` seconds instead of a wake-up per commit: a thousand
+    streams then cost a few thousand cheap looks a second, and each write carries many events."""
+    if not batch:
+        return store.wait_for_events(cursor, timeout)
+    deadline = time.monotonic() + timeout
+    while store.known_last_event_id <= cursor:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return store.wait_for_events(cursor, 0)  # a last look at the database itself
+        time.sleep(min(batch, left))
+    return True
 
 
 def frame(event: Event) -> str:
