@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, stream_wit
 from mpesa_agent.payments.callbacks import CHECKOUT_ID_PATTERN
 from mpesa_agent.payments.states import EventType
 from mpesa_agent.server.http import error, manager, seconds
-from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event, Store
+from mpesa_agent.server.store import EVENT_POLL_SECONDS, MAX_EVENTS_PAGE, Event, Store
 
 DEFAULT_PAGE = 100
 KEEPALIVE_SECONDS = 15.0  # a comment line this often keeps proxies from closing an idle stream
@@ -91,6 +91,7 @@ class EventTail:
         self.last = self.start = store.last_event_id()
         self._lock = threading.Lock()
         self._frames: dict[tuple[Callable, int], bytes] = {}
+        self._polled_at = time.monotonic()
 
     def after(self, cursor: int, type: str | None, checkout_request_id: str | None) -> tuple[list[Event], int] | None:
         """The matching events after `cursor` and the id they reach, or None when `cursor` is older
@@ -116,6 +117,15 @@ class EventTail:
                 for old in list(self._frames)[:FRAMES_KEPT // 2]:
                     self._frames.pop(old, None)
         return text
+
+    def poll(self) -> None:
+        """Ask the database for its newest event id, once per EVENT_POLL_SECONDS for all streams:
+        events another writer committed (a SQLite file has no wake-up from other processes;
+        PostgreSQL's LISTEN may be reconnecting) are found within that time."""
+        now = time.monotonic()
+        if now - self._polled_at >= EVENT_POLL_SECONDS:
+            self._polled_at = now
+            self.store.saw_events(self.store.last_event_id())
 
     def _refresh(self) -> None:
         known = self.store.known_last_event_id  # committed up to here (store.py)
@@ -160,22 +170,24 @@ def _sse(tail: EventTail, keepalive: float, batch: float, lasting: float | None,
         left = ends - time.monotonic()
         if left <= 0:
             return
-        if not _wait(store, cursor, min(keepalive, left), batch) and left > keepalive:
+        if not _wait(tail, cursor, min(keepalive, left), batch) and left > keepalive:
             yield ": keep-alive\n\n"
 
 
-def _wait(store: Store, cursor: int, timeout: float, batch: float) -> bool:
+def _wait(tail: EventTail, cursor: int, timeout: float, batch: float) -> bool:
     """Until an event after `cursor` is committed (True) or `timeout` passes. With `batch`, a look
     at the store's newest id every `batch` seconds instead of a wake-up per commit: a thousand
     streams then cost a few thousand cheap looks a second, and each write carries many events."""
+    store = tail.store
     if not batch:
         return store.wait_for_events(cursor, timeout)
     deadline = time.monotonic() + timeout
     while store.known_last_event_id <= cursor:
         left = deadline - time.monotonic()
         if left <= 0:
-            return store.wait_for_events(cursor, 0)  # a last look at the database itself
+            return False
         time.sleep(min(batch, left))
+        tail.poll()
     return True
 
 

@@ -331,7 +331,7 @@ class PostgresStore(SqlStore):
                 with psycopg.connect(self.url, autocommit=True,
                                      connect_timeout=int(CONNECT_TIMEOUT_SECONDS)) as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
-                    self._saw_events(self.last_event_id())  # whatever was missed while not listening
+                    self.saw_events(self.last_event_id())  # whatever was missed while not listening
                     while not self._closing.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if note.payload == f"{self.token} stop":
@@ -347,7 +347,7 @@ class PostgresStore(SqlStore):
         token, event_id, event_type, checkout_id, queued = (payload.split(" ") + [""] * 5)[:5]
         if token == self.token:
             return  # this process's own commit: already handled by `transaction`
-        self._saw_events(int(event_id))
+        self.saw_events(int(event_id))
         for listener in self.event_listeners:
             listener(event_type, checkout_id or None)
         if queued not in ("", "0"):

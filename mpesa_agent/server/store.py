@@ -433,7 +433,7 @@ class SqlStore:
     def _committed(self, appended: list[tuple[int, str, str | None]], queued: int = 0) -> None:
         """After a commit: wake event readers, tell the listeners (appended: (id, type, checkout id))."""
         if appended:
-            self._saw_events(max(event_id for event_id, _, _ in appended))
+            self.saw_events(max(event_id for event_id, _, _ in appended))
         for _, event_type, checkout_id in appended:
             for listener in self.event_listeners:
                 listener(event_type, checkout_id)
@@ -524,10 +524,10 @@ class SqlStore:
                 if left <= 0:
                     return False
                 if not self._new_events.wait(min(left, EVENT_POLL_SECONDS)):
-                    self._saw_events(self.last_event_id())
+                    self.saw_events(self.last_event_id())
         return True
 
-    def _saw_events(self, last_id: int) -> None:
+    def saw_events(self, last_id: int) -> None:
         """Events up to `last_id` are committed: wake whoever waits for them."""
         with self._new_events:
             if last_id > self.known_last_event_id:
