@@ -147,5 +147,6 @@ def test_the_stream_names_the_batch_of_each_batch_and_batch_payment_event(app, s
     assert {data["batch_id"] for _, data in sent} == {batch_id}
     page = signed_in.get(f"/dashboard/batches/{batch_id}").get_data(as_text=True)
     assert f'data-batch="{batch_id}"' in page and 'src="/dashboard/static/batches.js"' in page
+    assert all(signed_in.get(f"/dashboard/static/{name}").status_code == 200 for name in ("batches.js", "stream.js"))
     live = text(signed_in.get(f"/dashboard/batches/{batch_id}?part=live"))
     assert live.startswith('<div id="batch-live" data-unsent="0">') and "1 of 1 paid" in live

@@ -1,20 +1,14 @@
-// The batches pages, live: one EventSource on the dashboard's batch stream, whose messages say only
+// The batches pages, live: the dashboard's batch stream (stream.js), whose messages say only
 // which batch an event (batch.* or one of its payments) was about. When it is the one shown (or,
 // on the list, any), the page fetches its changing part again, rendered by the server, and swaps
 // it in: at most one fetch at a time, and no more often than every data-wait milliseconds.
-// EventSource resumes with Last-Event-ID, so a change during a reconnect still causes a refresh.
+// The stream resumes with Last-Event-ID, so a change during a reconnect still causes a refresh.
 (function () {
   "use strict";
   var live = document.getElementById("live");
-  var state = document.getElementById("live-status");
   var wanted = live.dataset.batch || null;
   var wait = parseInt(live.dataset.wait || "500", 10);
-  var busy = false, again = false, timer = null, last = 0;
-
-  function show(name, text) {
-    state.dataset.state = name;
-    state.textContent = text;
-  }
+  var busy = false, again = false, timer = null, last = 0, show = null;
 
   function swap(html) {
     var holder = document.createElement("div");
@@ -53,17 +47,7 @@
     if (timer === null) timer = setTimeout(refresh, Math.max(0, last + wait - Date.now()));
   }
 
-  var source = new EventSource(live.dataset.stream);
-  source.onopen = function () { show("live", "Live"); };
-  source.onerror = function () {
-    if (source.readyState === EventSource.CLOSED) {
-      show("off", "Disconnected: reload the page (you may need to sign in again)");
-    } else {
-      show("reconnecting", "Reconnecting…");
-    }
-  };
-  source.onmessage = function (message) {
-    var data = JSON.parse(message.data);
+  show = window.followStream(live.dataset.stream, function (data) {
     if (!wanted || data.batch_id === wanted) schedule();
-  };
+  });
 })();
