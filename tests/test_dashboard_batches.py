@@ -97,7 +97,8 @@ def test_a_batch_page_shows_counts_kes_who_has_not_paid_and_who_failed_in_words(
     assert f'href="/dashboard/payments/{paid}"' in items and f'href="/dashboard/payments/{waiting}"' in items
     assert "Receipt " in items and "waiting for the customer to answer the prompt" in items and "not sent yet" in items
     assert 'href="/dashboard/batches/' + batch_id + '.csv"' in page
-    assert signed_in.get(f"/dashboard/payments/{paid}").status_code == 200  # the item's link leads to its payment
+    payment = signed_in.get(f"/dashboard/payments/{paid}").get_data(as_text=True)  # the item's link: its payment
+    assert f'id="batch-link" href="/dashboard/batches/{batch_id}"' in payment  # and back
     assert signed_in.get("/dashboard/batches/bat_nope").status_code == 404
 
 
