@@ -133,7 +133,8 @@ def test_repeat_within_two_minutes_needs_confirmation(payments, stack):
     pushes = [t for t in requests.get(stack.base_url + "/simulator/transactions", timeout=5).json()["transactions"]
               if t["phone_number"] == "254744000333"]
     assert len(pushes) == 1, "the customer must not be prompted twice without confirmation"
-    confirmed = send(payments, "0744000333", 60, "tea", confirm_repeat=True)
+    # the person approved (ADK's confirmation step in the chat, confirm=true over MCP)
+    confirmed = asyncio.run(payments.send("0744000333", 60, "tea", confirm_repeat=True))
     assert confirmed["status"] == "success"
 
 

@@ -33,10 +33,9 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench.client import Connection
-from bench.scenarios import (ACCEPTED, WAIT_TIMEOUT, _api, _register_all, _until_waiting, _waiter, callback_body,
-                             callback_ingestion, summary_ms)
-from bench.stack import API_KEY, AUTH, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
+from bench.scenarios import (ACCEPTED, _api, _register_all, _until_waiting, _waiter, callback_body,
+                             callback_ingestion, notification_latency_one, summary_ms)
+from bench.stack import API_KEY, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
 from harness import Stack, callback_server
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -184,30 +183,6 @@ async def held_at_once(stack: Stack, args) -> dict:
             "kib_per_held": (rss_held - rss_idle) / held / 1024, "threads": threads}
 
 
-async def cross_process(a: Stack, b_url: str, samples: int) -> dict:
-    """A waiter on A, its callback sent to B: sent -> A's answer."""
-    api, waiter = await _api(a), await _api(a)
-    port_b = int(b_url.rsplit(":", 1)[1])
-    sender = await Connection(HOST, port_b, AUTH).open()
-    latencies, errors = [], 0
-    for n in range(samples):
-        checkout_id = f"ws_CO_x_{n}"
-        status, _ = await api.json("POST", "/payment/register", {
-            "checkout_request_id": checkout_id, "phone_number": "254712345678", "amount": 500, "description": "x"})
-        answers: dict = {}
-        task = asyncio.create_task(_waiter(a, checkout_id, answers, waiter))
-        await _until_waiting(api, 1)
-        sent = time.perf_counter()
-        code, _ = await sender.request("POST", callback_path(a), callback_body(checkout_id))
-        await task
-        answered, http_status, outcome = answers[checkout_id]
-        errors += status != 201 or code != 200 or http_status != 200 or outcome != "success"
-        latencies.append(answered - sent)
-    for conn in (api, waiter, sender):
-        await conn.close()
-    return {**summary_ms(latencies), "errors": errors}
-
-
 def stack(folder: Path, db, *server_args: str) -> Stack:
     folder.mkdir(parents=True, exist_ok=True)
     return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=False, db=db if isinstance(db, Path) else None,
@@ -266,7 +241,8 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
         with stack(tmp / "xa", url) as a:
             b = callback_server(tmp / "xa", api_key=API_KEY, token=TOKEN, PAYMENTS_DB=url).start(60)
             try:
-                cross = asyncio.run(cross_process(a, b.url, args.notify_samples))
+                cross = asyncio.run(notification_latency_one(a, 0, args.notify_samples,
+                                                             callback_port=int(b.url.rsplit(":", 1)[1])))
             finally:
                 b.stop()
         rows.append(("cross-process notification (waiter on A, callback to B)",

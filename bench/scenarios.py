@@ -99,9 +99,11 @@ async def _waiter(stack: Stack, checkout_id: str, answers: dict, conn: Connectio
     answers[checkout_id] = (time.perf_counter(), status, json.loads(body).get("status") if body else None)
 
 
-async def notification_latency_one(stack: Stack, run: int, samples: int) -> dict:
-    """One waiter at a time: callback POST sent -> that waiter's /payment/wait answer received."""
-    api, sender, waiter = await _api(stack), await _api(stack), await _api(stack)
+async def notification_latency_one(stack: Stack, run: int, samples: int, callback_port: int | None = None) -> dict:
+    """One waiter at a time: callback POST sent -> that waiter's /payment/wait answer received.
+    With `callback_port`, the callback goes to another server process (over one PostgreSQL)."""
+    api, waiter = await _api(stack), await _api(stack)
+    sender = await Connection(HOST, callback_port, AUTH).open() if callback_port else await _api(stack)
     latencies, errors = [], 0
     for n in range(samples):
         checkout_id = f"ws_CO_one_{run}_{n}"

@@ -1,6 +1,8 @@
 """Record eval cases from a real run: `python -m eval.record CASES.json [--write]`.
 
-CASES.json is `{"eval_id": ["first message", "second message", ...], ...}`. Each conversation runs
+CASES.json is `{"eval_id": ["first message", "second message", ...], ...}`; a case whose person rejects an
+ADK confirmation step is `{"eval_id": {"messages": [...], "confirmation_answers": [false]}}` (the answers
+in order; past them the person approves, as tests/test_eval.py replays it). Each conversation runs
 through the real agent (offline model) against a real simulator and callback server, one case after
 another on one Payments, as tests/test_eval.py replays them. It prints every turn's tool calls and
 reply; with --write it adds the cases to mpesa_agent.evalset.json (replacing any with the same id).
@@ -21,7 +23,10 @@ from tests.conversation import APP, chat
 EVAL_SET = Path(__file__).resolve().parent / "mpesa_agent.evalset.json"
 
 
-def as_case(eval_id: str, messages: list[str], turns) -> dict:
+ANSWERS = "confirmation_answers"  # session_input.state: the person's answers to ADK's confirmation steps
+
+
+def as_case(eval_id: str, messages: list[str], turns, answers: list[bool] = ()) -> dict:
     return {
         "eval_id": eval_id,
         "conversation": [{
@@ -31,21 +36,24 @@ def as_case(eval_id: str, messages: list[str], turns) -> dict:
             "intermediate_data": {"tool_uses": [{"name": name, "args": args} for name, args in turn.trajectory],
                                   "tool_responses": [], "intermediate_responses": []},
         } for n, (message, turn) in enumerate(zip(messages, turns), start=1)],
-        "session_input": {"app_name": APP, "user_id": "eval_user", "state": {}},
+        "session_input": {"app_name": APP, "user_id": "eval_user", "state": {ANSWERS: list(answers)} if answers else {}},
     }
 
 
 async def record(payments: Payments, cases: dict[str, list[str]]) -> list[dict]:
     recorded = []
-    for eval_id, messages in cases.items():
-        turns = await chat(payments, messages)
+    for eval_id, spec in cases.items():
+        messages, answers = (spec, []) if isinstance(spec, list) else (spec["messages"], spec.get(ANSWERS, []))
+        turns = await chat(payments, messages, answers)
         print(f"== {eval_id}")
         for message, turn in zip(messages, turns):
             print(f"  > {message}")
             for name, args in turn.trajectory:
                 print(f"    {name} {json.dumps(args, ensure_ascii=False)}")
             print("    " + turn.reply.replace("\n", "\n    "))
-        recorded.append(as_case(eval_id, messages, turns))
+            for hint in turn.hints:
+                print("    [confirmation] " + hint.replace("\n", "\n    "))
+        recorded.append(as_case(eval_id, messages, turns, answers))
     return recorded
 
 
@@ -60,8 +68,9 @@ def main() -> None:
         recorded = asyncio.run(record(Payments(stack.settings, schedule=QuerySchedule(first=0.3, every=0.3)), cases))
     if options.write:
         data = json.loads(EVAL_SET.read_text())
-        new = {case["eval_id"] for case in recorded}
-        data["eval_cases"] = [c for c in data["eval_cases"] if c["eval_id"] not in new] + recorded
+        new = {case["eval_id"]: case for case in recorded}  # a re-recorded case keeps its place (replay order)
+        kept = [new.pop(c["eval_id"], c) for c in data["eval_cases"]]
+        data["eval_cases"] = kept + list(new.values())
         EVAL_SET.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
         print(f"{len(data['eval_cases'])} cases in {EVAL_SET.name}")
 

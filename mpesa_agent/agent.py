@@ -5,11 +5,11 @@ from google.adk.agents import Agent
 from mpesa_agent.config import Settings
 from mpesa_agent.offline_model import OfflineModel
 from mpesa_agent.prompts import DESCRIPTION, INSTRUCTION
-from mpesa_agent.tools import Payments, agent_tools
+from mpesa_agent.tools import Payments, agent_tools, explain_approval
 
 settings = Settings.from_env()
 payments = Payments(settings)
-tools = agent_tools(payments)  # the push behind ADK's confirmation above PAYMENT_CONFIRM_ABOVE
+tools = agent_tools(payments)  # pushes and retries behind ADK's tool confirmation where the person must approve
 send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment = tools[0].func, *tools[1:3]
 
 root_agent = Agent(
@@ -18,6 +18,7 @@ root_agent = Agent(
     description=DESCRIPTION,
     instruction=INSTRUCTION,
     tools=tools,
+    after_tool_callback=explain_approval,  # the approve / reject step says what would be sent, in words
 )
 
 __all__ = ["root_agent", "send_instant_payment_with_tracking", "check_payment_status_realtime"]

@@ -195,6 +195,29 @@ def trigger(ctx: Context, event: str, reason: str, amount: int, wait: float) -> 
         raise Failure(f"{ack.checkout_request_id} is {answer['payment_status']}, not {event.split('.')[1]}")
 
 
+@cli.command()
+@click.argument("checkout_request_id")
+@click.option("--yes", is_flag=True, help="Do not ask: the person already confirmed a new prompt.")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for the retry's outcome (0: report it as sent).")
+@click.pass_obj
+def retry(ctx: Context, checkout_request_id: str, yes: bool, wait: float) -> None:
+    """Retry a failed payment: a new STK Push for the same phone and amount, linked to it."""
+    found = ctx.api.call("GET", f"/payment/status/{checkout_request_id}")["payment"]
+    question = (f"Send a new M-Pesa prompt to {found['phone_number']} for {found['amount']} KSh "
+                f"({checkout_request_id} is {found['status']})?")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Failure(f"{question} Add --yes to confirm (no terminal to ask on)")
+        click.confirm(question, abort=True, err=True)
+    answer = ctx.api.call("POST", f"/payment/{checkout_request_id}/retry", json={"confirm_repeat": True})
+    if wait > 0:
+        outcome = ctx.api.call("GET", f"/payment/wait/{answer['checkout_request_id']}", params={"timeout": wait})
+        answer = {**answer, "payment_status": outcome["payment_status"], "message": outcome["message"],
+                  "payment": outcome["payment"]}
+    ctx.show(answer, [answer], ("checkout_request_id", "retry_of", "attempt", "payment_status", "message"))
+
+
 # --- payments, events, webhooks -----------------------------------------------------------------
 
 @cli.group()

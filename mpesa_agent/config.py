@@ -114,6 +114,10 @@ class Settings:
     confirm_above: int = 10_000  # a larger push needs the person's approval (ADK confirmation; confirm=true over MCP)
     rate_limit_count: int = 5
     rate_limit_window: int = 600
+    repeat_window: int = 120  # seconds in which the same amount to the same phone needs confirming (Daraja rule 17)
+    auto_retry: bool = False  # the callback server retries failures that asking again can fix (payments/retry.py)
+    auto_retry_max: int = 2  # retries in one payment's chain, at most, before automatic retry stops
+    auto_retry_delay: float = 120.0  # seconds after the failure (and after the last identical push)
     wait_seconds: int = 120
     reconcile_after: int = 300
     bulk_pushes_per_second: float = 2.0  # bulk requests' pace (Daraja's spike arrest is per app, unpublished)
@@ -178,6 +182,10 @@ class Settings:
             confirm_above=_int(values, "PAYMENT_CONFIRM_ABOVE", 10_000),
             rate_limit_count=_int(values, "PAYMENT_RATE_LIMIT_COUNT", 5),
             rate_limit_window=_int(values, "PAYMENT_RATE_LIMIT_WINDOW", 600),
+            repeat_window=_int(values, "PAYMENT_REPEAT_WINDOW", 120),
+            auto_retry=_bool(values, "PAYMENT_AUTO_RETRY"),
+            auto_retry_max=_int(values, "PAYMENT_AUTO_RETRY_MAX", 2),
+            auto_retry_delay=_float(values, "PAYMENT_AUTO_RETRY_DELAY", 120.0),
             wait_seconds=_int(values, "PAYMENT_WAIT_SECONDS", 120),
             reconcile_after=_int(values, "RECONCILE_AFTER_SECONDS", 300),
             bulk_pushes_per_second=_positive(values, "BULK_PUSHES_PER_SECOND", 2.0),

@@ -32,17 +32,20 @@ from mpesa_agent.daraja.errors import (AuthenticationError, DarajaError, Invalid
                                      OutcomeUnknownError, RequestRejectedError, SubscriberLockedError,
                                      ThrottledError, TransportError)
 from mpesa_agent.payments.periods import EAT, PERIODS, InvalidTime, period as period_span, stamp
-from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING
+from mpesa_agent.payments.record import FIELD_NAMES, Payment
+from mpesa_agent.payments.retry import NO_ANSWER_CODES, check_push, retry_refusal
+from mpesa_agent.payments.states import COMPLETED, FAILED, PENDING, normalize_code
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, masked_phone, normalize_phone, parse_amount
 from mpesa_agent.tracking import TrackingClient, TrackingRejected, TrackingUnavailable
 
 log = logging.getLogger(__name__)
 
-REPEAT_WINDOW = 120  # Daraja's rule 17: same amount to the same phone within 2 minutes
 RECONNECT_GRACE = 5.0  # how long a wait keeps trying a restarting callback server
 REMEMBERED_PAYMENTS = 10_000  # per Payments, for STK Query fallbacks; the oldest are forgotten
 BLOCKING_THREADS = 128  # blocking HTTP calls (mostly long-polls) one Payments runs at once
 TOOL_NAMES = ("send_instant_payment_with_tracking", "check_payment_status_realtime")
+RETRY_TOOL, RETRY_MANY_TOOL = "retry_payment", "retry_unanswered_payments"
+RECENT_IN_CHAT = 20  # the chat's latest payments "retry the ones that didn't answer" looks at
 BULK_TOOL, BULK_STATUS_TOOL = "request_bulk_payment", "bulk_payment_status"
 BULK_POLL_SECONDS = 1.0  # how often a waiting bulk_payment_status reads the batch
 BULK_SHOWN = 50  # people listed by name in a bulk answer; the rest are counted
@@ -202,26 +205,139 @@ class Payments:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
 
     def _guard(self, msisdn: str, amount: int, confirm_repeat: bool) -> dict | None:
-        """Per-phone rate limit, and no identical push within 2 minutes unless confirmed."""
+        """Per-phone rate limit, and no identical push within PAYMENT_REPEAT_WINDOW unless confirmed
+        (the rule is payments/retry.py's `check_push`, which the server's retries apply too)."""
         now = self.clock()
         with self._lock:
             pushes = self._pushes[msisdn]
-            while pushes and now - pushes[0][0] > max(self.settings.rate_limit_window, REPEAT_WINDOW):
+            while pushes and now - pushes[0][0] > max(self.settings.rate_limit_window, self.settings.repeat_window):
                 pushes.popleft()
-            in_window = [p for p in pushes if now - p[0] <= self.settings.rate_limit_window]
-            if len(in_window) >= self.settings.rate_limit_count:
-                wait = int(self.settings.rate_limit_window - (now - in_window[0][0])) + 1
-                return error(f"Not sent: {display_phone(msisdn)} already got {len(in_window)} payment "
-                             f"requests recently. To protect the customer, try again in {duration(wait)}.")
-            repeat = next((t for t, a in reversed(pushes) if a == amount and now - t <= REPEAT_WINDOW), None)
-            if repeat is not None and not confirm_repeat:
-                ago = int(now - repeat)
+            check = self._check(pushes, amount, now, confirm_repeat)
+            if check.verdict == "rate_limited":
+                return error(f"Not sent: {display_phone(msisdn)} already got {check.recent} payment "
+                             f"requests recently. To protect the customer, try again in {duration(check.wait)}.")
+            if check.verdict == "repeat":
                 return {"status": "needs_confirmation",
-                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {duration(ago)} ago. "
-                                   "Send the same request again?",
+                        "message": f"You already asked {display_phone(msisdn)} for {amount} KSh {duration(check.ago)} "
+                                   "ago. Send the same request again?",
                         "phone_number": msisdn, "amount": amount}
             pushes.append((now, amount))
         return None
+
+    def _check(self, pushes, amount: int, now: float, confirmed: bool = False):
+        return check_push(pushes, amount, now, count=self.settings.rate_limit_count,
+                          window=self.settings.rate_limit_window, repeat_window=self.settings.repeat_window,
+                          confirmed=confirmed)
+
+    def approval_question(self, phone_number, amount, context: str = "") -> str | None:
+        """What the person must approve before this push (ADK's tool confirmation), or None: an amount above
+        PAYMENT_CONFIRM_ABOVE, or the same push again within PAYMENT_REPEAT_WINDOW."""
+        try:
+            msisdn = normalize_phone(phone_number)
+            whole = parse_amount(amount, maximum=self.settings.max_amount)
+        except (InvalidPhoneNumber, InvalidAmount):
+            return None  # the tool refuses it, with its own message
+        with self._lock:
+            check = self._check(tuple(self._pushes.get(msisdn, ())), whole, self.clock())
+        phone, purpose = display_phone(msisdn), f" for {context}" if context else ""
+        if check.verdict == "repeat":
+            return (f"You already asked {phone} for {whole:,} KSh {duration(check.ago)} ago. Send the same request "
+                    "again? They get a second M-Pesa prompt.")
+        if whole > self.settings.confirm_above:
+            return (f"Send an M-Pesa prompt to {phone} for {whole:,} KSh{purpose}? It is above "
+                    f"{self.settings.confirm_above:,} KSh, so I ask you first.")
+        return None
+
+    def note_push(self, msisdn: str, amount: int) -> None:
+        """A push this process did not send itself (a retry the server sent) still counts for the guard."""
+        with self._lock:
+            self._pushes[msisdn].append((self.clock(), amount))
+
+    async def retry_check(self, checkout_request_id) -> dict:
+        """May this payment be retried? `status` "retryable" with a question for the person, else why not."""
+        checkout_id = str(checkout_request_id or "").strip()
+        if not CHECKOUT_ID_PATTERN.match(checkout_id):
+            return error("Which payment should I retry? Give its checkout request ID (ws_CO_...).")
+        try:
+            found = await self._blocking(self.tracking.status, checkout_id)
+        except TrackingRejected as exc:
+            if exc.status_code == 404:
+                return error(f"I have no payment with checkout ID {checkout_id} to retry. Check the ID.",
+                             checkout_request_id=checkout_id)
+            return error(f"The callback server refused to look up {checkout_id}: {exc}", checkout_request_id=checkout_id)
+        except TrackingUnavailable:
+            return error("Not sent again: the callback server cannot be reached, and retries go through it. "
+                         "Try again shortly.", checkout_request_id=checkout_id)
+        payment = _payment(found.get("payment") or {})
+        if payment is None:
+            return error(f"The callback server's answer about {checkout_id} has no payment record.")
+        phone, purpose = display_phone(payment.phone_number), f" for {payment.description}" if payment.description else ""
+        facts = {"checkout_request_id": checkout_id, "phone_number": payment.phone_number, "amount": payment.amount,
+                 "context": payment.description, "payment_status": payment.status, "result_code": payment.result_code}
+        refusal = retry_refusal(payment)
+        if refusal:
+            return error(f"Not sent again: the request for {payment.amount:,} KSh to {phone} cannot be retried: "
+                         f"{refusal}.", **facts)
+        if payment.retried_as:
+            return error(f"The request for {payment.amount:,} KSh to {phone} was already retried (checkout ID "
+                         f"{payment.retried_as}). If that one failed too, ask me to retry it.", **facts)
+        return {"status": "retryable", **facts,
+                "message": f"Send a new M-Pesa prompt to {phone} for {payment.amount:,} KSh{purpose}? The first "
+                           f"request failed: {payment.reason or payment.result_desc or 'no reason given'}."}
+
+    async def retry(self, checkout_request_id: str, wait_for_completion: bool = False) -> dict:
+        """Retry a failed payment through the callback server (the person approved it); a new push, linked."""
+        checkout_id = str(checkout_request_id or "").strip()
+        try:
+            answer = await self._blocking(self.tracking.retry, checkout_id, True)
+        except TrackingRejected as exc:
+            sent = exc.body.get("sent", False)
+            message = f"{exc}".rstrip(".")
+            if sent is None:  # the server's push may have reached the phone: never again by itself
+                return notes.unknown_notification(None, f"Not confirmed: {message}")
+            return error(f"Not sent again: {message}.", checkout_request_id=checkout_id)
+        except TrackingUnavailable:
+            return error("Not sent again: the callback server cannot be reached, and retries go through it. "
+                         "Try again shortly.", checkout_request_id=checkout_id)
+        payment = _payment(answer.get("payment") or {})
+        new_id = answer["checkout_request_id"]
+        if answer.get("created"):
+            self.note_push(payment.phone_number, payment.amount)
+        _remember(self._sent, new_id, (payment.phone_number, payment.amount, payment.description))
+        facts = {"retry_of": checkout_id, "attempt": payment.attempt, "phone_number": payment.phone_number,
+                 "amount": payment.amount, "context": payment.description}
+        if wait_for_completion and payment.status == PENDING:
+            return {**await self._wait(new_id, self.clock() + self.settings.wait_seconds), **facts}
+        if payment.status != PENDING:
+            return {**notes.notification_for(payment), **facts}
+        return {**notes.pending_notification(new_id, f"📱 {answer.get('message', 'Sent again')}"), **facts}
+
+    async def unanswered(self, checkout_request_ids) -> list[dict]:
+        """Of these payments, the ones that failed because the customer never answered, not retried yet."""
+        found = []
+        for checkout_id in dict.fromkeys(checkout_request_ids):
+            checked = await self.retry_check(checkout_id)
+            if checked["status"] == "retryable" and normalize_code(checked["result_code"]) in NO_ANSWER_CODES:
+                found.append(checked)
+        return found
+
+    async def retry_many(self, checkout_request_ids, wait_for_completion: bool = True) -> dict:
+        """Retry each payment (approved as a list), then wait for all their outcomes at once."""
+        sent = [await self.retry(checkout_id) for checkout_id in checkout_request_ids]
+        if wait_for_completion:
+            deadline = self.clock() + self.settings.wait_seconds
+            sent = await asyncio.gather(*(
+                self._wait_with(result, deadline) if result.get("status") == "pending" else _same(result)
+                for result in sent))
+        lines = [_outcome_line(result) for result in sent]
+        done = sum(1 for result in sent if result.get("checkout_request_id") and result.get("retry_of"))
+        paid = sum(1 for result in sent if result.get("payment_status") == COMPLETED)
+        return {"status": "retried", "results": list(sent),
+                "message": "\n".join([*lines, f"Sent again: {done} of {len(sent)}; paid: {paid}."])}
+
+    async def _wait_with(self, result: dict, deadline: float) -> dict:
+        return {**await self._wait(result["checkout_request_id"], deadline),
+                **{key: result[key] for key in ("retry_of", "attempt", "phone_number", "amount", "context")}}
 
     def _push_failed(self, msisdn: str, amount: int, exc: DarajaError) -> dict:
         phone = display_phone(msisdn)
@@ -337,6 +453,32 @@ class Payments:
         return notes.failure_notification(checkout_id, result.reason or result.result_desc)
 
 
+def _payment(data: dict) -> Payment | None:
+    """The server's payment JSON as a Payment (fields this version does not know are left out)."""
+    try:
+        return Payment(**{name: data[name] for name in FIELD_NAMES if name in data})
+    except TypeError:
+        return None
+
+
+async def _same(result: dict) -> dict:
+    return result
+
+
+def _outcome_line(result: dict) -> str:
+    """One line per retried payment, as the merchant reads it."""
+    phone = display_phone(result["phone_number"]) if result.get("phone_number") else "?"
+    amount = f"{int(result['amount']):,} KSh" if result.get("amount") else "the request"
+    status, ref = result.get("payment_status"), f" Checkout ID: {result.get('checkout_request_id')}"
+    if status == COMPLETED:
+        return f"✅ {phone} paid {amount}.{ref}"
+    if status == FAILED:
+        return f"❌ {phone} did not pay {amount}: {result.get('error_message') or 'failed'}.{ref}"
+    if status == PENDING:
+        return f"⏳ No answer yet from {phone} for {amount}.{ref}"
+    return f"{phone}, {amount}: {result.get('message', '')}".strip()
+
+
 def bulk_answer(report: dict, accepted: bool = False) -> dict:
     """What the bulk tools answer: the counts, who has not paid and why, and a message for people."""
     not_paid = [{"phone_number": display_phone(item["phone_number"]), "amount": item["amount"],
@@ -408,24 +550,42 @@ def make_bulk_tools(payments: Payments) -> list:
 
 
 def agent_tools(payments: Payments) -> list:
-    """The agent's tools as ADK wires them (send, status, wait, the history tools, then the bulk tools): a
-    push above PAYMENT_CONFIRM_ABOVE (and within PAYMENT_MAX_AMOUNT, above which the tool refuses anyway),
-    and every bulk request, is approved or rejected by the person through ADK's tool confirmation before
-    anything is sent (adk web shows the step)."""
+    """The agent's tools as ADK wires them (send, status, wait, the history tools, the bulk tools, then the
+    retry tools). Through ADK's tool confirmation (adk web shows an approve / reject step, the API carries
+    it) the person approves before anything reaches a phone: a push above PAYMENT_CONFIRM_ABOVE (and within
+    PAYMENT_MAX_AMOUNT, above which the tool refuses anyway), the same push again within
+    PAYMENT_REPEAT_WINDOW, every bulk request, and every retry (the retry tools ask themselves, naming the
+    payments)."""
     send, status = make_tools(payments)
-    settings = payments.settings
 
     def needs_approval(phone_number: str, amount: int, context: str = "", wait_for_completion: bool = True,
-                       confirm_repeat: bool = False, tool_context: ToolContext = None) -> bool:
-        try:
-            whole = parse_amount(amount, maximum=settings.max_amount)
-        except InvalidAmount:
-            return False  # the tool refuses it, with its own message
-        return whole > settings.confirm_above
+                       tool_context: ToolContext = None) -> bool:
+        return payments.approval_question(phone_number, amount, context) is not None
 
     bulk, bulk_status = make_bulk_tools(payments)
-    return [FunctionTool(send, require_confirmation=needs_approval), status, make_wait_tool(payments),
-            *make_history_tools(payments), FunctionTool(bulk, require_confirmation=True), bulk_status]
+    return [SendTool(send, needs_approval, payments), status, make_wait_tool(payments),
+            *make_history_tools(payments), FunctionTool(bulk, require_confirmation=True), bulk_status,
+            *make_retry_tools(payments)]
+
+
+class SendTool(FunctionTool):
+    """The send tool behind ADK's tool confirmation (`require_confirmation` decides per call)."""
+
+    def __init__(self, func, needs_approval, payments: Payments):
+        super().__init__(func, require_confirmation=needs_approval)
+        self.payments = payments
+
+    def question(self, args: dict) -> str | None:
+        return self.payments.approval_question(args.get("phone_number"), args.get("amount"), args.get("context") or "")
+
+
+def explain_approval(tool, args: dict, tool_context: ToolContext, tool_response) -> None:
+    """The agent's after_tool_callback: ADK's own approve / reject hint names the function; the person
+    reads what would be sent and why they are asked instead (adk web shows the hint)."""
+    asked = tool_context.actions.requested_tool_confirmations.get(tool_context.function_call_id)
+    if asked is not None and isinstance(tool, SendTool):
+        asked.hint = tool.question(args) or asked.hint
+    return None
 
 
 def make_tools(payments: Payments) -> list:
@@ -433,7 +593,6 @@ def make_tools(payments: Payments) -> list:
 
     async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
                                                  wait_for_completion: bool = True,
-                                                 confirm_repeat: bool = False,
                                                  tool_context: ToolContext = None) -> dict:
         """Ask a customer to pay by M-Pesa STK Push, then report the outcome as soon as it is known.
 
@@ -447,8 +606,9 @@ def make_tools(payments: Payments) -> list:
             wait_for_completion: Wait for the customer's answer (up to about 2 minutes) before replying.
                 False answers "pending" as soon as M-Pesa accepted the push: tell the person, then call
                 wait_for_payment for the outcome.
-            confirm_repeat: True only after the person confirmed re-sending the same amount to the
-                same phone within 2 minutes (a previous call answered "needs_confirmation").
+
+        A large amount, or the same amount to the same phone again within 2 minutes, is first approved
+        or rejected by the person (ADK's tool confirmation); a rejected call answers with an error.
 
         Returns:
             A dict with `status` ("success", "failed", "timeout", "pending", "unknown",
@@ -456,10 +616,11 @@ def make_tools(payments: Payments) -> list:
             `checkout_request_id` to check the payment later; `payment_details` on success,
             `error_message` on failure.
         """
+        approved = bool(tool_context is not None and tool_context.tool_confirmation
+                        and tool_context.tool_confirmation.confirmed)
         try:
-            result = await payments.send(phone_number, amount, context, wait_for_completion, confirm_repeat)
-            if tool_context is not None and result.get("checkout_request_id"):
-                tool_context.state[LAST_CHECKOUT_ID] = result["checkout_request_id"]
+            result = await payments.send(phone_number, amount, context, wait_for_completion, confirm_repeat=approved)
+            _remember_in_chat(tool_context, result.get("checkout_request_id"))
             return result
         except Exception as exc:  # the model must get an answer, never a traceback
             log.exception("send_instant_payment_with_tracking failed")
@@ -516,6 +677,122 @@ def make_wait_tool(payments: Payments):
                          checkout_request_id=checkout_id)
 
     return wait_for_payment
+
+
+CHAT_CHECKOUT_IDS = "mpesa_checkout_ids"  # session state: this chat's payments, newest last
+APPROVED_RETRIES = "mpesa_retries_to_approve"  # session state: what the person is asked to approve
+
+
+def _remember_in_chat(tool_context: ToolContext | None, checkout_id: str | None) -> None:
+    if tool_context is None or not checkout_id:
+        return
+    tool_context.state[LAST_CHECKOUT_ID] = checkout_id
+    earlier = [i for i in tool_context.state.get(CHAT_CHECKOUT_IDS, []) if i != checkout_id]
+    tool_context.state[CHAT_CHECKOUT_IDS] = [*earlier, checkout_id][-RECENT_IN_CHAT:]
+
+
+def _ask_approval(tool_context: ToolContext, tool: str, question: str, checkout_ids: list[str], **facts) -> dict:
+    """ADK's tool confirmation, asked by the tool itself so that the person reads what would be sent again;
+    once approved, exactly `checkout_ids` are retried (kept in the session state under the tool's name)."""
+    tool_context.state[f"{APPROVED_RETRIES}:{tool}"] = checkout_ids
+    tool_context.request_confirmation(hint=question, payload={"checkout_request_ids": checkout_ids})
+    tool_context.actions.skip_summarization = True
+    return {"status": "needs_approval", "message": question, "checkout_request_ids": checkout_ids, **facts}
+
+
+def _approval(tool_context: ToolContext | None) -> bool | None:
+    """None: not asked yet; True / False: the person approved / rejected."""
+    confirmation = tool_context.tool_confirmation if tool_context is not None else None
+    return None if confirmation is None else bool(confirmation.confirmed)
+
+
+async def _guarded(work, tool: str, doing: str) -> dict:
+    """A tool's answer, never a traceback: an unexpected error becomes a message the model can pass on."""
+    try:
+        return await work
+    except Exception as exc:
+        log.exception("%s failed", tool)
+        return error(f"Something went wrong while {doing} ({type(exc).__name__}). "
+                     "Check the server logs before trying again.")
+
+
+def make_retry_tools(payments: Payments) -> list:
+    """Retry tools: each retry is a new STK Push linked to the failed one, sent by the callback server
+    (POST /payment/{id}/retry) after the person approved it through ADK's tool confirmation."""
+
+    async def retry_payment(checkout_request_id: str = "", tool_context: ToolContext = None) -> dict:
+        """Send a failed payment request again: a new M-Pesa prompt for the same phone and amount, linked to it.
+
+        Only a payment M-Pesa said failed can be retried (never a paid, pending or unknown one: the customer
+        may have paid). The person approves the retry first (a confirmation step shows what is sent again).
+
+        Args:
+            checkout_request_id: The failed payment's ID; empty means the payment this chat sent last.
+
+        Returns:
+            "pending" with the new payment's `checkout_request_id` once M-Pesa accepted the new push: tell
+            the person, then call wait_for_payment for the outcome. "error" with a `message` when it may
+            not be retried or the person rejected it.
+        """
+        return await _guarded(_retry_one(payments, checkout_request_id, tool_context), RETRY_TOOL,
+                              "retrying the payment")
+
+    async def retry_unanswered_payments(tool_context: ToolContext = None) -> dict:
+        """Send again every payment request of this chat that failed because the customer never answered
+        (no response, prompt expired or not delivered), after the person approves the list; waits for
+        their outcomes (up to about 2 minutes).
+
+        Returns:
+            "retried" with a `message` listing each outcome and `results`; "error" when there is nothing
+            to retry or the person rejected it.
+        """
+        return await _guarded(_retry_unanswered(payments, tool_context), RETRY_MANY_TOOL, "retrying")
+
+    return [retry_payment, retry_unanswered_payments]
+
+
+async def _retry_one(payments: Payments, checkout_request_id: str, tool_context: ToolContext | None) -> dict:
+    state = tool_context.state if tool_context is not None else {}
+    approved = _approval(tool_context)
+    if approved is None:
+        checkout_id = checkout_request_id or state.get(LAST_CHECKOUT_ID, "")
+        checked = await payments.retry_check(checkout_id)
+        if checked["status"] != "retryable":
+            return checked
+        if tool_context is None:
+            return error("A retry needs the person's approval.")
+        return _ask_approval(tool_context, RETRY_TOOL, checked["message"], [checkout_id],
+                             **{k: checked[k] for k in ("phone_number", "amount", "context")})
+    [checkout_id] = state.get(f"{APPROVED_RETRIES}:{RETRY_TOOL}") or [checkout_request_id]
+    if not approved:
+        return error("Not sent again: you rejected the retry. Nothing reached their phone.",
+                     checkout_request_id=checkout_id, rejected=True)
+    result = await payments.retry(checkout_id)
+    _remember_in_chat(tool_context, result.get("checkout_request_id") if result.get("retry_of") else None)
+    return result
+
+
+async def _retry_unanswered(payments: Payments, tool_context: ToolContext | None) -> dict:
+    if tool_context is None:
+        return error("Retrying needs the chat's payments and the person's approval.")
+    approved = _approval(tool_context)
+    if approved is None:
+        found = await payments.unanswered(tool_context.state.get(CHAT_CHECKOUT_IDS, [])[-RECENT_IN_CHAT:])
+        if not found:
+            return error("No payment in this chat failed for want of an answer, so there is nothing to "
+                         "retry. (Paid, pending, cancelled and unknown ones are never retried.)")
+        lines = [f"{n}. {int(p['amount']):,} KSh to {display_phone(p['phone_number'])}"
+                 f"{' for ' + p['context'] if p['context'] else ''} ({p['checkout_request_id']})"
+                 for n, p in enumerate(found, start=1)]
+        question = "\n".join([f"Send a new M-Pesa prompt to the {len(found)} customer(s) who did not answer, "
+                               f"{sum(int(p['amount']) for p in found):,} KSh in all?", *lines])
+        return _ask_approval(tool_context, RETRY_MANY_TOOL, question, [p["checkout_request_id"] for p in found])
+    if not approved:
+        return error("Not sent again: you rejected the retries. Nothing reached their phones.", rejected=True)
+    result = await payments.retry_many(tool_context.state.get(f"{APPROVED_RETRIES}:{RETRY_MANY_TOOL}", []))
+    for one in result["results"]:
+        _remember_in_chat(tool_context, one.get("checkout_request_id") if one.get("retry_of") else None)
+    return result
 
 
 def __getattr__(name: str):

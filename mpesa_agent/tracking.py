@@ -15,6 +15,7 @@ CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
 # Back-off between registration attempts when the callback server cannot be reached.
 REGISTER_BACKOFF = (0.2, 0.5, 1.0, 2.0)
+RETRY_PUSH_SECONDS = 35.0  # the server's own STK Push to Daraja (its read timeout is 30 s)
 
 
 class TrackingUnavailable(Exception):
@@ -63,6 +64,12 @@ class TrackingClient:
     def status(self, checkout_request_id: str) -> dict:
         return self._call("GET", f"/payment/status/{checkout_request_id}")
 
+    def retry(self, checkout_request_id: str, confirm_repeat: bool = False) -> dict:
+        """POST /payment/{id}/retry: a new push for a failed payment (the server applies the rules);
+        a refusal is TrackingRejected. Never repeated here: the server makes the same retry idempotent."""
+        return self._call("POST", f"/payment/{checkout_request_id}/retry", json={"confirm_repeat": confirm_repeat},
+                          read_timeout=READ_TIMEOUT + RETRY_PUSH_SECONDS, explained_5xx=True)
+
     def wait(self, checkout_request_id: str, timeout: float) -> dict:
         """Long-poll until the payment settles or `timeout` seconds pass."""
         return self._call("GET", f"/payment/wait/{checkout_request_id}",
@@ -85,7 +92,9 @@ class TrackingClient:
         return self._call("GET", f"/payment/bulk/{batch_id}")
 
     def _call(self, method: str, path: str, read_timeout: float = READ_TIMEOUT, content_type: str | None = None,
-              **kwargs) -> dict:
+              explained_5xx: bool = False, **kwargs) -> dict:
+        """The JSON answer; 4xx is TrackingRejected, 5xx TrackingUnavailable unless `explained_5xx` and the
+        server said why in JSON (the retry route's 502: M-Pesa refused, or its answer was lost)."""
         headers = {"Authorization": f"Bearer {self.api_key}"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -98,6 +107,8 @@ class TrackingClient:
             body = response.json()
         except ValueError:
             body = {}
+        if response.status_code >= 500 and explained_5xx and isinstance(body, dict) and body.get("error"):
+            raise TrackingRejected(response.status_code, body)
         if response.status_code >= 500 or not isinstance(body, dict):
             raise TrackingUnavailable(f"callback server answered HTTP {response.status_code}")
         if response.status_code >= 400:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.adk.runners import InMemoryRunner
 from google.genai import types
@@ -24,7 +24,8 @@ class Turn:
     results: list[dict]  # the tools' answers, in order (a push's acknowledgement, then its outcome)
     reply: str  # every text the model showed this turn, e.g. the progress line, then the outcome
     trajectory: list[tuple[str, dict]]  # every tool call, waits included
-    approvals: int = 0  # ADK tool confirmations this turn asked for (each approved, as a person would)
+    approvals: int = 0  # ADK tool confirmations this turn asked for (answered from `answers`, else approved)
+    hints: list[str] = field(default_factory=list)  # what each confirmation step showed the person
 
 
 def offline_root_agent(payments: Payments):
@@ -33,14 +34,16 @@ def offline_root_agent(payments: Payments):
                                     "model": OfflineModel()})
 
 
-def converse(payments: Payments, *messages: str) -> list[Turn]:
+def converse(payments: Payments, *messages, answers=()) -> list[Turn]:
     """Send `messages` (texts, or whole `types.Content`s, e.g. with an attached file) one by one in a new
-    session; return what happened in each turn."""
-    return asyncio.run(chat(payments, messages))
+    session; return what happened in each turn. `answers` are the person's answers to ADK's confirmation
+    steps, in order (True approves, False rejects); past them, the person approves."""
+    return asyncio.run(chat(payments, messages, answers))
 
 
-async def chat(payments: Payments, messages) -> list[Turn]:
+async def chat(payments: Payments, messages, answers=()) -> list[Turn]:
     """`converse` for code already in an event loop."""
+    answers = iter(answers)
     runner = InMemoryRunner(agent=offline_root_agent(payments), app_name=APP)
     session = await runner.session_service.create_session(app_name=APP, user_id="test")
     turns = []
@@ -59,9 +62,10 @@ async def chat(payments: Payments, messages) -> list[Turn]:
                 if event.content and not event.get_function_responses():
                     replies += [part.text for part in event.content.parts or [] if part.text]
             turn.approvals += len(approvals)
-            message = types.Content(role="user", parts=[  # the person approves (tests/test_confirmation.py rejects)
+            turn.hints += [(call.args or {}).get("toolConfirmation", {}).get("hint", "") for call in approvals]
+            message = types.Content(role="user", parts=[  # the person approves or rejects, as `answers` say
                 types.Part(function_response=types.FunctionResponse(id=call.id, name=CONFIRMATION,
-                                                                    response={"confirmed": True}))
+                                                                    response={"confirmed": next(answers, True)}))
                 for call in approvals]) if approvals else None
         turn.calls = [call for call in turn.trajectory if call[0] != WAIT_TOOL]
         turn.reply = "\n".join(replies)

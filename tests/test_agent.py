@@ -1,5 +1,4 @@
 """The real root_agent on the offline model, with the real tools against a real simulator + callback server."""
-import re
 
 import pytest
 import requests
@@ -64,16 +63,13 @@ def test_a_cancelled_payment_says_so_and_what_to_do(payments):
     assert turn.reply.split("\n", 1)[1] == CANCELLED.format(turn.results[-1]["checkout_request_id"])
 
 
-def test_a_repeat_within_two_minutes_is_sent_only_after_yes(payments, stack):
-    first, repeat, yes = converse(payments, "send 60 to 0744000333 for tea", "send 60 to 0744000333 for tea", "yes")
+def test_a_repeat_within_two_minutes_is_sent_only_after_the_approval_step(payments, stack):
+    first, repeat = converse(payments, "send 60 to 0744000333 for tea", "send 60 to 0744000333 for tea")
 
-    assert first.calls == [send_call("0744000333", 60, "tea")]
-    assert repeat.calls == [send_call("0744000333", 60, "tea")]
-    assert repeat.results[0]["status"] == "needs_confirmation"
-    assert repeat.reply.startswith("You already asked 0744000333 for 60 KSh ")
-    assert re.search(r" \d+ seconds? ago\. Send the same request again\? \(yes / no\)$", repeat.reply)
-    assert yes.calls == [send_call("0744000333", 60, "tea", confirm_repeat=True)]
-    assert "\n✅ 0744000333 paid 60 KSh for tea. Receipt " in yes.reply
+    assert first.calls == repeat.calls == [send_call("0744000333", 60, "tea")]
+    assert (first.approvals, repeat.approvals) == (0, 1)  # ADK's tool confirmation, approved as a person would
+    assert "(yes / no)" not in repeat.reply
+    assert "\n✅ 0744000333 paid 60 KSh for tea. Receipt " in repeat.reply
     assert len(pushes_to(stack, "254744000333")) == 2
 
 

@@ -247,7 +247,7 @@ def test_a_version_4_database_gets_the_bulk_tables_and_payments_batch_id(tmp_pat
                            "PRAGMA user_version = 4;")
     store = Store(path)
     try:
-        assert store.pragmas()["user_version"] == SCHEMA_VERSION == 5
+        assert store.pragmas()["user_version"] == SCHEMA_VERSION >= 5
         batch_id = Batches(store).create("chama", [Row(1, "254712345678", 500)], [])
         CallbackManager(store).register("ws_CO_v3", "0712345678", 500, "chama", batch_id=batch_id)
         assert store.payment("ws_CO_v3").batch_id == batch_id

@@ -88,3 +88,18 @@ def test_an_unreachable_server_or_a_wrong_key_is_one_clear_line(stack):
                           "python callback_server.py)\n"
     assert wrong.stderr.startswith("mpesa: the callback server at http") and "refused the API key" in wrong.stderr
     assert wrong.stderr.count("\n") == 1 and not down.stdout and not wrong.stdout
+
+
+def test_retry_sends_a_linked_push_once_confirmed_and_refuses_a_paid_one(stack):
+    failed = json.loads(mpesa(stack, "--json", "trigger", "payment.failed", "--reason", "1037").stdout)
+    unasked = mpesa(stack, "retry", failed["checkout_request_id"])  # no terminal and no --yes: nothing sent
+    assert unasked.returncode == 1 and "Add --yes to confirm" in unasked.stderr
+    retried = mpesa(stack, "--json", "retry", failed["checkout_request_id"], "--yes", "--wait", "20")
+    assert retried.returncode == 0, retried.stderr
+    answer = json.loads(retried.stdout)
+    assert (answer["retry_of"], answer["attempt"], answer["payment_status"]) == (failed["checkout_request_id"], 2, "failed")
+    assert len(stack.pushes_to("254700001037")) == 2
+
+    paid = json.loads(mpesa(stack, "--json", "trigger", "payment.completed").stdout)
+    refused = mpesa(stack, "retry", paid["checkout_request_id"], "--yes")
+    assert refused.returncode == 1 and "HTTP 409" in refused.stderr and "charge the customer twice" in refused.stderr

@@ -16,7 +16,8 @@ from google.adk.evaluation.trajectory_evaluator import TrajectoryEvaluator
 from google.genai import types
 
 from mpesa_agent.config import Settings
-from mpesa_agent.tools import Payments
+from mpesa_agent.tools import RETRY_MANY_TOOL, RETRY_TOOL, Payments
+from eval.record import ANSWERS
 from tests.conversation import APP, SEND, chat
 from test_callback_integration import FAST_QUERIES, stack  # noqa: F401  (fixture)
 
@@ -44,7 +45,8 @@ def replies(stack):
 
     async def replay(case):
         async with gate:
-            return await chat(payments, [turn.user_content.parts[0].text for turn in case.conversation])
+            return await chat(payments, [turn.user_content.parts[0].text for turn in case.conversation],
+                              case.session_input.state.get(ANSWERS, []))
 
     async def replay_all():
         return await asyncio.gather(*(replay(case) for case in EVAL_SET.eval_cases))
@@ -68,13 +70,18 @@ def test_the_config_scores_trajectories_exactly_with_args():
 
 def test_cases_do_not_trip_each_others_guardrails():
     """No two cases may ask one phone for the same amount (the 2-minute repeat guard), and no phone may
-    get more requests than the rate limit allows: `adk eval` runs every case in one process."""
+    get more requests than the rate limit allows: `adk eval` runs every case in one process. A retry is
+    one more request to the phone it retries (the last one sent, or every one sent for the unanswered)."""
     owner, per_phone = {}, Counter()
     for case in EVAL_SET.eval_cases:
+        sent = []
         for turn in case.conversation:
             for name, args in calls(turn):
+                if name in (RETRY_TOOL, RETRY_MANY_TOOL):
+                    per_phone.update(sent[-1:] if name == RETRY_TOOL else set(sent))
                 if name != SEND:
                     continue
+                sent.append(args["phone_number"])
                 per_phone[args["phone_number"]] += 1
                 key = (args["phone_number"], args["amount"])
                 assert owner.setdefault(key, case.eval_id) == case.eval_id, f"{key} in {owner[key]} and {case.eval_id}"

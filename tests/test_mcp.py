@@ -74,6 +74,20 @@ async def exercise(session: ClientSession, tag: int) -> None:
     settled = result_of(await session.call_tool("check_bulk_payment_request",
                                                 {"batch_id": accepted["batch_id"], "wait": True}))
     assert (settled["status"], settled["summary"]) == ("settled", "3 of 3 paid")
+    retry = tools["retry_payment"]
+    assert (retry.annotations.destructiveHint, retry.annotations.idempotentHint) == (True, True)
+    refused = await session.call_tool("retry_payment", {"checkout_request_id": outcome["checkout_request_id"],
+                                                        "confirm": True})
+    assert refused.isError and "a retry would charge the customer twice" in refused.content[0].text
+    failed = result_of(await session.call_tool("send_payment_request", {"phone_number": "0700001032", "amount": 30}))
+    assert failed["payment_status"] == "failed"
+    asked = await session.call_tool("retry_payment", {"checkout_request_id": failed["checkout_request_id"]})
+    assert asked.isError and "call again with confirm=true" in asked.content[0].text
+    retried = await session.call_tool("retry_payment", {"checkout_request_id": failed["checkout_request_id"],
+                                                        "confirm": True})
+    assert not retried.isError, retried.content
+    answer = result_of(retried)
+    assert (answer["retry_of"], answer["attempt"], answer["payment_status"]) == (failed["checkout_request_id"], 2, "failed")
 
 
 def test_over_stdio_the_sdk_client_lists_sends_and_reads_refusals(stack):

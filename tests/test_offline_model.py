@@ -55,13 +55,33 @@ class Turn:
     waits: int = 0
 
 
-def make_tools(send_results, status_results):
+RETRY = "retry_payment"
+RETRIED_ID = "ws_CO_291120261200000000712345678"
+
+
+def retried(checkout_id=CHECKOUT_ID, phone="254712345678", amount=500, context="lunch"):
+    """The retry tool's answer: the new push is pending, with the payment's phone, amount and purpose."""
+    return {**notes.pending_notification(RETRIED_ID, "📱 A new prompt sent"), "retry_of": checkout_id, "attempt": 2,
+            "phone_number": phone, "amount": amount, "context": context}
+
+
+def make_tools(send_results, status_results, retry_results=()):
     """Fake tools with the real names and signatures, answering from queues (success by default)."""
-    send_queue, status_queue, outcomes = list(send_results), list(status_results), []
+    send_queue, status_queue, retry_queue, outcomes = list(send_results), list(status_results), list(retry_results), []
+
+    async def retry_payment(checkout_request_id: str = "") -> dict:
+        """Retry a failed payment."""
+        answer = retry_queue.pop(0) if retry_queue else retried()
+        if answer.get("status") == "pending":
+            outcomes.append(success(answer["amount"], "0712345678", answer["context"], RETRIED_ID))
+        return answer
+
+    async def retry_unanswered_payments() -> dict:
+        """Retry the ones that did not answer."""
+        return {"status": "retried", "results": [], "message": "✅ 0712345678 paid 500 KSh.\nSent again: 1 of 1; paid: 1."}
 
     async def send_instant_payment_with_tracking(phone_number: str, amount: int, context: str = "",
-                                                 wait_for_completion: bool = True,
-                                                 confirm_repeat: bool = False) -> dict:
+                                                 wait_for_completion: bool = True) -> dict:
         """Send an STK Push and wait for its completion."""
         outcome = send_queue.pop(0) if send_queue else success(amount, phone_number, context)
         if wait_for_completion or outcome.get("status") not in FINAL or not outcome.get("checkout_request_id"):
@@ -90,7 +110,7 @@ def make_tools(send_results, status_results):
         return {"status": "success", "message": f"💰 You collected 500 KSh {period}"}
 
     return [send_instant_payment_with_tracking, check_payment_status_realtime, wait_for_payment, last_payment,
-            find_payments, payment_totals]
+            find_payments, payment_totals, retry_payment, retry_unanswered_payments]
 
 
 STORED = {"checkout_request_id": "ws_CO_STORED", "phone_number": "254712345678", "amount": 500,
@@ -98,9 +118,9 @@ STORED = {"checkout_request_id": "ws_CO_STORED", "phone_number": "254712345678",
 FINAL = ("success", "failed", "timeout", "pending", "unknown")
 
 
-def converse(*messages, send_results=(), status_results=(), fresh_model_each_turn=False) -> list[Turn]:
+def converse(*messages, send_results=(), status_results=(), retry_results=(), fresh_model_each_turn=False) -> list[Turn]:
     """Run a multi-turn chat; return each turn's tool calls and reply text."""
-    tools = make_tools(send_results, status_results)
+    tools = make_tools(send_results, status_results, retry_results)
     runner = InMemoryRunner(agent=Agent(name="t", model=OfflineModel(), tools=tools), app_name="t")
 
     async def run() -> list[Turn]:
@@ -260,16 +280,46 @@ def test_failure_hints_for_daraja_wordings(reason, hint):
     assert hint in turn.text
 
 
-def test_try_again_after_a_failure_resends_the_same_request():
-    first, second = converse("send 500 to 0712345678 for lunch", "try again",
-                             send_results=[failure("Request cancelled by user")])
-    assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
-    assert " paid " in second.text
+def test_try_again_after_a_failure_retries_that_payment():
+    first, second, third = converse("send 500 to 0712345678 for lunch", "try again", "try again",
+                                    send_results=[failure("Request cancelled by user")])
+    assert second.calls == [(RETRY, {})] and second.waits == 1  # the last payment; then its outcome
+    assert second.progress == "📱 Prompt sent again to 0712345678 for 500 KSh for lunch — waiting for their PIN…"
+    assert second.text == f"✅ 0712345678 paid 500 KSh for lunch. Receipt NLJ7RT61SV. Checkout ID: {RETRIED_ID}"
+    assert third.calls == [] and "was paid, so I will not send it again" in third.text
 
 
-def test_try_again_after_a_success_still_meets_the_repeat_guard():
-    first, second = converse("send 500 to 0712345678 for lunch", "try again")
-    assert second.calls == [send_call(context="lunch")]
+@pytest.mark.parametrize("result, said", [
+    (success(), "was paid, so I will not send it again (that would charge them twice)"),
+    (timeout(), "is still waiting for their answer: they may still pay it"),
+    (unknown(), "I can't tell whether the request for 500 KSh to 0712345678 was paid"),
+])
+def test_try_again_never_resends_what_may_have_been_paid(result, said):
+    first, second = converse("send 500 to 0712345678 for lunch", "jaribu tena", send_results=[result])
+    assert second.calls == [] and said in second.text and CHECKOUT_ID in second.text
+
+
+def test_try_again_after_a_refusal_sends_it_afresh():
+    first, second = converse("send 500 to 0712345678", "try again",
+                             send_results=[error("Not sent: M-Pesa could not be reached. Nothing was sent; try again shortly.")])
+    assert second.calls == [send_call()]
+
+
+def test_retry_by_checkout_id_and_the_ones_that_did_not_answer():
+    by_id, many = converse(f"retry {CHECKOUT_ID}", "retry the ones that didn't answer")
+    assert by_id.calls == [(RETRY, {"checkout_request_id": CHECKOUT_ID})] and by_id.waits == 1
+    assert many.calls == [("retry_unanswered_payments", {})] and many.text.endswith("Sent again: 1 of 1; paid: 1.")
+
+
+def test_a_refused_or_rejected_retry_is_explained():
+    refused = {"status": "error", "message": "Not sent again: the request for 500 KSh to 0712345678 cannot be "
+                                            "retried: it was paid (receipt NLJ7RT61SV): a retry would charge the "
+                                            "customer twice."}
+    rejected = {"status": "error", "rejected": True,
+                "message": "Not sent again: you rejected the retry. Nothing reached their phone."}
+    one, two = converse(f"retry {CHECKOUT_ID}", f"retry {CHECKOUT_ID}", retry_results=[refused, rejected])
+    assert one.text == refused["message"] and one.waits == 0
+    assert two.text == "🛑 " + rejected["message"]
 
 
 @pytest.mark.parametrize("result", [timeout(), pending()])
@@ -389,10 +439,10 @@ def test_status_question_checks_the_payment_last_talked_about():
 
 
 @pytest.mark.parametrize("answer", ["yes", "ndio", "sawa", "go ahead", "Yes, send it"])
-def test_confirming_a_repeat_resends_with_confirm_repeat(answer):
+def test_confirming_a_repeat_sends_it_again_through_the_approval_step(answer):
     first, second = converse("send 500 to 0712345678 for lunch", answer, send_results=[NEEDS_CONFIRMATION])
     assert NEEDS_CONFIRMATION["message"] in first.text
-    assert second.calls == [send_call(context="lunch", confirm_repeat=True)]
+    assert second.calls == [send_call(context="lunch")]  # ADK's tool confirmation asks the person this time
     assert " paid " in second.text
 
 

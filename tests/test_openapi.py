@@ -8,6 +8,8 @@ import schemathesis
 from jsonschema import Draft202012Validator, FormatChecker
 
 from callback_server import create_app
+from harness import free_port
+from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.server.openapi import openapi_spec
 from mpesa_agent.server.store import Transaction
 from test_callback_manager import callback_body
@@ -73,7 +75,7 @@ def check(spec: dict, path: str, method: str, response) -> None:
         assert header in response.headers, (method, path, response.status_code, header)
 
 
-def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatch):
+def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatch, start_simulator):
     """Each (operation, status) in the document, produced by a real request and validated."""
     spec = openapi_spec("/callback")
     client = app.test_client()
@@ -195,6 +197,22 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     assert call(hook, "DELETE", f"/webhooks/{endpoint}", headers=AUTH).status_code == 404
     assert call(hook, "DELETE", f"/webhooks/{endpoint}").status_code == 401
 
+    retry, retries = "/payment/{checkout_request_id}/retry", app.extensions["retries"]
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry").status_code == 401
+    assert call(retry, "POST", "/payment/ws_CO_nobody/retry", headers=AUTH).status_code == 404
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", data="not json", headers=AUTH).status_code == 400
+    assert call(retry, "POST", "/payment/ws_CO_paid/retry", headers=AUTH).get_json()["payment_status"] == "completed"
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", headers=AUTH).status_code == 429  # 7 to one phone
+    monkeypatch.setattr(retries, "settings", settings.replace(rate_limit_count=100))
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", headers=AUTH).get_json()["needs"] == "confirm_repeat"
+    confirmed = {"json": {"confirm_repeat": True}, "headers": AUTH}
+    monkeypatch.setattr(retries, "daraja", DarajaClient.from_settings(settings.replace(base_url=f"http://127.0.0.1:{free_port()}")))
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", **confirmed).get_json()["sent"] is False
+    monkeypatch.setattr(retries, "daraja", DarajaClient.from_settings(settings.replace(base_url=start_simulator())))
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", **confirmed).status_code == 201
+    assert call(retry, "POST", "/payment/ws_CO_cancelled/retry", **confirmed).get_json()["created"] is False
+    chain = call(STATUS, "GET", "/payment/status/ws_CO_cancelled", headers=AUTH).get_json()["attempts"]
+    assert [(p["attempt"], p["retry_of"]) for p in chain] == [(1, None), (2, "ws_CO_cancelled")]
     bulk, report, report_csv, cancel = ("/payment/bulk", "/payment/bulk/{batch_id}", "/payment/bulk/{batch_id}.csv",
                                         "/payment/bulk/{batch_id}/cancel")
     items = [{"phone_number": "0733111222", "amount": 500}, {"phone_number": "0712", "amount": 5}]

@@ -83,7 +83,8 @@ def test_make_tools_binds_the_product_names_to_its_argument(payments):
 
 def test_the_agents_wired_tools_are_importable_from_the_tools_module():
     assert [getattr(tool, "name", None) or tool.__name__ for tool in agent.root_agent.tools] == [
-        *TOOL_NAMES, tools.WAIT_TOOL, *tools.HISTORY_TOOL_NAMES, tools.BULK_TOOL, tools.BULK_STATUS_TOOL]
+        *TOOL_NAMES, tools.WAIT_TOOL, *tools.HISTORY_TOOL_NAMES, tools.BULK_TOOL, tools.BULK_STATUS_TOOL,
+        tools.RETRY_TOOL, tools.RETRY_MANY_TOOL]
     assert tools.send_instant_payment_with_tracking is agent.send_instant_payment_with_tracking
     assert tools.check_payment_status_realtime is agent.check_payment_status_realtime
     with pytest.raises(AttributeError):

@@ -6,8 +6,8 @@
 The tools share one implementation with the ADK tools (`tools.Payments`): the same guardrails,
 the same callback server, the same answers. A refusal (a bad phone or amount, the rate limit, a
 repeat within 2 minutes, live money off) is an MCP tool error the client can read. A push above
-PAYMENT_CONFIRM_ABOVE KES, or the same push again within 2 minutes, needs `confirm: true`: the
-calling agent must ask its person first. A bulk request (many phones at once) always needs `confirm: true`.
+PAYMENT_CONFIRM_ABOVE KES, the same push again within 2 minutes, and every retry need `confirm: true`:
+the calling agent must ask its person first. A bulk request (many phones at once) always needs `confirm: true`.
 """
 from __future__ import annotations
 
@@ -58,6 +58,30 @@ def make_server(payments: Payments) -> FastMCP:
         if result.get("status") in REFUSED:
             raise ToolError(result["message"] + (" Call again with confirm=true once the person confirms."
                                                  if result["status"] == "needs_confirmation" else ""))
+        return result
+
+    @server.tool(annotations=ToolAnnotations(title="Retry a failed M-Pesa payment request", readOnlyHint=False,
+                                             destructiveHint=True, idempotentHint=True, openWorldHint=True))
+    async def retry_payment(checkout_request_id: str, wait_for_completion: bool = True, confirm: bool = False) -> dict:
+        """Send a failed payment request again: a new STK Push for the same phone and amount, linked to the
+        first (`retry_of`, `attempt`). Only a payment M-Pesa said failed is retried, never a paid, pending or
+        unknown one; calling again for the same payment answers the retry already sent.
+
+        Args:
+            checkout_request_id: The failed payment's ID, e.g. "ws_CO_26112026125423123712345678".
+            wait_for_completion: Wait (up to about 2 minutes) for the customer's answer to the new prompt.
+            confirm: True only after the person agreed to a new prompt on the customer's phone.
+
+        Returns the new payment's outcome, as send_payment_request does, with `retry_of` and `attempt`.
+        """
+        if not confirm:
+            checked = await payments.retry_check(checkout_request_id)
+            if checked["status"] != "retryable":
+                raise ToolError(checked["message"])
+            raise ToolError(f"{checked['message']} Ask the person, then call again with confirm=true.")
+        result = await payments.retry(checkout_request_id, wait_for_completion)
+        if result.get("status") == "error":
+            raise ToolError(result["message"])
         return result
 
     @server.tool(annotations=ToolAnnotations(title="Check an M-Pesa payment", readOnlyHint=True,

@@ -16,6 +16,7 @@ from phonenumbers.geocoder import country_name_for_number
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
 
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
+RETRY_UNANSWERED = "retry_unanswered"  # "retry the ones that didn't answer"
 LAST, LIST, TOTALS = "last", "list", "totals"  # questions about stored payments, answered from any chat
 
 CHECKOUT_ID = re.compile(r"\bws_CO_\w+", re.IGNORECASE)
@@ -105,6 +106,13 @@ _NOT_A_PAYMENT = re.compile(
 )
 _RETRY_WORDS = re.compile(
     r"^(?:please\s+)?(?:try (?:it )?again|retry|resend|re-send|send (?:it )?again|again|jaribu tena|tuma tena|tena)\b",
+    re.IGNORECASE,
+)
+# "retry the ones that didn't answer", "resend to everyone who did not respond", "jaribu tena wale hawakujibu"
+_RETRY_UNANSWERED = re.compile(
+    r"^(?:please\s+)?(?:try (?:it |them )?again|retry|resend|re-send|send (?:it |them )?again|jaribu tena|tuma tena)\b"
+    r".*(?:\b(?:did ?n[o']?t|have ?n[o']?t|has ?n[o']?t|never|no)\s+(?:answer|respond|reply|pick)"
+    r"|\bunanswered\b|\bhawaku(?:jibu|itika|pokea)\b|\bno answer\b)",
     re.IGNORECASE,
 )
 _HELP_WORDS = re.compile(
@@ -208,6 +216,8 @@ def understand(text: str) -> Message:
     if listed is not None:
         return listed
     text = " ".join(str(text or "").split())
+    if _RETRY_UNANSWERED.match(text):
+        return Message(intent=RETRY_UNANSWERED)
     text = _GLUED_AFTER.sub(r" \1", _GLUED_BEFORE.sub(r"\1 ", text))
     marker = _last_marker(text)
     if marker is None:
@@ -438,7 +448,7 @@ def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     bare = _bare(text)
     send, status = _SEND_WORDS.search(text), _STATUS_WORDS.search(text)
     if checkout:
-        return STATUS
+        return RETRY if _RETRY_WORDS.match(bare) else STATUS  # "retry ws_CO_..." / "check ws_CO_..."
     if bare in _YES and not slots.has_slots:
         return YES
     if (bare in _NO or _CANCEL.match(bare)) and not slots.has_slots:

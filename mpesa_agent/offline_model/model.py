@@ -17,8 +17,8 @@ from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MORE_THAN_ONE_PHONE, NO, RETRY, SEND, STATUS, TOTALS,
-                                              YES, Message, Request, understand)
+from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MORE_THAN_ONE_PHONE, NO, RETRY, RETRY_UNANSWERED, SEND,
+                                              STATUS, TOTALS, YES, Message, Request, understand)
 from mpesa_agent.payments.periods import EAT
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
@@ -26,6 +26,9 @@ MODEL_NAME = "offline-mpesa"
 SEND_TOOL = "send_instant_payment_with_tracking"
 STATUS_TOOL = "check_payment_status_realtime"
 WAIT_TOOL = "wait_for_payment"
+RETRY_TOOL = "retry_payment"
+RETRY_MANY_TOOL = "retry_unanswered_payments"
+USE_THE_STEP = ("Please use the Approve or Reject step shown above: I send nothing until you approve it there.")
 BULK_TOOL = "request_bulk_payment"
 BULK_STATUS_TOOL = "bulk_payment_status"
 LISTED = 50  # people named in a bulk list or answer; the rest are counted
@@ -144,6 +147,7 @@ class Chat:
     last_send: dict | None = None
     last_result: tuple[str, dict] | None = None  # (tool, answer) of the latest payment tool call
     awaiting_confirmation: dict | None = None
+    awaiting_approval: bool = False  # ADK's approve / reject step is open (a confirmation the person must click)
     payments: list[tuple[str, str | None]] = field(default_factory=list)  # (checkout ID, phone)
     batch_id: str | None = None  # the bulk request this chat sent last
 
@@ -163,6 +167,13 @@ def decide(contents: list[types.Content]) -> Call | Say:
         if last.name == WAIT_TOOL:
             args = _send_args(_sent_with(events, last.data.get("checkout_request_id"))) or _send_args(_last_send(events))
             return _next_in_batch(events, reply_to_result(SEND_TOOL, args, last.data))
+        if last.name == RETRY_TOOL:
+            args = _retried_args(last.data)
+            if last.data.get("status") == "pending" and last.data.get("checkout_request_id"):
+                return Call(WAIT_TOOL, {}, say=_progress(args, again=True))
+            return Say(reply_to_result(RETRY_TOOL, args, last.data))
+        if last.name == RETRY_MANY_TOOL:
+            return Say(reply_to_result(RETRY_MANY_TOOL, {}, last.data))
         if last.name == STATUS_TOOL:
             args = {**_send_args(_sent_with(events, args.get("checkout_request_id"))), **args}
             return Say(reply_to_result(last.name, args, last.data))
@@ -239,10 +250,16 @@ def _call_for(events: list[Event], index: int) -> Event | None:
     return None
 
 
-def _progress(args: dict) -> str:
+def _progress(args: dict, again: bool = False) -> str:
     phone = _phone_of(args) or args.get("phone_number")
     purpose = f" for {args['context']}" if args.get("context") else ""
-    return f"📱 Prompt sent to {phone} for {_money(args.get('amount'))}{purpose} — waiting for their PIN…"
+    return (f"📱 Prompt sent {'again ' if again else ''}to {phone} for {_money(args.get('amount'))}{purpose} — "
+            "waiting for their PIN…")
+
+
+def _retried_args(result: dict) -> dict:
+    """A retry's answer carries the payment's phone, amount and purpose: the arguments its send had."""
+    return {key: result[key] for key in ("phone_number", "amount", "context") if result.get(key) not in (None, "")}
 
 
 def _last_send(events: list[Event]) -> dict:
@@ -252,8 +269,10 @@ def _last_send(events: list[Event]) -> dict:
 def _sent_with(events: list[Event], checkout_id: object) -> dict:
     """The send call's arguments for the payment with this checkout ID, if this chat made it."""
     for index, event in enumerate(events):
-        if event.kind == "result" and event.name == SEND_TOOL and checkout_id \
+        if event.kind == "result" and event.name in (SEND_TOOL, RETRY_TOOL) and checkout_id \
                 and event.data.get("checkout_request_id") == checkout_id:
+            if event.name == RETRY_TOOL:
+                return _retried_args(event.data)
             call = _call_for(events, index)
             return call.data if call else {}
     return {}
@@ -271,6 +290,11 @@ def _replay(events: list[Event]) -> Chat:
         elif event.kind == "result":
             call = _call_for(events, index)
             args = call.data if call else {}
+            chat.awaiting_approval = _asks_approval(event.data)
+            if event.name == RETRY_TOOL and event.data.get("retry_of"):  # a new push: what "try again" repeats
+                args = _retried_args(event.data)
+                chat.draft, chat.last_send = None, args
+                chat.last_result = (SEND_TOOL, event.data)
             checkout_id = event.data.get("checkout_request_id") or args.get("checkout_request_id")
             if event.name in (SEND_TOOL, STATUS_TOOL, WAIT_TOOL):
                 chat.last_result = (SEND_TOOL if event.name == WAIT_TOOL else event.name, event.data)
@@ -291,11 +315,18 @@ def _phone_of(args: dict) -> str | None:
         return None
 
 
+def _asks_approval(result: dict) -> bool:
+    """The placeholder answer of a tool waiting for ADK's approve / reject step."""
+    return result.get("status") == "needs_approval" or "requires confirmation" in str(result.get("error", ""))
+
+
 def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     """The answer to one user message, and the draft left open after it."""
+    if chat.awaiting_approval and msg.intent in (YES, NO, RETRY):
+        return Say(USE_THE_STEP), None
     pending = chat.awaiting_confirmation
-    if pending and msg.intent in (YES, RETRY):
-        return Call(SEND_TOOL, {**_send_args(pending), "confirm_repeat": True}), None
+    if pending and msg.intent in (YES, RETRY):  # the send tool asks through ADK's confirmation step this time
+        return Call(SEND_TOOL, _send_args(pending)), None
     if pending and msg.intent == NO:
         return Say("OK, I did not send it again."), None
     if chat.batch_id and (msg.asks_who_paid or (msg.intent == STATUS and not msg.checkout_id and not msg.phone
@@ -307,6 +338,8 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         return Say(f"Nothing has been sent in this chat yet. {_questions(chat.draft)}"), chat.draft
     if msg.intent == STATUS:
         return _status(chat, msg), None
+    if msg.intent == RETRY_UNANSWERED:
+        return Call(RETRY_MANY_TOOL, {}), None
     if msg.intent == LAST:
         return Call(LAST_TOOL, {"phone_number": msg.phone} if msg.phone else {}), None
     if msg.intent == LIST:
@@ -315,12 +348,7 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     if msg.intent == TOTALS:
         return Call(TOTALS_TOOL, {"period": msg.period or "today"}), None
     if msg.intent == RETRY:
-        if chat.last_send:
-            # "Try again" after a failed prompt is itself the confirmation the repeat guard asks for.
-            failed = chat.last_result and chat.last_result[0] == SEND_TOOL \
-                and chat.last_result[1].get("payment_status") == "failed"
-            return Call(SEND_TOOL, {**_send_args(chat.last_send), **({"confirm_repeat": True} if failed else {})}), None
-        return Say("There is nothing to try again yet in this chat. " + EXAMPLES), None
+        return _retry(chat, msg), None
     if chat.draft and chat.draft.confirm and msg.intent in (YES, RETRY):
         if chat.draft.requests:  # the rest follow one by one, each after the last one's outcome
             return Call(SEND_TOOL, _request_args(chat.draft.requests[0])), None
@@ -347,6 +375,35 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     if msg.intent == NO:
         return Say(_cannot_cancel(chat) or "OK, nothing was sent. " + EXAMPLES), None
     return Say(REFUSAL), None
+
+
+def _retry(chat: Chat, msg: Message) -> Call | Say:
+    """ "Try again": a failed payment is retried (a new push linked to it, approved by the person); one that
+    never went out is sent again; a paid, pending or unknown one is never sent again (it may be paid)."""
+    if msg.checkout_id:
+        return Call(RETRY_TOOL, {"checkout_request_id": msg.checkout_id})
+    if not chat.last_send:
+        return Say("There is nothing to try again yet in this chat. " + EXAMPLES)
+    tool, result = chat.last_result or ("", {})
+    checkout_id, state = result.get("checkout_request_id"), str(result.get("payment_status") or "").lower()
+    args = chat.last_send
+    what = f"{_money(_amount_of(args))} to {_phone_of(args)}"
+    if not checkout_id:  # it never reached a phone (refused, or M-Pesa never confirmed it: unknown)
+        if str(result.get("status")).lower() == "unknown":
+            return Say(f"M-Pesa never confirmed the request for {what}, so it may have reached their phone: I will "
+                       "not send it again. Ask the customer whether they got a prompt.")
+        return Call(SEND_TOOL, _send_args(args))
+    if state == "failed":
+        return Call(RETRY_TOOL, {} if tool == SEND_TOOL else {"checkout_request_id": checkout_id})
+    ref = _checkout(checkout_id)
+    if state == "completed":
+        return Say(f"The request for {what} was paid, so I will not send it again (that would charge them twice). "
+                   f'To ask for another payment, say e.g. "send {_amount_of(args)} to {_phone_of(args)}".{ref}')
+    if state == "unknown":
+        return Say(f"I can't tell whether the request for {what} was paid, so I will not send it again yet. "
+                   f"{ASK_AGAIN_LATER}{ref}")
+    return Say(f"The request for {what} is still waiting for their answer: they may still pay it, so I will not "
+               f"send another prompt now. {ASK_AGAIN_LATER}{ref}")
 
 
 def _bulk_request(msg: Message) -> Call | Say:
@@ -595,6 +652,12 @@ def reply_to_result(tool: str, args: dict, result: dict) -> str:
                 f"again yet. {ASK_AGAIN_LATER}")
     if status == "needs_confirmation":
         return f"{_sentence(message)} (yes / no)"
+    if status == "needs_approval":
+        return f"{_sentence(message)}\n{USE_THE_STEP}"
+    if result.get("rejected") or (tool in (RETRY_TOOL, RETRY_MANY_TOOL) and status == "error"):  # says why, and what next
+        return f"{'🛑 ' if result.get('rejected') else ''}{_sentence(message)}"
+    if status == "retried":
+        return message
     if status == "error":
         lowered = message.lower()
         if re.search(r"\b(?:try again|trying again|check|give)\b", lowered):

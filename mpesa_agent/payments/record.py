@@ -64,12 +64,22 @@ class Payment:
     batch_id: str | None = _column("TEXT", {"type": ["string", "null"],
                                             "description": "The bulk request (POST /payment/bulk) it belongs to."},
                                    updatable=False, default=None)
+    # Retries (issue 13): a retry is a new payment linked to the one it retries; `attempt` counts the chain.
+    retry_of: str | None = _column("TEXT", {"type": ["string", "null"], "description":
+                                            "The payment this one retries (a new STK Push for the same phone and amount)."},
+                                   updatable=False, default=None)
+    attempt: int = _column("INTEGER NOT NULL DEFAULT 1", {"type": "integer", "minimum": 1, "description":
+                                                           "1 for a first request, 2 for its retry, and so on."},
+                           updatable=False, initial=1, default=1)
+    retried_as: str | None = _column("TEXT", {"type": ["string", "null"], "description":
+                                              "The payment that retried this one, once it was sent."}, default=None)
 
     @classmethod
     def new(cls, checkout_request_id: str, phone_number: str, amount: int, description: str,
-            merchant_request_id: str | None, now: str, batch_id: str | None = None) -> "Payment":
-        """A payment as registration writes it (every other field at its initial value)."""
+            merchant_request_id: str | None, now: str, batch_id: str | None = None, **initial) -> "Payment":
+        """A payment as registration writes it (every other field at its initial value, or `initial`'s)."""
         values = {f.name: f.metadata["initial"] for f in FIELDS}
+        values.update(initial)
         values.update(checkout_request_id=checkout_request_id, phone_number=phone_number, amount=int(amount),
                       description=description, merchant_request_id=merchant_request_id,
                       created_at=now, updated_at=now, batch_id=batch_id)

@@ -59,6 +59,7 @@ class EventType(StrEnum):
     PAYMENT_UNKNOWN = "payment.unknown"
     PAYMENT_CONFLICT = "payment.conflict"  # contradicting evidence recorded, not applied
     PAYMENT_UPDATED = "payment.updated"  # anything else on the record: a receipt added, a query counted
+    PAYMENT_RETRIED = "payment.retried"  # a retry of this payment was sent (or may have been): data.retry says which
     CALLBACK_RECEIVED = "callback.received"
     CALLBACK_PARKED = "callback.parked"
     BATCH_STARTED = "batch.started"  # a bulk request was accepted (server/batches.py)

@@ -1,4 +1,4 @@
-"""The `/payment/*` API the agent's tools use (register, status, wait, history, analytics), `/payments`
+"""The `/payment/*` API the agent's tools use (register, status, wait, retry, history, analytics), `/payments`
 (the newest, for the CLI), `/health` and `/openapi.json`."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mpesa_agent.server import history as reports
 from mpesa_agent.server.http import error, json_object, manager, seconds, settings
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
+from mpesa_agent.server.retries import Retries, RetryRefused, retry_summary
 from mpesa_agent.server.store import DATABASE_ERRORS
 
 log = logging.getLogger("callback_server")
@@ -52,7 +53,43 @@ def status(checkout_request_id: str):
     payment = manager().status(checkout_request_id)
     if payment is None:
         return unknown_payment(checkout_request_id)
-    return jsonify({**notification(payment), "payment": payment.to_dict()})
+    return jsonify({**notification(payment), "payment": payment.to_dict(), **retry_fields(payment)})
+
+
+@blueprint.post("/payment/<checkout_request_id>/retry")
+def retry(checkout_request_id: str):
+    """A new STK Push for a failed payment, linked to it; the same retry again answers the first one's."""
+    data, raw = {}, request.get_data(cache=True)
+    if raw.strip():
+        data, problem = json_object(raw)
+        if problem:
+            return error(400, problem)
+    confirm = data.get("confirm_repeat", False)
+    if not isinstance(confirm, bool):
+        return error(400, "confirm_repeat must be true or false", fields={"confirm_repeat": "must be a boolean"})
+    try:
+        retried = retries().retry(checkout_request_id[:100], confirm_repeat=confirm)
+    except RetryRefused as exc:
+        response, code = error(exc.status_code, str(exc), **exc.extra)
+        if "retry_after" in exc.extra:
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response, code
+    return jsonify(retry_summary(retried)), 201 if retried.created else 200
+
+
+def retries() -> Retries:
+    return current_app.extensions["retries"]
+
+
+def retry_fields(payment: Payment) -> dict:
+    """A payment in a retry chain: every attempt, first to last, and its own retry (planned or sent)."""
+    fields = {}
+    if payment.retry_of or payment.retried_as:
+        fields["attempts"] = [attempt.to_dict() for attempt in retries().chain(payment)]
+    row = retries().row(payment.checkout_request_id)
+    if row is not None:
+        fields["retry"] = row.to_dict()
+    return fields
 
 
 @blueprint.get("/payment/wait/<checkout_request_id>")

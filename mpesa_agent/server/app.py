@@ -17,6 +17,7 @@ from mpesa_agent.server.channels import channel_id, channel_urls
 from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
+from mpesa_agent.server.retries import Retries
 from mpesa_agent.server.store import open_store
 
 log = logging.getLogger("callback_server")
@@ -35,6 +36,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.extensions["callback_manager"] = CallbackManager(store, settings)
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
     app.extensions["batches"] = Batches(store)  # sent by serve.py's BulkSender (app.extensions["bulk_sender"])
+    app.extensions["retries"] = Retries(app.extensions["callback_manager"], settings)
     try:
         app.extensions["webhooks"].sync_channels(channel_urls(settings), settings.notify_events, channel_id)
     except ValueError as exc:

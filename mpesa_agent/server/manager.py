@@ -95,6 +95,9 @@ class CallbackManager:
         # Called with a checkout id after a success callback is held for verification (the
         # reconciler sets it); without it, held payments wait for the reconciler's next start.
         self.on_unverified_success: Callable[[str], None] | None = None
+        # Called inside the transaction of every decision, after its changes and events (the automatic
+        # retrier schedules a retry of a failure there, so that the schedule commits with the failure).
+        self.decision_hooks: list[Callable[[Transaction, Payment, Decision], None]] = []
         store.event_listeners.append(self._on_event)  # settled by this process, or (PostgreSQL) by another
         self.rejected = 0  # refused callbacks since start (only a sample of them is stored)
         self._sample_budget, self._budget_at = float(REJECTED_SAMPLES_PER_MINUTE), time.monotonic()
@@ -106,11 +109,13 @@ class CallbackManager:
 
     def register(self, checkout_request_id: Any, phone_number: Any, amount: Any,
                  description: Any = "", merchant_request_id: Any = None, *, batch_id: str | None = None,
-                 within: Callable[[Transaction, Payment], None] | None = None) -> Registration:
+                 within: Callable[[Transaction, Payment], None] | None = None, retry_of: str | None = None,
+                 attempt: int = 1) -> Registration:
         """Track a payment; the same registration again is harmless, a different one conflicts.
 
         `within(tx, payment)` runs in the registration's own transaction (a bulk item records its
-        checkout id with it: both are committed, or neither)."""
+        checkout id with it, a retry its link: both are committed, or neither). A retry
+        (server/retries.py) names the payment it retries and its attempt number."""
         checkout_id, msisdn, amount, description, merchant_id = validate_registration(
             checkout_request_id, phone_number, amount, description, merchant_request_id,
             self.settings.max_amount if self.settings else None)
@@ -131,7 +136,8 @@ class CallbackManager:
                 if within is not None:
                     within(tx, existing)
                 return Registration(existing, False)
-            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id, batch_id)
+            payment = tx.insert_payment(checkout_id, msisdn, amount, description, merchant_id, batch_id,
+                                        **({"retry_of": retry_of, "attempt": attempt} if retry_of else {}))
             _log_event(tx, EventType.PAYMENT_REGISTERED, payment)
             for parked in tx.parked_callbacks(checkout_id):
                 result, changed = self._process(tx, parked)
@@ -294,6 +300,8 @@ class CallbackManager:
             payment = tx.update_payment(payment.checkout_request_id, **decision.changes)
         for event_type in decision.events:
             _log_event(tx, event_type, payment)
+        for hook in self.decision_hooks:
+            hook(tx, payment, decision)
         return decision, payment
 
     def _settle(self, checkout_request_id: str, evidence: QueryEvidence | GiveUp) -> tuple[Decision, Payment]:

@@ -37,6 +37,13 @@ SCHEMAS: dict[str, Any] = {
             "problems": {"type": "array", "items": {"$ref": "#/components/schemas/RowProblem"},
                          "description": "400 on POST /payment/bulk: every bad row, with its line and why."},
             "db": {"type": "string", "description": "503: the database file."},
+            "payment_status": {"enum": STATES, "description": "409 on retry: the payment's status."},
+            "needs": {"const": "confirm_repeat",
+                      "description": "409 on retry: the same push went out within PAYMENT_REPEAT_WINDOW."},
+            "retry_after": {"type": "integer", "description": "409 / 429 on retry: seconds until it would go."},
+            "retry": {"$ref": "#/components/schemas/Retry"},
+            "sent": {"type": ["boolean", "null"],
+                     "description": "502 on retry: false, nothing went out; null, it may have (not re-sent)."},
             "parameter": {"type": "string", "description": "400 on history and analytics: the wrong query parameter."},
         },
     },
@@ -170,6 +177,43 @@ SCHEMAS.update({
     "PaymentList": {
         "type": "object", "required": ["payments"], "additionalProperties": False,
         "properties": {"payments": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"}}},
+    },
+    "Retry": {
+        "type": "object", "additionalProperties": False,
+        "description": "A payment's retry (at most one per payment): planned, being sent, sent, unknown or skipped.",
+        "required": ["retry_of", "attempt", "requested_by", "state", "due_at", "tries", "checkout_request_id", "note",
+                     "created_at", "updated_at"],
+        "properties": {
+            "retry_of": {"type": "string"}, "attempt": {"type": "integer", "minimum": 2},
+            "requested_by": {"enum": ["person", "auto"]},
+            "state": {"enum": ["scheduled", "sending", "sent", "unknown", "skipped"],
+                      "description": "unknown: M-Pesa's answer to the push was lost; it is never sent again."},
+            "due_at": {"type": "string", "format": "date-time"},
+            "tries": {"type": "integer", "minimum": 0},
+            "checkout_request_id": {"type": ["string", "null"], "description": "The new push's, once sent."},
+            "note": {"type": ["string", "null"]},
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "RetryRequest": {
+        "type": "object",
+        "properties": {"confirm_repeat": {
+            "type": "boolean", "default": False,
+            "description": "true once the person confirmed a second prompt for the same amount within "
+                           "PAYMENT_REPEAT_WINDOW (120 s)."}},
+    },
+    "Retried": {
+        "type": "object", "additionalProperties": False,
+        "required": ["status", "created", "message", "checkout_request_id", "retry_of", "attempt", "payment_status",
+                     "payment"],
+        "properties": {
+            "status": {"const": "retried"},
+            "created": {"type": "boolean", "description": "false: this payment's retry had already been sent (200)."},
+            "message": {"type": "string"}, "checkout_request_id": {"type": "string", "description": "The new push's."},
+            "retry_of": {"type": "string"}, "attempt": {"type": "integer", "minimum": 2},
+            "payment_status": {"enum": STATES}, "payment": {"$ref": "#/components/schemas/Payment"},
+        },
     },
     "Timeline": {
         "type": "object", "required": ["checkout_request_id", "events"], "additionalProperties": False,
@@ -393,6 +437,9 @@ def _notification(status: str, payment_status: str, **extra: Any) -> dict:
     properties = {"status": {"const": status}, "message": {"type": "string", "minLength": 1},
                   "payment_status": {"const": payment_status}, "checkout_request_id": {"type": "string"},
                   **extra, "note": {"type": "string", "description": "How the outcome was learnt, if not plainly."},
+                  "attempts": {"type": "array", "items": {"$ref": "#/components/schemas/Payment"},
+                               "description": "Status of a payment in a retry chain: every attempt, first to last."},
+                  "retry": {"$ref": "#/components/schemas/Retry"},
                   "payment": {"$ref": "#/components/schemas/Payment"}}
     required = ["status", "message", "payment_status", "checkout_request_id", *extra, "payment"]
     return {"type": "object", "required": required, "additionalProperties": False, "properties": properties}
@@ -707,6 +754,30 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                                                         "contentSchema": _ref("Event")}}}}}},
                     "400": _error("A filter is not valid."),
                     "401": UNAUTHORIZED,
+                },
+            }},
+            "/payment/{checkout_request_id}/retry": {"post": {
+                "operationId": "retry",
+                "summary": "A new STK Push for a failed payment, linked to it (retry_of, attempt); at most one per "
+                           "payment: the same retry again answers the first one's (200).",
+                "description": "Allowed only when M-Pesa said the payment did not go through (failed, with nothing "
+                               "for review). Completed, pending and unknown payments are refused (409): the "
+                               "customer may have paid. The per-phone rate limit (429) and the repeat window "
+                               "(409 with needs=confirm_repeat) apply.",
+                "security": BEARER,
+                "parameters": [CHECKOUT_ID],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref("RetryRequest")}}},
+                "responses": {
+                    "201": _json("Sent: the new payment, pending.", _ref("Retried")),
+                    "200": _json("Already retried: the retry sent before.", _ref("Retried")),
+                    "400": _error("The body is not a JSON object, or confirm_repeat is not a boolean."),
+                    "401": UNAUTHORIZED,
+                    "404": _error("No payment registered with this id."),
+                    "409": _error("Not retryable (completed, pending, unknown, for review; or its retry's answer "
+                                  "was lost), or a repeat within PAYMENT_REPEAT_WINDOW without confirm_repeat."),
+                    "429": _json("The phone's rate limit.", _ref("Error"), headers={
+                        "Retry-After": {"description": "Seconds.", "schema": {"type": "integer"}}}),
+                    "502": _error("M-Pesa refused the push (sent false) or its answer was lost (sent null)."),
                 },
             }},
             "/payment/{checkout_request_id}/events": {"get": {

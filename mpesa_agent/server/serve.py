@@ -41,6 +41,8 @@ from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.pgstore import redact_url
 from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, SqlStore, is_postgres_url, open_store
+from mpesa_agent.server.retries import AutoRetrier
+from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
 
 log = logging.getLogger("callback_server")
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
           f"success callbacks confirmed by STK Query: {'on' if settings.verify_success_by_query else 'off'}\n"
+          f"Automatic retry: {auto_retry_line(settings)}\n"
           f"Bulk requests: at most {settings.bulk_pushes_per_second:g} pushes per second (BULK_PUSHES_PER_SECOND)\n"
           f"Webhooks: {len(app.extensions['webhooks'].list())} endpoint(s), retried {len(settings.webhook_retry_schedule)} "
           f"times over {sum(settings.webhook_retry_schedule) / 3600:.3g} h, private URLs "
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     reconciler = Reconciler(manager, daraja, settings).start()
     dispatcher = Dispatcher(app.extensions["webhooks"], settings).start()
     sender = app.extensions["bulk_sender"] = BulkSender(app.extensions["batches"], manager, daraja, settings).start()
+    retries = app.extensions["retries"]
+    retries.daraja = daraja  # the same client for retries
+    retrier = AutoRetrier(retries).start() if settings.auto_retry else None
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -170,10 +176,19 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
         sender.stop()
         dispatcher.stop()
         reconciler.stop()
+        if retrier is not None:
+            retrier.stop()
         manager.store.close()
         if owner is not None:
             owner.close()
     return 0
+
+
+def auto_retry_line(settings: Settings) -> str:
+    if not settings.auto_retry:
+        return "off (PAYMENT_AUTO_RETRY=false)"
+    return (f"on: no answer (1037, 1019, 1036) and M-Pesa busy (26, 1001) retried {settings.auto_retry_delay:g} s "
+            f"later, at most {settings.auto_retry_max} retries per payment; never a cancel or a wrong PIN")
 
 
 def describe_store(store: SqlStore) -> str:

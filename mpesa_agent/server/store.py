@@ -37,8 +37,9 @@ from mpesa_agent.payments.states import CallbackOutcome
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
-# 4: history indexes (issue 11); 5: bulk requests (batches, batch_items, payments.batch_id; issue 13)
+SCHEMA_VERSION = 6  # 1: payments and callbacks; 2: the event log, one receipt per completed payment; 3: webhooks;
+# 4: history indexes (issue 11); 5: bulk requests (batches, batch_items, payments.batch_id; issue 13);
+# 6: retries (payments.retry_of / attempt / retried_as, the payment_retries table; issue 13)
 BUSY_TIMEOUT_SECONDS = 15.0
 IDLE_READERS_KEPT = 16  # more are opened when many threads read at once, and closed afterwards
 MAX_EVENTS_PAGE = 1000
@@ -163,6 +164,23 @@ CREATE TABLE IF NOT EXISTS batch_items (
     PRIMARY KEY (batch_id, position)
 );
 CREATE INDEX IF NOT EXISTS batch_items_by_state ON batch_items (state, batch_id, position);
+
+-- Issue 13, retries (server/retries.py): at most one retry per payment, claimed here before its push is
+-- sent, so two requests (or a request and the automatic retrier) can never both push; a claim whose push
+-- answer was lost (a crash) becomes 'unknown' and is never sent again.
+CREATE TABLE IF NOT EXISTS payment_retries (
+    retry_of TEXT PRIMARY KEY REFERENCES payments (checkout_request_id),
+    attempt INTEGER NOT NULL,             -- the new push's place in the chain (2 for a first retry)
+    requested_by TEXT NOT NULL CHECK (requested_by IN ('person', 'auto')),
+    state TEXT NOT NULL CHECK (state IN ('scheduled', 'sending', 'sent', 'unknown', 'skipped')),
+    due_at TEXT NOT NULL,                 -- when it may be sent (automatic retries wait)
+    tries INTEGER NOT NULL DEFAULT 0,     -- automatic sends that Daraja refused before anything went out
+    checkout_request_id TEXT,             -- the new push's, once Daraja accepted it
+    note TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payment_retries_due ON payment_retries (state, due_at);
 """
 SQLITE_ONLY = """
 CREATE TRIGGER IF NOT EXISTS events_are_never_changed BEFORE UPDATE ON events
@@ -304,9 +322,10 @@ class Transaction:
             f"SELECT {PAYMENT_COLUMNS} FROM payments WHERE checkout_request_id = ?", (checkout_request_id,)).fetchone())
 
     def insert_payment(self, checkout_request_id: str, phone_number: str, amount: int,
-                       description: str, merchant_request_id: str | None, batch_id: str | None = None) -> Payment:
+                       description: str, merchant_request_id: str | None, batch_id: str | None = None,
+                       **initial) -> Payment:
         payment = Payment.new(checkout_request_id, phone_number, amount, description, merchant_request_id, utcnow(),
-                              batch_id=batch_id)
+                              batch_id=batch_id, **initial)
         values = payment.to_dict()
         self.conn.execute(f"INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
                           tuple(values.values()))
