@@ -1,6 +1,6 @@
 """The dashboard at /dashboard: sign in with the API key, the live feed (Server-Sent Events from the
-event log), history with filters and exports, a payment's own page, analytics, and bulk requests
-(batches: their progress, outcome, CSV and cancel).
+event log), history with filters and exports, a payment's own page (and retrying a failed one),
+analytics, and bulk requests (batches: their progress, outcome, CSV and cancel).
 
 Pages are Flask templates (server/templates/dashboard/), assets ship in server/static/ (nothing
 from a CDN); charts are SVG drawn on the server (server/charts.py). Who may see it:
@@ -13,20 +13,22 @@ from datetime import datetime, timezone
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Response, get_template_attribute, json, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import (Blueprint, Response, current_app, get_template_attribute, json, redirect, render_template,
+                   request, stream_with_context, url_for)
 
+from mpesa_agent.payments.bulk import BatchStatus
 from mpesa_agent.payments.messages import render
 from mpesa_agent.payments.periods import EAT, PERIODS, InvalidTime, period
 from mpesa_agent.payments.phones import display_phone
-from mpesa_agent.payments.states import SETTLED_EVENTS, CallbackOutcome, EventType
-from mpesa_agent.payments.bulk import BatchStatus
+from mpesa_agent.payments.retry import retry_refusal
+from mpesa_agent.payments.states import FAILED, SETTLED_EVENTS, UNKNOWN, CallbackOutcome, EventType
 from mpesa_agent.server import bulk
 from mpesa_agent.server import dashboard_auth as auth
 from mpesa_agent.server import history as payment_history
 from mpesa_agent.server.charts import stacked_bars
 from mpesa_agent.server.events import stream_response
 from mpesa_agent.server.http import manager, settings
+from mpesa_agent.server.retries import SCHEDULED, SKIPPED, Retries, RetryRefused
 from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event
 
 FEED_SIZE = 50
@@ -41,6 +43,7 @@ EVENT_WORDS = {
     "payment.updated": "Record updated",
     "callback.received": "Callback from M-Pesa",
     "callback.parked": "Callback before registration (parked)",
+    "payment.retried": "Retried: a new prompt was sent, as a new payment",
 }
 # What a batch's item came to (payments/bulk.py OUTCOMES), in the words the pages use.
 OUTCOME_WORDS = {"completed": "paid", "failed": "not paid", "pending": "waiting for the customer",
@@ -260,6 +263,12 @@ def download(body, mimetype: str, extension: str) -> Response:
 
 @blueprint.get("/payments/<checkout_request_id>")
 def payment(checkout_request_id: str):
+    return payment_page(checkout_request_id)
+
+
+def payment_page(checkout_request_id: str, retry_problem: str | None = None, confirm_repeat: bool = False,
+                 status: int = 200):
+    """A payment: its record, timeline, raw callbacks and conflicts; its retry chain, and retrying it."""
     store = manager().store
     found = store.payment(checkout_request_id)
     if found is None:
@@ -267,10 +276,49 @@ def payment(checkout_request_id: str):
                             404)
     timeline = store.events(checkout_request_id=checkout_request_id, limit=MAX_EVENTS_PAGE)
     callbacks = payment_history.payment_callbacks(store, checkout_request_id, settings().callback_token)
+    chain = retries().chain(found) if found.retry_of or found.retried_as else []
+    row = retries().row(checkout_request_id)
+    refusal = retry_refusal(found)
+    retried = request.args.get("retried")
     return render_template("dashboard/payment.html", p=found, timeline=timeline, callbacks=callbacks,
                            conflicts=[c for c in callbacks if c["outcome"] == CallbackOutcome.CONFLICT],
                            say=announcement(SETTLED_EVENTS.get(found.status, ""), found.to_dict()),
-                           event_words=EVENT_WORDS)
+                           event_words=EVENT_WORDS, chain=chain, retry_row=row,
+                           may_retry=refusal is None and not found.retried_as and (
+                               row is None or row.state in (SCHEDULED, SKIPPED)),
+                           why_not_retry=refusal if found.status in (FAILED, UNKNOWN) else None,
+                           retry_problem=retry_problem, confirm_repeat=confirm_repeat,
+                           retried=retried if retried in ("new", "again") else None), status
+
+
+@blueprint.post("/payments/<checkout_request_id>/retry")
+def retry_payment(checkout_request_id: str):
+    """The API's retry (server/retries.py): a new STK Push linked to this failed payment, then its page.
+    Within 2 minutes of the last identical push it is sent only once the person confirms it."""
+    confirm = request.form.get("confirm_repeat") == "yes"
+    try:
+        retried = retries().retry(checkout_request_id[:100], confirm_repeat=confirm)
+    except RetryRefused as exc:
+        if exc.status_code == 404:
+            return problem_page("No such payment", str(exc), 404)
+        repeat = exc.extra.get("needs") == "confirm_repeat"
+        return payment_page(checkout_request_id, repeat_words(checkout_request_id, exc) if repeat else str(exc),
+                            confirm_repeat=repeat, status=exc.status_code)
+    return redirect(url_for(".payment", checkout_request_id=retried.payment.checkout_request_id,
+                            retried="new" if retried.created else "again"))
+
+
+def retries() -> Retries:
+    return current_app.extensions["retries"]
+
+
+def repeat_words(checkout_request_id: str, exc: RetryRefused) -> str:
+    """The repeat rule in a person's words (the API's message tells a program which field to send)."""
+    found = manager().store.payment(checkout_request_id)
+    return (f"Not sent yet: {phone(found.phone_number)} was asked for KES {kes(found.amount)} less than 2 minutes "
+            "ago. M-Pesa may decline the same request so soon, and the customer would see a second prompt. "
+            f"Send it anyway only if they expect it; otherwise wait {exc.extra.get('retry_after', 120)} seconds "
+            "and retry.")
 
 
 def problem_page(title: str, problem: str, status: int):
