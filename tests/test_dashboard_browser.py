@@ -150,6 +150,30 @@ def test_the_analytics_page_agrees_with_the_database(signed_in, stack):
     assert page.locator("svg.chart rect.bar-completed").count() >= 1
 
 
+def test_a_failed_payment_is_retried_from_its_page_and_the_attempts_link_each_other(signed_in, stack):
+    page = signed_in
+    phone = "0744000444"
+    stack.control("POST", "/rules", json={"phone": phone, "result_code": 1032})
+    first = chromium.push(stack, phone, 90, "retry me")
+    wait_for_status(stack, first, "failed")
+    page.goto(f"{stack.url}/dashboard/payments/{first}")
+    page.click("#retry-box summary")
+    expect_text(page.locator("#retry-box"), "A new M-Pesa prompt for KES 90 will reach 0744000444's phone now")
+    page.click("#retry-payment")
+    expect_text(page.locator("#retry-problem"), "less than 2 minutes ago")  # the repeat rule: asked again
+    assert len(stack.pushes_to("254744000444")) == 1
+    page.click("#retry-payment")  # "Yes, send a second prompt now"
+    expect_text(page.locator("#retry-done"), "A new prompt went to 0744000444 for KES 90: this is attempt 2")
+    retried = page.url.split("/payments/")[1].split("?")[0]
+    assert retried != first and [t["checkout_request_id"] for t in stack.pushes_to("254744000444")][-1] == retried
+    attempts = page.locator("#attempts li")
+    assert attempts.count() == 2 and "this payment" in attempts.nth(1).inner_text()
+    attempts.nth(0).locator("a").click()  # back to the first attempt, which links to the new one
+    page.wait_for_url(f"**/dashboard/payments/{first}")
+    assert page.locator(f"#attempts a[href$='{retried}']").count() == 1
+    assert page.locator("#retry-box").count() == 0  # retried once: no second button
+
+
 def test_sign_out_ends_the_session(signed_in, stack):
     page = signed_in
     page.click(".sign-out button")

@@ -120,15 +120,22 @@ def report(batch_id: str):
 @blueprint.get("/payment/bulk/<batch_id>.csv")
 def report_csv(batch_id: str):
     """Every item of the batch, with its outcome, as CSV."""
+    answer = csv_download(batch_id)
+    return answer if answer is not None else unknown_batch(batch_id)
+
+
+def csv_download(batch_id: str) -> Response | None:
+    """The batch's items with their outcomes as a CSV attachment (None: no such batch); the
+    dashboard's download is this too."""
     found = batches().report(batch_id, with_items=True)
     if found is None:
-        return unknown_batch(batch_id)
+        return None
     out = io.StringIO()
     writer = csv.DictWriter(out, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(found["items"])
     return Response(out.getvalue(), mimetype="text/csv", headers={
-        "Content-Disposition": f'attachment; filename="{batch_id}.csv"'})
+        "Content-Disposition": f'attachment; filename="{found["id"]}.csv"'})
 
 
 @blueprint.post("/payment/bulk/<batch_id>/cancel")

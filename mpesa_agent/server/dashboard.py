@@ -1,5 +1,6 @@
 """The dashboard at /dashboard: sign in with the API key, the live feed (Server-Sent Events from the
-event log), history with filters and exports, a payment's own page, and analytics.
+event log), history with filters and exports, a payment's own page (and retrying a failed one),
+analytics, and bulk requests (batches: their progress, outcome, CSV and cancel).
 
 Pages are Flask templates (server/templates/dashboard/), assets ship in server/static/ (nothing
 from a CDN); charts are SVG drawn on the server (server/charts.py). Who may see it:
@@ -12,18 +13,22 @@ from datetime import datetime, timezone
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from flask import (Blueprint, Response, get_template_attribute, json, redirect, render_template, request,
-                   stream_with_context, url_for)
+from flask import (Blueprint, Response, current_app, get_template_attribute, json, redirect, render_template,
+                   request, stream_with_context, url_for)
 
+from mpesa_agent.payments.bulk import BatchStatus
 from mpesa_agent.payments.messages import render
 from mpesa_agent.payments.periods import EAT, PERIODS, InvalidTime, period
 from mpesa_agent.payments.phones import display_phone
-from mpesa_agent.payments.states import SETTLED_EVENTS, CallbackOutcome, EventType
+from mpesa_agent.payments.retry import retry_refusal
+from mpesa_agent.payments.states import FAILED, SETTLED_EVENTS, UNKNOWN, CallbackOutcome, EventType
+from mpesa_agent.server import bulk
 from mpesa_agent.server import dashboard_auth as auth
 from mpesa_agent.server import history as payment_history
 from mpesa_agent.server.charts import stacked_bars
 from mpesa_agent.server.events import stream_response
 from mpesa_agent.server.http import manager, settings
+from mpesa_agent.server.retries import SCHEDULED, SKIPPED, Retries, RetryRefused
 from mpesa_agent.server.store import MAX_EVENTS_PAGE, Event
 
 FEED_SIZE = 50
@@ -38,7 +43,14 @@ EVENT_WORDS = {
     "payment.updated": "Record updated",
     "callback.received": "Callback from M-Pesa",
     "callback.parked": "Callback before registration (parked)",
+    "payment.retried": "Retried: a new prompt was sent, as a new payment",
 }
+# What a batch's item came to (payments/bulk.py OUTCOMES), in the words the pages use.
+OUTCOME_WORDS = {"completed": "paid", "failed": "not paid", "pending": "waiting for the customer",
+                 "unknown": "needs review", "not_sent": "refused by M-Pesa (not sent)",
+                 "cancelled": "cancelled (not sent)", "queued": "not sent yet", "sending": "being sent"}
+BATCH_WORDS = {BatchStatus.SENDING: "sending", BatchStatus.SENT: "all sent", BatchStatus.CANCELLED: "cancelled"}
+BATCHES_SHOWN = 50
 CHART_SERIES = (("completed", "paid"), ("failed", "not paid"), ("unknown", "needs review"), ("pending", "waiting"))
 DEFAULT_PERIOD = "last_7_days"
 PERIOD_CHOICES = [(name, name.replace("_", " ").capitalize()) for name in PERIODS]
@@ -50,6 +62,8 @@ blueprint = Blueprint("dashboard", __name__, url_prefix="/dashboard", template_f
                       static_folder="static", static_url_path="/static")
 
 blueprint.add_app_template_global(STATUS_WORDS, "status_words")
+blueprint.add_app_template_global(OUTCOME_WORDS, "outcome_words")
+blueprint.add_app_template_global(BATCH_WORDS, "batch_words")
 
 
 @blueprint.before_request
@@ -249,6 +263,12 @@ def download(body, mimetype: str, extension: str) -> Response:
 
 @blueprint.get("/payments/<checkout_request_id>")
 def payment(checkout_request_id: str):
+    return payment_page(checkout_request_id)
+
+
+def payment_page(checkout_request_id: str, retry_problem: str | None = None, confirm_repeat: bool = False,
+                 status: int = 200):
+    """A payment: its record, timeline, raw callbacks and conflicts; its retry chain, and retrying it."""
     store = manager().store
     found = store.payment(checkout_request_id)
     if found is None:
@@ -256,10 +276,49 @@ def payment(checkout_request_id: str):
                             404)
     timeline = store.events(checkout_request_id=checkout_request_id, limit=MAX_EVENTS_PAGE)
     callbacks = payment_history.payment_callbacks(store, checkout_request_id, settings().callback_token)
+    chain = retries().chain(found) if found.retry_of or found.retried_as else []
+    row = retries().row(checkout_request_id)
+    refusal = retry_refusal(found)
+    retried = request.args.get("retried")
     return render_template("dashboard/payment.html", p=found, timeline=timeline, callbacks=callbacks,
                            conflicts=[c for c in callbacks if c["outcome"] == CallbackOutcome.CONFLICT],
                            say=announcement(SETTLED_EVENTS.get(found.status, ""), found.to_dict()),
-                           event_words=EVENT_WORDS)
+                           event_words=EVENT_WORDS, chain=chain, retry_row=row,
+                           may_retry=refusal is None and not found.retried_as and (
+                               row is None or row.state in (SCHEDULED, SKIPPED)),
+                           why_not_retry=refusal if found.status in (FAILED, UNKNOWN) else None,
+                           retry_problem=retry_problem, confirm_repeat=confirm_repeat,
+                           retried=retried if retried in ("new", "again") else None), status
+
+
+@blueprint.post("/payments/<checkout_request_id>/retry")
+def retry_payment(checkout_request_id: str):
+    """The API's retry (server/retries.py): a new STK Push linked to this failed payment, then its page.
+    Within 2 minutes of the last identical push it is sent only once the person confirms it."""
+    confirm = request.form.get("confirm_repeat") == "yes"
+    try:
+        retried = retries().retry(checkout_request_id[:100], confirm_repeat=confirm)
+    except RetryRefused as exc:
+        if exc.status_code == 404:
+            return problem_page("No such payment", str(exc), 404)
+        repeat = exc.extra.get("needs") == "confirm_repeat"
+        return payment_page(checkout_request_id, repeat_words(checkout_request_id, exc) if repeat else str(exc),
+                            confirm_repeat=repeat, status=exc.status_code)
+    return redirect(url_for(".payment", checkout_request_id=retried.payment.checkout_request_id,
+                            retried="new" if retried.created else "again"))
+
+
+def retries() -> Retries:
+    return current_app.extensions["retries"]
+
+
+def repeat_words(checkout_request_id: str, exc: RetryRefused) -> str:
+    """The repeat rule in a person's words (the API's message tells a program which field to send)."""
+    found = manager().store.payment(checkout_request_id)
+    return (f"Not sent yet: {phone(found.phone_number)} was asked for KES {kes(found.amount)} less than 2 minutes "
+            "ago. M-Pesa may decline the same request so soon, and the customer would see a second prompt. "
+            f"Send it anyway only if they expect it; otherwise wait {exc.extra.get('retry_after', 120)} seconds "
+            "and retry.")
 
 
 def problem_page(title: str, problem: str, status: int):
@@ -298,3 +357,76 @@ def analytics():
 def short_date(day: str) -> str:
     """2026-11-29 -> "29 Nov"."""
     return datetime.fromisoformat(day).strftime("%d %b")
+
+
+# --- bulk requests (batches) ---------------------------------------------------------------------
+
+@blueprint.get("/batches")
+def batches():
+    """The newest batches, newest first: counts by outcome, KES asked and paid, progress.
+    `?part=live` is the table alone, which the page fetches again when a batch changes."""
+    store = manager().store
+    after = store.last_event_id()  # before the batches: a change in between reaches the page by the stream
+    found = bulk.batches().recent(BATCHES_SHOWN)
+    if request.args.get("part") == "live":
+        return render_template("dashboard/_batches.html", batches=found)
+    return render_template("dashboard/batches.html", batches=found, after=after, shown=BATCHES_SHOWN)
+
+
+@blueprint.get("/batches/<batch_id>")
+def batch(batch_id: str):
+    """One batch: its summary line, counts and KES by outcome, who has not paid, who failed and why,
+    every item with a link to its payment, the CSV, and cancelling what is not sent yet.
+    `?part=live` is the part that changes, fetched again on each of the batch's events."""
+    store = manager().store
+    after = store.last_event_id()
+    found = bulk.batches().report(batch_id, with_items=True)
+    if found is None:
+        return problem_page("No such batch", f"No bulk request has the id {batch_id[:100]}.", 404)
+    if request.args.get("part") == "live":
+        return render_template("dashboard/_batch.html", b=found)
+    cancelled = request.args.get("cancelled", "")
+    return render_template("dashboard/batch.html", b=found, after=after,
+                           cancelled=int(cancelled) if cancelled.isascii() and cancelled.isdigit() else None)
+
+
+@blueprint.get("/batches/<batch_id>.csv")
+def batch_csv(batch_id: str):
+    answer = bulk.csv_download(batch_id)
+    return answer if answer is not None else problem_page("No such batch",
+                                                          f"No bulk request has the id {batch_id[:100]}.", 404)
+
+
+@blueprint.post("/batches/<batch_id>/cancel")
+def cancel_batch(batch_id: str):
+    """The API's cancel (server/batches.py): the items not sent yet are never sent."""
+    found, cancelled = bulk.batches().cancel(batch_id)
+    if found is None:
+        return problem_page("No such batch", f"No bulk request has the id {batch_id[:100]}.", 404)
+    return redirect(url_for(".batch", batch_id=found["id"], cancelled=cancelled))
+
+
+@blueprint.get("/batches/stream")
+def batches_stream():
+    """Which batch each batch.* or batch payment's event is about: the pages then fetch their numbers."""
+    return stream_response(batch_frame)
+
+
+@blueprint.app_template_global()
+def batch_progress(b: dict) -> dict:
+    """A batch in brief as the pages count it: items not sent yet, sent to M-Pesa, with their final answer."""
+    count = {outcome: numbers["count"] for outcome, numbers in b["by_outcome"].items()}
+    unsent = count["queued"] + count["sending"]
+    final = b["item_count"] - unsent - count["pending"]
+    return {"unsent": unsent, "queued": count["queued"], "final": final, "waiting": count["pending"],
+            "sent": b["item_count"] - unsent - count["cancelled"] - count["not_sent"],
+            "unsent_amount": b["by_outcome"]["queued"]["amount"]}
+
+
+def batch_frame(event: Event) -> str:
+    if not event.type.startswith(("batch.", "payment.")):
+        return ""  # a callback changes a payment only through a payment.* event
+    batch_id = (event.data.get("batch") or {}).get("id") or (event.data.get("payment") or {}).get("batch_id")
+    if not batch_id:
+        return ""
+    return f"id: {event.id}\ndata: {json.dumps({'type': event.type, 'batch_id': batch_id})}\n\n"
