@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -32,6 +31,7 @@ from mpesa_agent.payments.bulk import (UNKNOWN_AFTER_CRASH, BatchStatus, ItemSta
                                        payment_description, settled, summary, tally)
 from mpesa_agent.payments.phones import masked_phone
 from mpesa_agent.payments.states import COMPLETED, EventType
+from mpesa_agent.server.jobs import BackgroundJob
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.store import Store, Transaction, utcnow
 
@@ -259,38 +259,26 @@ class Batches:
                 "finished_at": batch["finished_at"], "settled_at": batch["settled_at"]}
 
 
-class BulkSender:
+class BulkSender(BackgroundJob):
     """The thread that pushes queued items, one at a time, at `bulk_pushes_per_second`."""
+
+    thread_name = "bulk-sender"
 
     def __init__(self, batches: Batches, manager: CallbackManager, daraja: DarajaClient, settings: Settings, *,
                  clock: Callable[[], float] = time.monotonic):
+        super().__init__()
         self.batches, self.manager, self.daraja, self.settings = batches, manager, daraja, settings
         self.clock = clock
         self.interval = 1.0 / settings.bulk_pushes_per_second
-        self._stopped, self._poked = threading.Event(), threading.Event()
         self._next_push = 0.0
         self._paused_until = 0.0
         self._pause = 0.0
         self._led = False  # was this process the sender at the last look
-        self._thread: threading.Thread | None = None
 
     def start(self) -> "BulkSender":
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="bulk-sender", daemon=True)
-        self._thread.start()
+        super().start()
         log.info("bulk sender: at most %g pushes per second", self.settings.bulk_pushes_per_second)
         return self
-
-    def poke(self) -> None:
-        """A batch was created: look now."""
-        self._poked.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped.set()
-        self._poked.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def _leading(self) -> bool:
         """This process sends (PostgreSQL: the one holding the leader lock). On becoming the sender, items

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
+from mpesa_agent.server.jobs import BackgroundJob
 from mpesa_agent.server.manager import AWAITING, RECONCILER, CallbackManager, UnknownPayment
 from mpesa_agent.config import Settings
 from mpesa_agent.daraja import DarajaClient, StkQueryResult
@@ -71,19 +72,20 @@ def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
 
 
-class Reconciler:
+class Reconciler(BackgroundJob):
     """STK Query for payments that need it, on a schedule that stays under Daraja's throttling."""
+
+    thread_name = "reconciler"
 
     def __init__(self, manager: CallbackManager, daraja: DarajaClient, settings: Settings, *,
                  schedule: Schedule = Schedule(), clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], object] | None = None):
+        super().__init__()
         self.manager = manager
         self.daraja = daraja
         self.settings = settings
         self.schedule = schedule
         self.clock = clock
-        self._stopped = threading.Event()
-        self._poked = threading.Event()
         self._sleep = sleep or self._stopped.wait
         self._lock = threading.Lock()
         self._to_verify: set[str] = set()
@@ -91,7 +93,6 @@ class Reconciler:
         self._last_query = -float("inf")
         self._paused_until = 0.0
         self._pause = 0.0
-        self._thread: threading.Thread | None = None
         manager.on_unverified_success = self.verify_soon
 
     def verify_soon(self, checkout_request_id: str) -> None:
@@ -101,20 +102,11 @@ class Reconciler:
         self._poked.set()
 
     def start(self) -> "Reconciler":
-        self._stopped.clear()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
-        self._thread.start()
+        super().start()
         log.info("reconciler: pending payments are queried %d s after registration%s",
                  self.settings.reconcile_after,
                  "; success callbacks are confirmed by STK Query" if self.settings.verify_success_by_query else "")
         return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stopped.set()
-        self._poked.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def _run(self) -> None:
         while not self._stopped.is_set():
