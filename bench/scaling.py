@@ -27,19 +27,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.scenarios import (ACCEPTED, _api, _register_all, _until_waiting, _waiter, callback_body,
                              callback_ingestion, notification_latency_one, summary_ms)
 from bench.stack import API_KEY, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
 from harness import Stack, callback_server
+from harness.postgres import Database, admin_url
 from mpesa_agent.server.wsgi import HEADER_SECONDS
 
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 SENDERS = 32
 
 
@@ -53,32 +51,9 @@ def parse_args(argv):
                         help="callbacks per second while all is held (100: a very busy till, 6,000 a minute)")
     parser.add_argument("--ingest", type=int, default=3_000, help="callbacks per ingestion figure (3000)")
     parser.add_argument("--notify-samples", type=int, default=200, help="cross-process notifications timed (200)")
-    parser.add_argument("--postgres", default=os.environ.get("MPESA_TEST_POSTGRES_URL") or DEFAULT_POSTGRES,
+    parser.add_argument("--postgres", default=admin_url(),
                         help="a PostgreSQL URL the benchmark may CREATE DATABASE from")
     return parser.parse_args(argv)
-
-
-class Database:
-    """A PostgreSQL database of the benchmark's own: `url()` gives a fresh schema in it."""
-
-    def __init__(self, admin_url: str):
-        self.admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
-        self.name = f"mpesa_bench_{os.getpid()}"
-        self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.admin.execute(f'CREATE DATABASE "{self.name}"')
-        self.base = make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": self.name})
-
-    def url(self) -> str:
-        schema = f"b_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(self.base, autocommit=True) as conn:
-            conn.execute(f'CREATE SCHEMA "{schema}"')
-        from urllib.parse import quote, urlencode
-        return "postgresql://?" + urlencode({**conninfo_to_dict(self.base), "options": f"-csearch_path={schema}"},
-                                            quote_via=quote)
-
-    def close(self) -> None:
-        self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        self.admin.close()
 
 
 async def _sse(port: int, after: int, counts: list, stop: asyncio.Event) -> None:
@@ -220,20 +195,20 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
                  f"{one_sqlite['p99']:.1f} ms; {one_sqlite['server_cpu_ms']:.2f} ms CPU each", ">= 1,000/s",
                  verdict(one_sqlite["per_s"] >= 1000 and not one_sqlite["errors"])))
     try:
-        database = Database(args.postgres)
+        database = Database(args.postgres, "mpesa_bench")
     except psycopg.Error as exc:
         rows.append(("PostgreSQL rows", f"not run: no PostgreSQL at {args.postgres} ({str(exc).splitlines()[0]})",
                      "-", "SKIPPED"))
         return rows
     try:
         print("ingestion, PostgreSQL, one process ...", file=sys.stderr, flush=True)
-        with stack(tmp / "pg1", database.url()) as s:
+        with stack(tmp / "pg1", database.schema_url()) as s:
             one_pg = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))
         rows.append(("callback ingestion, PostgreSQL, 1 process", f"{one_pg['per_s']:,.0f}/s; ack p99 "
                      f"{one_pg['p99']:.1f} ms; {one_pg['server_cpu_ms']:.2f} ms CPU each", "report",
                      verdict(not one_pg["errors"])))
         print("ingestion, PostgreSQL, --workers 2 ...", file=sys.stderr, flush=True)
-        with stack(tmp / "pg2", database.url(), "--workers", "2") as s:
+        with stack(tmp / "pg2", database.schema_url(), "--workers", "2") as s:
             time.sleep(2)  # both workers up
             two_pg = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))
         ratio = two_pg["per_s"] / one_pg["per_s"]
@@ -241,7 +216,7 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
                      f"ack p99 {two_pg['p99']:.1f} ms", ">= 1.7x one process",
                      verdict(ratio >= 1.7 and not two_pg["errors"])))
         print("cross-process notification ...", file=sys.stderr, flush=True)
-        url = database.url()
+        url = database.schema_url()
         with stack(tmp / "xa", url) as a:
             b = callback_server(tmp / "xa", api_key=API_KEY, token=TOKEN, PAYMENTS_DB=url).start(60)
             try:
@@ -253,7 +228,7 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
                      f"p50 {cross['p50']:.1f} / p99 {cross['p99']:.1f} ms; {cross['errors']} errors",
                      "p99 <= 20 ms", verdict(cross["p99"] <= 20 and not cross["errors"])))
     finally:
-        database.close()
+        database.drop()
     return rows
 
 

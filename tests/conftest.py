@@ -1,12 +1,12 @@
 import os
 import threading
-import uuid
-from urllib.parse import quote, urlencode
 
+import psycopg
 import pytest
 from werkzeug.serving import make_server
 
 from callback_server import create_app
+from harness.postgres import Database, admin_url
 from mpesa_agent.config import Settings
 from mpesa_agent.simulator import create_app as create_simulator
 
@@ -18,9 +18,6 @@ def _clean_environment(monkeypatch):
         if name.startswith(("MPESA_", "CALLBACK_", "PAYMENT", "GOOGLE_", "GEMINI_", "SIMULATOR_", "TRUSTED_",
                             "RECONCILE_", "VERIFY_", "WEBHOOK", "BULK_", "DASHBOARD_")):
             monkeypatch.delenv(name, raising=False)
-
-
-DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
 def pytest_configure(config):
@@ -41,44 +38,27 @@ def db_kind(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def postgres_database():
-    """A PostgreSQL database of this test run's own, dropped at the end: its URL.
+def postgres_database() -> Database:
+    """A PostgreSQL database of this test run's own (harness/postgres.py), dropped at the end.
 
-    From MPESA_TEST_POSTGRES_URL (any database the user may CREATE DATABASE from), else the local
-    server at 127.0.0.1:5432. Without one the PostgreSQL tests are skipped, saying how to enable
-    them; under CI=true they fail instead."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    admin_url = os.environ.get("MPESA_TEST_POSTGRES_URL") or DEFAULT_TEST_POSTGRES_URL
+    From MPESA_TEST_POSTGRES_URL, else the local server at 127.0.0.1:5432. Without one the
+    PostgreSQL tests are skipped, saying how to enable them; under CI=true they fail instead."""
     try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=5)
+        database = Database(admin_url(), "mpesa_test")
     except psycopg.Error as exc:
-        why = (f"PostgreSQL tests skipped: no server at {admin_url} ({str(exc).strip().splitlines()[0]}). "
+        why = (f"PostgreSQL tests skipped: no server at {admin_url()} ({str(exc).strip().splitlines()[0]}). "
                "Set MPESA_TEST_POSTGRES_URL=postgresql://user@host:port/dbname to run them.")
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{why} Under CI=true they must run.", pytrace=False)
         pytest.skip(why)
-    name = f"mpesa_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_conninfo(**{**conninfo_to_dict(admin_url), "dbname": name})
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    yield database
+    database.drop()
 
 
 @pytest.fixture
-def postgres_url(postgres_database):
+def postgres_url(postgres_database) -> str:
     """A schema of its own in the test run's database, as a postgresql:// URL (search_path set)."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_database, autocommit=True) as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-    parts = {**conninfo_to_dict(postgres_database), "options": f"-csearch_path={schema}"}
-    return "postgresql://?" + urlencode(parts, quote_via=quote)
+    return postgres_database.schema_url()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ def test_the_benchmark_runs_and_prints_every_row():
 def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
     """`python -m bench.scaling` at tiny sizes, on this run's PostgreSQL: every row printed, none FAILED."""
     done = subprocess.run([sys.executable, "-m", "bench.scaling", "--waiters", "20", "--sse", "5", "--idle", "5",
-                           "--callbacks", "10", "--ingest", "60", "--notify-samples", "5", "--postgres", postgres_database],
+                           "--callbacks", "10", "--ingest", "60", "--notify-samples", "5", "--postgres", postgres_database.url],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]

@@ -64,7 +64,7 @@ def test_a_waiter_and_a_stream_on_one_process_are_woken_by_a_callback_the_other_
         assert post_callback(b.url, f"ws_CO_pg_{n}", receipt=f"PGRECEIPT{n}").status_code == 200
     for thread in waits:
         thread.join(15)  # a hang guard: LISTEN/NOTIFY wakes them long before their 20 s
-    assert {c: r["payment"]["status"] if "payment" in r else r.get("status") for c, r in results.items()} == {
+    assert {c: r["payment"]["status"] for c, r in results.items()} == {
         f"ws_CO_pg_{n}": "completed" for n in range(5)}, results
     seen = []
     for line in stream.iter_lines(decode_unicode=True):

@@ -34,6 +34,7 @@ def create_app(config: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     store = open_store(settings.payments_db)
     app.extensions["callback_manager"] = CallbackManager(store, settings)
+    app.extensions["event_tail"] = events.EventTail(store)  # what every event stream reads
     app.extensions["webhooks"] = Outbox(store, settings.webhooks_allow_private_urls)
     app.extensions["batches"] = Batches(store)  # sent by serve.py's BulkSender (app.extensions["bulk_sender"])
     app.extensions["retries"] = Retries(app.extensions["callback_manager"], settings)

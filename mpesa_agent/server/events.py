@@ -61,7 +61,7 @@ def stream_response(framer: Callable[[Event], str]):
         return error(400, problem)
     keepalive = current_app.config.get("EVENTS_KEEPALIVE_SECONDS", KEEPALIVE_SECONDS)
     batch = current_app.config.get("EVENTS_BATCH_SECONDS", BATCH_SECONDS)
-    tail = current_app.extensions.setdefault("event_tail", EventTail(manager().store))
+    tail = current_app.extensions["event_tail"]
     response = Response(stream_with_context(_sse(tail, keepalive, batch, lasting, framer, **query)),
                         mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

@@ -224,6 +224,10 @@ class PostgresStore(SqlStore):
 
     subscribed = staticmethod(subscribed)
 
+    def description(self) -> str:
+        return (f"PostgreSQL {self.described} (server {self.server_version // 10000}, schema {self.schema}; "
+                "several processes may share it)")
+
     def __repr__(self) -> str:
         return f"PostgresStore({self.described})"
 

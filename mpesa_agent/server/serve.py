@@ -41,7 +41,7 @@ from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.pgstore import redact_url
-from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, SqlStore, is_postgres_url, open_store
+from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, is_postgres_url, open_store
 from mpesa_agent.server.retries import AutoRetrier
 from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     print(f"Mode: {mode(settings)}\n"
           f"Daraja callbacks expected at POST {settings.callback_path.rsplit('/', 1)[0]}/"
           f"{settings.callback_token[:4]}… (MPESA_CALLBACK_URL {masked_callback_url(settings)}, token masked)\n"
-          f"Store: {describe_store(manager.store)}: "
+          f"Store: {manager.store.description()}: "
           f"{sum(counts['payments'].values())} payments, {sum(counts['callbacks'].values())} raw callbacks\n"
           f"API key for /payment/* and /events (Authorization: Bearer ...): {key_source}\n"
           f"Reconciler: pending payments settled by STK Query {settings.reconcile_after} s after registration; "
@@ -196,13 +196,6 @@ def auto_retry_line(settings: Settings) -> str:
         return "off (PAYMENT_AUTO_RETRY=false)"
     return (f"on: no answer (1037, 1019, 1036) and M-Pesa busy (26, 1001) retried {settings.auto_retry_delay:g} s "
             f"later, at most {settings.auto_retry_max} retries per payment; never a cancel or a wrong PIN")
-
-
-def describe_store(store: SqlStore) -> str:
-    if store.dialect == "postgresql":
-        return (f"PostgreSQL {store.described} (server {store.server_version // 10000}, "
-                f"schema {store.schema}; several processes may share it)")
-    return f"SQLite {store.described} (WAL, synchronous=FULL), one server process per file"
 
 
 def worker_note(args: argparse.Namespace) -> str:

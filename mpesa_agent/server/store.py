@@ -570,6 +570,10 @@ class Store(SqlStore):
         self._migrate()
         self.known_last_event_id = self.last_event_id()
 
+    def description(self) -> str:
+        """What and where the store is, for the start-up lines."""
+        return f"SQLite {self.described} (WAL, synchronous=FULL), one server process per file"
+
     def _migrate(self) -> None:
         """Create the schema, or bring an older database up to SCHEMA_VERSION (additive only)."""
         version = self._writer.execute("PRAGMA user_version").fetchone()[0]
