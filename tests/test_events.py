@@ -14,6 +14,7 @@ import requests
 from bench.client import Connection
 from harness import callback_server
 from mpesa_agent.server.manager import CallbackManager
+from mpesa_agent.server import events as events_module
 from mpesa_agent.server.store import DATABASE_ERRORS, SCHEMA_VERSION, Event, Store, open_store
 from tests.test_callback_manager import callback_body, register
 from tests.test_store import make_version_1_database
@@ -345,3 +346,19 @@ def test_an_sse_client_that_reconnects_misses_none_and_sees_none_twice_at_1000_e
     assert reconnects >= 3, "the client must have reconnected while events were being written"
     assert reader.seen == list(range(1, last_id + 1)), "every event exactly once, in order"
     assert rate >= 1000, f"events were written at {rate:.0f}/s, not the 1,000/s this test is about"
+
+
+def test_the_shared_tail_keeps_the_newest_events_and_sends_older_cursors_to_the_store(manager, monkeypatch):
+    monkeypatch.setattr(events_module, "TAIL_KEPT", 5)
+    tail = events_module.EventTail(manager.store)
+    for n in range(4):  # 4 registrations: 4 events
+        manager.register(f"ws_CO_tail_{n}", "0712345678", 10 + n)
+    found, last = tail.after(0, None, None)
+    assert [e.checkout_request_id for e in found] == [f"ws_CO_tail_{n}" for n in range(4)] and last == 4
+    for n in range(4, 8):
+        manager.register(f"ws_CO_tail_{n}", "0712345678", 10 + n)
+    found, last = tail.after(5, None, None)  # 8 events now; the tail keeps ids 4-8
+    assert [e.id for e in found] == [6, 7, 8] and last == 8
+    assert tail.after(2, None, None) is None  # older than what is kept: the stream reads the store
+    assert [e.id for e in tail.after(3, "payment.registered", "ws_CO_tail_6")[0]] == [7]
+    assert tail.after(99, None, None) == ([], 8)  # a cursor ahead of the log gets nothing

@@ -87,7 +87,6 @@ class EventTail:
     def __init__(self, store: Store):
         self.store = store
         self.events: list[Event] = []  # ascending ids: every event with start < id <= last
-        self.ids: list[int] = []
         self.last = self.start = store.last_event_id()
         self._lock = threading.Lock()
         self._frames: dict[tuple[Callable, int], bytes] = {}
@@ -100,7 +99,7 @@ class EventTail:
         with self._lock:
             if cursor < self.start:
                 return None
-            found = self.events[bisect.bisect_right(self.ids, cursor):]
+            found = self.events[bisect.bisect_right(self.events, cursor, key=_event_id):]
             last = self.last
         if type is not None or checkout_request_id is not None:
             found = [e for e in found if (type is None or e.type == type)
@@ -135,12 +134,15 @@ class EventTail:
             while self.last < known:
                 found = self.store.events(after=self.last, until=known, limit=MAX_EVENTS_PAGE)
                 self.events += found
-                self.ids += [e.id for e in found]
                 self.last = found[-1].id if len(found) == MAX_EVENTS_PAGE else known
             if len(self.events) > TAIL_KEPT:
                 drop = len(self.events) - TAIL_KEPT
-                self.start = self.ids[drop - 1]
-                del self.events[:drop], self.ids[:drop]
+                self.start = self.events[drop - 1].id
+                del self.events[:drop]
+
+
+def _event_id(event: Event) -> int:
+    return event.id
 
 
 def _sse(tail: EventTail, keepalive: float, batch: float, lasting: float | None, framer: Callable[[Event], str],
