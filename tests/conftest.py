@@ -69,6 +69,21 @@ def db_target(db_kind, tmp_path, request):
     return tmp_path / "payments.db"
 
 
+@pytest.fixture(autouse=True)
+def _apps_close_their_stores(monkeypatch):
+    """Stores that tests' own create_app() calls open are closed after the test: a PostgreSQL store
+    left open keeps its pool and LISTEN connections (PostgreSQL allows 100 in all)."""
+    import mpesa_agent.server.app as app_module
+
+    opened = []
+    real = app_module.open_store
+    monkeypatch.setattr(app_module, "open_store", lambda *args, **kwargs: opened.append(real(*args, **kwargs))
+                        or opened[-1])
+    yield
+    for store in opened:
+        store.close()
+
+
 @pytest.fixture
 def settings(tmp_path, db_target) -> Settings:
     """Offline settings on a tmp_path database (or, for `stores` tests, each store), ignoring .env files."""
