@@ -59,7 +59,8 @@ def test_keyset_pages_through_everything_exactly_once_while_payments_are_inserte
     while True:
         page, cursor = h.history(store, limit=9, cursor=cursor)
         seen += page
-        manager.register(f"ws_CO_new_{inserted}", "0712345678", 10, "during")  # newer than every page
+        manager.register(f"ws_CO_new_{inserted:03d}", "0712345678", 10, "during")  # newer than every page;
+        # two may share a millisecond, and then the checkout id orders them: the padding keeps it the insert order
         inserted += 1
         if cursor is None:
             break
@@ -68,7 +69,7 @@ def test_keyset_pages_through_everything_exactly_once_while_payments_are_inserte
     keys = [(p.created_at, p.checkout_request_id) for p in seen]
     assert keys == sorted(keys, reverse=True)
     newest, _ = h.history(store, limit=inserted)
-    assert ids(newest) == [f"ws_CO_new_{n}" for n in reversed(range(inserted))]
+    assert ids(newest) == [f"ws_CO_new_{n:03d}" for n in reversed(range(inserted))]
 
 
 def test_filters_narrow_the_list(store):

@@ -90,32 +90,33 @@ def test_kill_9_during_a_burst_to_a_slow_receiver_loses_no_event(stack):
     burst = 200
     with Receiver(delay=0.1) as receiver:
         add_endpoint(stack, receiver)
-        ids = iter(f"ws_CO_burst_{n}" for n in range(burst))
-        lock = threading.Lock()
 
-        def send():
-            session = requests.Session()
-            while True:
-                with lock:
-                    checkout_id = next(ids, None)
-                if checkout_id is None:
-                    return
-                for _ in range(200):  # the server may be down for a moment: send again until it answers
-                    try:
-                        if register(stack, checkout_id, session).status_code in (200, 201):
-                            break
-                    except requests.RequestException:
-                        time.sleep(0.05)
+        def sender(checkout_ids):
+            def send():
+                session = requests.Session()
+                for checkout_id in checkout_ids:
+                    for _ in range(200):  # the server may be down for a moment: send again until it answers
+                        try:
+                            if register(stack, checkout_id, session).status_code in (200, 201):
+                                break
+                        except requests.RequestException:
+                            time.sleep(0.05)
+            return threading.Thread(target=send)
 
-        senders = [threading.Thread(target=send) for _ in range(8)]
-        for sender in senders:
-            sender.start()
+        # The first half goes in before the kill, the second half while the server is down and after.
+        before = [sender([f"ws_CO_burst_{n}" for n in range(k, burst // 2, 4)]) for k in range(4)]
+        after = [sender([f"ws_CO_burst_{n}" for n in range(burst // 2 + k, burst, 4)]) for k in range(4)]
+        for thread in before:
+            thread.start()
         assert receiver.wait_for(lambda got: len(got) >= 20, HANG_GUARD)
-        stack.server.kill()  # kill -9 while deliveries are in flight and events keep coming
-        assert len(logged(stack)) < burst
+        stack.server.kill()  # kill -9 while deliveries are in flight
+        pending = logged(stack) - receiver.delivered_ids()
+        assert pending, "every event was delivered before the kill: nothing was in flight"
+        for thread in after:
+            thread.start()
         stack.server.start()
-        for sender in senders:
-            sender.join(HANG_GUARD)
+        for thread in before + after:
+            thread.join(HANG_GUARD)
         events = logged(stack)
         assert len(events) == burst
         assert receiver.wait_for(lambda got: events <= {int(r.webhook_id) for r in got if r.status == 200},
