@@ -412,6 +412,15 @@ def test_status_in_a_new_chat_reads_the_newest_stored_payment():
     ("show pending payments", ("find_payments", {"status": "pending"})),
     ("failed payments yesterday", ("find_payments", {"status": "failed", "period": "yesterday"})),
     ("payments from 0712345678", ("find_payments", {"phone_number": "0712345678"})),
+    # as Kenyan shops type them: Swahili verb forms, Sheng, code-switching
+    ("0712345678 alilipa?", ("last_payment", {"phone_number": "0712345678"})),
+    ("zile zilifeli jana ni zipi", ("find_payments", {"status": "failed", "period": "yesterday"})),
+    ("malipo gani yalifeli wiki hii", ("find_payments", {"status": "failed", "period": "this_week"})),
+    ("stk zilizofail leo", ("find_payments", {"status": "failed", "period": "today"})),
+    ("ambazo hazijalipwa", ("find_payments", {"status": "unpaid"})),
+    ("nimekusanya how much leo", ("payment_totals", {"period": "today"})),
+    ("hesabu ya leo", ("payment_totals", {"period": "today"})),
+    ("how many paid today", ("payment_totals", {"period": "today"})),
 ])
 def test_questions_about_stored_payments_read_the_server(text, call):
     [turn] = converse(text)
@@ -420,7 +429,8 @@ def test_questions_about_stored_payments_read_the_server(text, call):
 
 
 @pytest.mark.parametrize("text", ["kuna 3 members hawajalipa", "send 500 to 0712345678 for the last payment",
-                                  "tuma 500 kwa 0712 345 678 leo"])
+                                  "tuma 500 kwa 0712 345 678 leo", "lipa 200 kwa 0712345678 ya hesabu",
+                                  "tuma kwa 0712345678 leo"])
 def test_statements_and_requests_are_not_read_as_history_questions(text):
     [turn] = converse(text)
     assert all(name not in ("last_payment", "find_payments", "payment_totals") for name, _ in turn.calls)

@@ -95,7 +95,7 @@ _STATUS_WORDS = re.compile(
     r"(?:has|have|did|is|was)\b[^.?!]{0,40}?\b(?:paid|pay|complete|completed|done|successful|succeed|"
     r"worked|work|arrived|arrive|received|receive|confirmed)|"
     r"paid yet|what happened|imefika|imeingia|imepita|imeenda|ilienda|imekamilika|imelipwa|amelipa|"
-    r"wamelipa|ameshalipa|ashalipa|amelipia|imefaulu|iko aje|imeweza)\b",
+    r"wamelipa|ameshalipa|ashalipa|amelipia|alilipa|walilipa|ililipwa|imefaulu|iko aje|imeweza)\b",
     re.IGNORECASE,
 )
 _NOT_A_PAYMENT = re.compile(
@@ -375,9 +375,9 @@ _PERIODS = (
 )
 _PERIOD_WORDS = [(name, re.compile(rf"\b(?:{pattern})\b", re.IGNORECASE)) for name, pattern in _PERIODS]
 _UNPAID = re.compile(r"\b(?:unpaid|not (?:yet )?paid|(?:has|have|did|is|are)(?: not|n'?t) (?:yet )?paid|yet to pay|"
-                     r"hajalipa|hawajalipa|hawaja ?lipa|bado hajalipa|owes? me|wadeni|debtors?)\b", re.IGNORECASE)
+                     r"hajalipa|hawajalipa|hawaja ?lipa|bado hajalipa|hazijalipwa|haijalipwa|hayajalipwa|owes? me|wadeni|debtors?)\b", re.IGNORECASE)
 _STATUS_FILTERS = (
-    ("failed", r"fail(?:ed|s|ing)?|feli|imefeli|zilizofeli|yaliyofeli|ilifeli|zimefeli|hayakufaulu|"
+    ("failed", r"(?:zilizo|yaliyo|zime|zili|yame|yali|ime|ili)?(?:fail(?:ed|s|ing)?|feli)|hayakufaulu|hazikufaulu|"
                r"zilizoshindwa|yaliyoshindwa|declined|cancell?ed|rejected"),
     ("pending", r"pending|waiting|still open|inasubiri|zinasubiri|yanayosubiri|bado"),
     ("completed", r"completed|successful|succeeded|paid ones|zilizolipwa|yaliyolipwa|zimelipwa|zilifaulu"),
@@ -387,7 +387,8 @@ _TOTALS = re.compile(
     r"\bhow much (?:money )?(?:did|have|has|had) (?:i|we)\b|\bhow much (?:came in|(?:have|has) come in|was paid|"
     r"did (?:they|customers|people) pay)\b|\b(?:total|totals|takings|revenue|sales|mauzo|jumla|collections?)\b|"
     r"\b(?:nimepokea|tumepokea|nimekusanya|tumekusanya|nimepata|tumepata|nimeingiza|tumeingiza|imeingia) "
-    r"(?:pesa )?(?:ngapi|kiasi gani)\b|\bpesa ngapi\b|\bngapi (?:leo|jana|wiki|mwezi)\b",
+    r"(?:pesa )?(?:ngapi|kiasi gani|how much)\b|\bpesa ngapi\b|\bngapi (?:leo|jana|wiki|mwezi)\b|"
+    r"\bhow many (?:people |customers |clients |wateja )?(?:have |has )?paid\b|\bhesabu\b",
     re.IGNORECASE)
 _LAST = re.compile(r"\b(?:last|latest|most recent|previous) (?:payment|one|request|transaction|prompt|push|stk|mpesa|malipo)s?\b|"
                    r"\bmalipo ya mwisho\b|\b(?:request|payment) ya mwisho\b|\bya mwisho\b", re.IGNORECASE)
@@ -417,8 +418,11 @@ def _report(text: str, slots: Message) -> str | None:
     if _LAST.search(text):
         return LAST
     status = _status_in(text)
-    if status and re.search(r"\b(?:who|nani|which|what|wepi|zipi|gani|list|show|onyesha|nionyeshe|ambao|unpaid)\b",
+    if status and re.search(r"\b(?:who|nani|which|what|wepi|zipi|gani|list|show|onyesha|nionyeshe|ambao|ambazo|ambayo|"
+                            r"unpaid)\b",
                             text, re.IGNORECASE):
+        return LIST
+    if status and _period_in(text) and not slots.phone:  # "stk zilizofail leo", "pending this week"
         return LIST
     if slots.phone and re.search(r"\b(?:payments|requests|transactions|history|malipo)\b", text, re.IGNORECASE):
         return LIST
