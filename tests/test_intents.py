@@ -27,6 +27,13 @@ def test_find_amount_asks_instead_of_guessing(text, problem):
     assert amount is None and problem in why
 
 
+@pytest.mark.parametrize("text", ["two fifty", "five five", "twenty thirty", "fifty twelve"])
+def test_words_that_make_no_english_number_are_never_summed(text):
+    # "two fifty" is 250 to some and 2.50 to others; it was read as 2 + 50 = 52. Now the agent asks how much.
+    assert find_amount(text)[0] is None
+    assert understand(f"send {text} to 0712345678").amount is None
+
+
 @pytest.mark.parametrize("text", ["", "for lunch", "at 3pm", "in 5 minutes", "that one", "hello there"])
 def test_find_amount_finds_none(text):
     assert find_amount(text) == (None, None)

@@ -747,11 +747,17 @@ def _words_value(words: list[str]) -> int | None:
 
 
 def _english_value(words: list[str]) -> int | None:
+    """None for words that make no English number: "two fifty" (250 or 2.50?) is asked, never read as 52."""
     total = current = 0
     for word in words:
+        below_hundred = current % 100
         if word in _UNITS:
+            if below_hundred and not (below_hundred % 10 == 0 and below_hundred >= 20 and _UNITS[word] < 10):
+                return None  # "two five", "fifty twelve"; "fifty two" is fine
             current += _UNITS[word]
         elif word in _TENS:
+            if below_hundred:
+                return None  # "two fifty", "twenty thirty"
             current += _TENS[word]
         elif word in {"a", "an"}:
             current = current or 1
