@@ -221,6 +221,14 @@ def test_cents_are_asked_about_not_rounded():
     assert second.calls == [send_call(amount=13)]
 
 
+@pytest.mark.parametrize("text", ["send 500 to 0712345678 x2", "send 500 twice to 0712345678",
+                                  "tuma 500 mara mbili kwa 0712345678"])
+def test_an_amount_asked_more_than_once_is_asked_about_not_guessed(text):
+    first, second = converse(text, "1000")
+    assert first.calls == [] and "500 KSh more than once?" in first.text
+    assert second.calls == [send_call(amount=1000)]
+
+
 def test_phone_digits_are_never_the_amount():
     [turn] = converse("send to 0712345678")
     assert turn.calls == [] and "How much should I request?" in turn.text

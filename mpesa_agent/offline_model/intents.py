@@ -344,6 +344,11 @@ def _last_marker(text: str) -> re.Match | None:
     return markers[-1] if markers else None
 
 
+# "500 x2", "twice", "mara mbili": one prompt or two? (never guessed: each prompt is money asked of someone)
+_REPEATED = re.compile(r"(?<![\w.])(?:x\s?[2-9]|[2-9]\s?x(?!\s*[a-z])|twice|thrice|two times|three times|[2-9] times|"
+                       r"mara (?:mbili|tatu|nne|tano|[2-9]))(?![\w.])", re.IGNORECASE)
+
+
 def _read(text: str) -> Message:
     checkout = CHECKOUT_ID.search(text)
     rest = CHECKOUT_ID.sub(" ", text)
@@ -352,6 +357,9 @@ def _read(text: str) -> Message:
     amount, amount_problem = find_amount(outside)
     if amount is None and amount_problem is None and inside:
         amount, amount_problem, context = _amount_at_end_of_purpose(inside, context)
+    if amount is not None and _REPEATED.search(outside):
+        amount, amount_problem = None, (f"Do you mean one request for {amount:,} KSh, or {amount:,} KSh more than once? "
+                                        "One prompt asks for one amount: tell me the total for one request.")
     same_phone = bool(_SAME_PHONE.search(text)) and phone is None
     context = context or _debtor(text)
     fields = dict(phone=phone, phone_problem=phone_problem, amount=amount, amount_problem=amount_problem,
