@@ -4,6 +4,7 @@ HTTP with the Bearer key (and, for `trigger`, to the Daraja simulator), never to
     mpesa listen --forward-to http://127.0.0.1:5000/hooks      # live events, each forwarded signed
     mpesa trigger payment.failed --reason 1032                 # a real payment through the simulator
     mpesa payments list | show ID | export      mpesa events list      mpesa webhooks add URL | list | replay ID
+    mpesa bulk send chama.csv --watch 600      # many prompts at once, with progress until all settle
 
 Tables on a terminal, plain text in a pipe, `--json` for scripts. Run it as `mpesa` (installed by
 scripts/venv.sh from pyproject.toml) or `python -m mpesa_agent.cli`.
@@ -27,10 +28,12 @@ from rich.table import Table
 from mpesa_agent.config import ConfigError, Settings
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.daraja.errors import DarajaError
+from mpesa_agent.payments.bulk import InvalidBatch, rows_from_csv, validate
 from mpesa_agent.payments.webhooks import message, signed_headers
 
 TIMEOUT = (3.0, 30.0)  # connect, read
 RECONNECT_SECONDS = 1.0
+PROGRESS_SECONDS = 1.0  # how often `bulk send --watch` and `bulk status --watch` look at the batch
 # The simulator's test numbers (README, "Simulator test numbers"): each ends the payment one way.
 TRIGGER_PHONES = {"payment.completed": "0700000000"}
 FAILURE_PHONES = {"1032": "0700001032", "1037": "0700001037", "2001": "0700002001", "1": "0700000001"}
@@ -68,7 +71,10 @@ class Api:
         except ValueError:
             body = {}
         if not response.ok:
-            raise Failure(f"{method} {path}: HTTP {response.status_code}: {body.get('error') or response.reason}")
+            problems = "".join(f"\n  line {p.get('line')}: {p.get('reason')}" for p in body.get("problems") or ()
+                               if isinstance(p, dict))
+            raise Failure(f"{method} {path}: HTTP {response.status_code}: {body.get('error') or response.reason}"
+                          f"{problems}")
         return body
 
 
@@ -319,6 +325,116 @@ def webhooks_replay(ctx: Context, endpoint_id: str, event_id: int | None, since:
     body = {"event_id": event_id} if event_id is not None else {"since": since, **({"until": until} if until else {})}
     answer = ctx.api.call("POST", f"/webhooks/{endpoint_id}/replay", json=body)
     ctx.show(answer, [answer], ("endpoint_id", "queued"))
+
+
+# --- bulk ----------------------------------------------------------------------------------------
+
+@cli.group()
+def bulk() -> None:
+    """Ask many people to pay at once, from a CSV (phone,amount[,reference]; header optional)."""
+
+
+@bulk.command("send")
+@click.argument("csv_file", type=click.File("rb"))
+@click.option("--description", default="", help="What the batch is for (shown with each item's reference).")
+@click.option("--skip-invalid", is_flag=True, help="Send the valid rows even if some are bad (default: none).")
+@click.option("--yes", is_flag=True, help="Do not ask: the person already confirmed these prompts.")
+@click.option("--watch", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="Show progress until every item settles, for at most this long (0: report it as queued).")
+@click.pass_obj
+def bulk_send(ctx: Context, csv_file, description: str, skip_invalid: bool, yes: bool, watch: float) -> None:
+    """Send an M-Pesa prompt to every row of CSV_FILE ('-' reads standard input)."""
+    raw = csv_file.read()
+    try:
+        text = raw.decode("utf-8-sig")
+        valid, problems = validate(rows_from_csv(text), ctx.settings.max_amount)
+    except UnicodeDecodeError:
+        raise Failure(f"{csv_file.name} is not UTF-8 text; save it as CSV (UTF-8)") from None
+    except InvalidBatch as exc:
+        raise Failure(f"{csv_file.name}: {exc}") from None
+    if problems and not skip_invalid:
+        lines = "".join(f"\n  line {p.line}: {p.reason}" for p in problems)
+        raise Failure(f"{len(problems)} problem(s) in {csv_file.name}, so nothing was sent (fix them, or add "
+                      f"--skip-invalid to send only the valid rows):{lines}")
+    if not valid:
+        raise Failure(f"no valid rows in {csv_file.name}; nothing was sent")
+    question = (f"Send M-Pesa prompts to {len(valid)} phone{'s' if len(valid) > 1 else ''} for "
+                f"{sum(row.amount for row in valid):,} KSh in all"
+                f"{f' ({len(problems)} bad row(s) skipped)' if problems else ''}?")
+    if not yes:
+        if not sys.stdin.isatty() or csv_file.name == "<stdin>":
+            raise Failure(f"{question} Add --yes to confirm (no terminal to ask on)")
+        click.confirm(question, abort=True, err=True)
+    answer = ctx.api.call("POST", "/payment/bulk", data=text.encode(), headers={"Content-Type": "text/csv"},
+                          params={"description": description, "skip_invalid": "true" if skip_invalid else "false"})
+    batch = answer["batch"]
+    click.echo(f"Batch {batch['id']}: {batch['item_count']} prompts queued, {batch['total_amount']:,} KSh in all.",
+               err=True)
+    _show_batch(ctx, _watch(ctx, batch, watch) if watch > 0 else batch)
+
+
+@bulk.command("status")
+@click.argument("batch_id")
+@click.option("--watch", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="Show progress until every item settles, for at most this long.")
+@click.pass_obj
+def bulk_status(ctx: Context, batch_id: str, watch: float) -> None:
+    """A batch's progress: counts and KSh by outcome, who has not paid, who failed and why."""
+    batch = ctx.api.call("GET", f"/payment/bulk/{batch_id}")
+    _show_batch(ctx, _watch(ctx, batch, watch) if watch > 0 else batch)
+
+
+@bulk.command("cancel")
+@click.argument("batch_id")
+@click.pass_obj
+def bulk_cancel(ctx: Context, batch_id: str) -> None:
+    """Stop the prompts of a batch not sent yet (one being sent still goes out)."""
+    answer = ctx.api.call("POST", f"/payment/bulk/{batch_id}/cancel")
+    click.echo(f"Batch {batch_id}: {answer['cancelled']} prompt(s) not sent.", err=True)
+    _show_batch(ctx, answer["batch"])
+
+
+@bulk.command("export")
+@click.argument("batch_id")
+@click.pass_obj
+def bulk_export(ctx: Context, batch_id: str) -> None:
+    """Every item of a batch with its outcome, as CSV."""
+    response = ctx.api.call("GET", f"/payment/bulk/{batch_id}.csv", stream=True)
+    click.echo(response.text, nl=False)
+
+
+def _watch(ctx: Context, batch: dict, seconds: float) -> dict:
+    """Poll the batch until it settles or `seconds` pass, with one progress line on stderr per change."""
+    deadline, shown = time.monotonic() + seconds, None
+    while True:
+        line = _progress(batch)
+        if line != shown:
+            click.echo(line, err=True)
+            shown = line
+        if batch["settled"] or time.monotonic() >= deadline:
+            if not batch["settled"]:
+                click.echo(f"Still open after {seconds:g} s: mpesa bulk status {batch['id']} --watch 600 "
+                           "follows it again.", err=True)
+            return batch
+        time.sleep(min(PROGRESS_SECONDS, max(0.0, deadline - time.monotonic())))
+        batch = ctx.api.call("GET", f"/payment/bulk/{batch['id']}")
+
+
+def _progress(batch: dict) -> str:
+    counts = batch["by_outcome"]
+    waiting = sum(counts.get(state, {}).get("count", 0) for state in ("queued", "sending"))
+    sent = batch["item_count"] - waiting - counts.get("cancelled", {}).get("count", 0)
+    return (f"{sent}/{batch['item_count']} sent; {batch['summary']}; "
+            f"{batch['paid_amount']:,} of {batch['total_amount']:,} KSh paid")
+
+
+def _show_batch(ctx: Context, batch: dict) -> None:
+    rows = [{"outcome": outcome, "count": tally["count"], "KSh": f"{tally['amount']:,}"}
+            for outcome, tally in batch["by_outcome"].items() if tally["count"]]
+    ctx.show(batch, rows, ("outcome", "count", "KSh"), f"Batch {batch['id']}: {batch['summary']}")
+    if not ctx.as_json and batch.get("failed"):
+        failed = [{**item, "reason": item.get("reason") or item.get("outcome")} for item in batch["failed"]]
+        ctx.show(batch["failed"], failed, ("line", "phone_number", "amount", "outcome", "reason"), "Failed or unknown")
 
 
 def main() -> None:

@@ -103,3 +103,33 @@ def test_retry_sends_a_linked_push_once_confirmed_and_refuses_a_paid_one(stack):
     paid = json.loads(mpesa(stack, "--json", "trigger", "payment.completed").stdout)
     refused = mpesa(stack, "retry", paid["checkout_request_id"], "--yes")
     assert refused.returncode == 1 and "HTTP 409" in refused.stderr and "charge the customer twice" in refused.stderr
+
+
+def test_bulk_send_checks_the_csv_first_asks_then_shows_progress_until_every_item_settles(stack, tmp_path):
+    sheet = tmp_path / "chama.csv"
+    sheet.write_text("phone,amount,reference\n0711 000 301,100,Wanjiku\n0700001032,100,Otieno\n0711000302,abc,Akinyi\n")
+    refused = mpesa(stack, "bulk", "send", str(sheet), "--yes")
+    assert refused.returncode == 1 and "line 4:" in refused.stderr and "nothing was sent" in refused.stderr
+    unasked = mpesa(stack, "bulk", "send", str(sheet), "--skip-invalid")  # no terminal and no --yes
+    assert unasked.returncode == 1 and "Send M-Pesa prompts to 2 phones for 200 KSh in all" in unasked.stderr
+    assert stack.pushes_to("254711000301") == []
+
+    cancelling_before = len(stack.pushes_to("254700001032"))  # the simulator's 1032 number: other tests use it too
+    sent = mpesa(stack, "--json", "bulk", "send", str(sheet), "--skip-invalid", "--yes", "--description", "chama",
+                 "--watch", "60")
+    assert sent.returncode == 0, sent.stderr
+    batch = json.loads(sent.stdout)
+    assert batch["settled"] and batch["summary"] == "1 of 2 paid, 1 cancelled"
+    progress = sent.stderr.splitlines()
+    assert progress[0] == f"Batch {batch['id']}: 2 prompts queued, 200 KSh in all."
+    assert progress[-1] == "2/2 sent; 1 of 2 paid, 1 cancelled; 100 of 200 KSh paid"
+    assert len(stack.pushes_to("254711000301")) == 1
+    assert len(stack.pushes_to("254700001032")) == cancelling_before + 1
+
+    exported = list(csv.DictReader(io.StringIO(mpesa(stack, "bulk", "export", batch["id"]).stdout)))
+    assert [(row["phone_number"], row["outcome"]) for row in exported] == [
+        ("254711000301", "completed"), ("254700001032", "failed")]
+    status = mpesa(stack, "bulk", "status", batch["id"])
+    assert status.returncode == 0 and "Request cancelled by user" in status.stdout
+    missing = mpesa(stack, "bulk", "status", "b_nosuch")
+    assert missing.returncode == 1 and "HTTP 404" in missing.stderr
