@@ -31,11 +31,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
+import psycopg
 import requests
+from psycopg.rows import dict_row
 
 from mpesa_agent.config import SANDBOX_PASSKEY, SANDBOX_SHORTCODE
 from mpesa_agent.daraja import DarajaClient
 from mpesa_agent.tools import Payments, QuerySchedule, make_tools
+from mpesa_agent.server.store import is_postgres_url
 from mpesa_agent.tracking import TrackingClient
 from harness import HTTP_TIMEOUT, Stack, free_port
 from harness.webhooks import Receiver
@@ -184,8 +187,13 @@ def payments_for(prefix: str, count: int, fail_every: int = 4) -> list[Expected]
             for n in range(count)]
 
 
-def read_db(db: Path) -> tuple[list[dict], dict[str, dict]]:
-    """(raw callbacks in id order, payments by id), read from the SQLite file itself."""
+def read_db(db: Path | str) -> tuple[list[dict], dict[str, dict]]:
+    """(raw callbacks in id order, payments by id), read from the SQLite file (or PostgreSQL) itself."""
+    if is_postgres_url(db):
+        with psycopg.connect(str(db), row_factory=dict_row) as pg:
+            callbacks = pg.execute("SELECT id, body, checkout_request_id, outcome FROM callbacks ORDER BY id").fetchall()
+            payments = {r["checkout_request_id"]: r for r in pg.execute("SELECT * FROM payments").fetchall()}
+        return [{**c, "body": bytes(c["body"])} for c in callbacks], payments
     conn = sqlite3.connect(db, timeout=15)
     conn.row_factory = sqlite3.Row
     try:
@@ -199,7 +207,7 @@ def read_db(db: Path) -> tuple[list[dict], dict[str, dict]]:
     return callbacks, payments
 
 
-def audit(row: Row, db: Path, expected: list[Expected], acked_bodies: list[bytes],
+def audit(row: Row, db: Path | str, expected: list[Expected], acked_bodies: list[bytes],
           conflicts_allowed: bool = False) -> None:
     """Count in `row` what the database lost or applied twice for these payments."""
     callbacks, payments = read_db(db)
@@ -254,7 +262,8 @@ def crash(folder: Path, callbacks: int = DEFAULT.crash_callbacks, kill_points: i
             early, late = expected[::2], expected[1::2]
             answers = parallel(lambda e: register(stack, e).status_code, early, senders)
             row.check(set(answers) == {201}, f"registrations before the burst answered {Counter(answers)}")
-            acked, retries = send_through_crash(stack, expected, senders, kill_at)
+            acked, retries = send_through_fault([stack], expected, senders, kill_at,
+                                                lambda: stack.restart_server(hard=True))
             resent += retries
             row.acked += len(acked)
             registered = parallel(lambda e: register(stack, e).json().get("payment_status"), late, senders)
@@ -267,32 +276,35 @@ def crash(folder: Path, callbacks: int = DEFAULT.crash_callbacks, kill_points: i
     return row
 
 
-def send_through_crash(stack: Stack, expected: list[Expected], senders: int,
-                       kill_at: int) -> tuple[list[bytes], int]:
-    """POST every callback from `senders` threads, killing and restarting the server after
-    `kill_at` acknowledgements; returns (the acknowledged bodies, how many were sent again)."""
+def send_through_fault(stacks: list[Stack], expected: list[Expected], senders: int, fault_at: int,
+                       fault) -> tuple[list[bytes], int]:
+    """POST every callback from `senders` threads, calling `fault()` (a kill -9 and restart, a
+    database crash) after `fault_at` acknowledgements. Callback n goes to server n mod len(stacks),
+    as a load balancer spreads them; one not answered 200 is sent again, to the next server, until
+    it is. Returns (the acknowledged bodies, how many were sent again)."""
     work: queue.Queue = queue.Queue()
-    for payment in expected:
-        work.put(payment.body())
+    for n, payment in enumerate(expected):
+        work.put((n, payment.body()))
     acked: list[bytes] = []
     resent: set[bytes] = set()
-    lock, kill_now = threading.Lock(), threading.Event()
+    lock, fault_now = threading.Lock(), threading.Event()
 
-    def killer() -> None:
-        kill_now.wait()
-        stack.restart_server(hard=True)
+    def injector() -> None:
+        fault_now.wait()
+        fault()
 
     def sender() -> None:
-        session = requests.Session()
+        sessions = [requests.Session() for _ in stacks]
         while True:
             try:
-                body = work.get_nowait()
+                target, body = work.get_nowait()
             except queue.Empty:
                 return
             deadline = time.monotonic() + STARTUP_TIMEOUT * 2
             while True:
+                index = target % len(stacks)
                 try:
-                    answer = stack.post_callback(body, session)
+                    answer = stacks[index].post_callback(body, sessions[index])
                     if answer.status_code == 200 and answer.json() == ACCEPTED:
                         break
                 except (requests.RequestException, ValueError):
@@ -300,18 +312,19 @@ def send_through_crash(stack: Stack, expected: list[Expected], senders: int,
                 with lock:
                     resent.add(body)
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the callback server did not come back")
+                    raise RuntimeError("no callback server answered 200 again")
+                target += 1
                 time.sleep(0.02)
             with lock:
                 acked.append(body)
-                if len(acked) == kill_at:
-                    kill_now.set()
+                if len(acked) == fault_at:
+                    fault_now.set()
 
-    kill_thread = threading.Thread(target=killer, daemon=True)
-    kill_thread.start()
+    fault_thread = threading.Thread(target=injector, daemon=True)
+    fault_thread.start()
     parallel(lambda _: sender(), range(senders), senders)
-    kill_now.set()  # in case every sender finished first
-    kill_thread.join(STARTUP_TIMEOUT * 2)
+    fault_now.set()  # in case every sender finished first
+    fault_thread.join(STARTUP_TIMEOUT * 2)
     return acked, len(resent)
 
 
@@ -912,6 +925,7 @@ def table(rows: list[Row]) -> str:
 
 def scenarios(folder: Path, sizes: Sizes, seed: int | None) -> list[tuple[str, object]]:
     """(name, function of the shared stacks) in the order they run."""
+    from reliability import postgres  # it builds on this module's helpers
     return [
         ("crash", lambda s: crash(folder, sizes.crash_callbacks, sizes.crash_kills, sizes.senders, seed)),
         ("duplicates", lambda s: duplicates(s["server"], sizes.per_case)),
@@ -927,6 +941,10 @@ def scenarios(folder: Path, sizes: Sizes, seed: int | None) -> list[tuple[str, o
         ("token expiry", lambda s: token_expiry(s["full"])),
         ("slow ack", lambda s: slow_ack(s["full"])),
         ("webhooks through kill -9", lambda s: webhooks_through_crash(folder / "webhooks", sizes.webhook_events)),
+        ("PostgreSQL: kill -9 of one of two servers",
+         lambda s: postgres.kill_one_of_two(folder / "pg-kill", sizes.crash_callbacks, sizes.senders, seed)),
+        ("PostgreSQL: restart mid-burst",
+         lambda s: postgres.restart_mid_burst(folder / "pg-restart", sizes.crash_callbacks, sizes.senders, seed)),
     ]
 
 

@@ -263,7 +263,8 @@ def test_no_accepted_answer_when_the_body_could_not_be_stored(app, client, monke
 
     monkeypatch.setattr(Transaction, "insert_callback", disk_full)
     response = post_callback(client, SAMPLE_SUCCESS)
-    assert_error(response, 500, "internal error")
+    assert_error(response, 503, "the payments database is unavailable for a moment; send the request again")
+    assert response.headers["Retry-After"] == "1"
     assert "Accepted" not in response.get_data(as_text=True)
 
 

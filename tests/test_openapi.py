@@ -249,7 +249,12 @@ def test_every_documented_answer_is_real_and_validates(app, settings, monkeypatc
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug")
+
     monkeypatch.setattr(Transaction, "insert_callback", broken)
+    assert post_callback(callback_body()).status_code == 503
+    monkeypatch.setattr(Transaction, "insert_callback", bug)
     assert post_callback(callback_body()).status_code == 500
     monkeypatch.setattr(manager.store, "counts", broken)
     assert call("/health", "GET", "/health").status_code == 503

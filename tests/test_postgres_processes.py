@@ -9,10 +9,12 @@ import sys
 import threading
 import time
 
+import psycopg
 import pytest
 import requests
 
-from harness import ROOT, Stack, base_env, callback_server, free_port
+from harness import ROOT, Stack, base_env, callback_server, free_port, pgserver
+from mpesa_agent.server.store import open_store
 from tests.test_callback_manager import make_stk_callback
 
 TOKEN, KEY = "cd" * 16, "pg-proc-key"
@@ -80,6 +82,79 @@ def test_a_waiter_and_a_stream_on_one_process_are_woken_by_a_callback_the_other_
     status_a = requests.get(f"{a.url}/payment/status/ws_CO_pg_0", headers=AUTH, timeout=10).json()
     status_b = requests.get(f"{b.url}/payment/status/ws_CO_pg_0", headers=AUTH, timeout=10).json()
     assert status_a == status_b
+
+
+def test_a_waiter_is_woken_by_a_callback_stored_while_its_process_was_not_listening(two_servers, postgres_url):
+    a, b = two_servers
+    register(a.url, "ws_CO_gap_1")
+    answer = {}
+
+    def wait():
+        started = time.monotonic()
+        answer.update(requests.get(f"{a.url}/payment/wait/ws_CO_gap_1?timeout=60", headers=AUTH, timeout=70).json(),
+                      seconds=time.monotonic() - started)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    until_waiting(a.url, 1)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # A's LISTEN connection drops (a network blip)
+        [[dropped]] = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                   " WHERE application_name = %s", (f"mpesa listen {a.popen.pid}",)).fetchall()
+    assert dropped == 1
+    assert post_callback(b.url, "ws_CO_gap_1", receipt="PGGAPRCPT1").status_code == 200  # while A is not listening
+    waiter.join(30)  # a hang guard: A catches up when it listens again, about a second later
+    assert answer["payment"]["status"] == "completed" and answer["seconds"] < 30, answer  # woken, not timed out
+
+
+def test_a_write_whose_connection_drops_raises_and_is_never_taken_for_committed(postgres_url):
+    # psycopg ends a transaction block on a broken connection without COMMIT and without an error;
+    # the callback route swallows its apply's failure (kept for reapply), so the block ended "cleanly"
+    # and the callback was answered 200 without being stored (found by reliability's restart row).
+    store = open_store(postgres_url, listen=False)
+    try:
+        with pytest.raises(psycopg.OperationalError, match="not committed"):
+            with store.transaction() as tx:
+                tx.insert_callback(b'{"Body": {}}', {}, "127.0.0.1")
+                [[pid]] = tx.conn.execute("SELECT pg_backend_pid()").fetchall()
+                with psycopg.connect(postgres_url, autocommit=True) as other:
+                    other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                with pytest.raises(psycopg.OperationalError):
+                    tx.conn.execute("SELECT 1")  # the failure, swallowed inside the block as ingest does
+        assert store.callbacks() == [] and store.write_failure is not None
+    finally:
+        store.close()
+
+
+def test_while_postgresql_is_down_callbacks_get_503_never_200_and_are_taken_once_it_is_back(tmp_path):
+    reason = pgserver.missing()
+    if reason:
+        pytest.skip(reason)
+    with pgserver.PrivatePostgres() as pg:
+        server = callback_server(tmp_path, api_key=KEY, token=TOKEN, PAYMENTS_DB=pg.url).start()
+        try:
+            register(server.url, "ws_CO_down_1")
+            pg.stop("immediate")
+            refused = post_callback(server.url, "ws_CO_down_1", receipt="PGDOWNRCT1")
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert "database is unavailable" in refused.json()["error"]
+            assert requests.get(f"{server.url}/health", timeout=10).status_code == 503
+            pg.start()
+            answers = []  # the first requests after the restart may meet pooled connections that died with it
+            for _ in range(20):
+                answers.append(post_callback(server.url, "ws_CO_down_1", receipt="PGDOWNRCT1").status_code)
+                if answers[-1] == 200:
+                    break
+            assert answers[-1] == 200 and set(answers) <= {200, 503}, answers
+            status = requests.get(f"{server.url}/payment/status/ws_CO_down_1", headers=AUTH, timeout=10).json()
+            assert status["payment"]["status"] == "completed" and status["payment"]["receipt"] == "PGDOWNRCT1"
+        finally:
+            server.stop()
+
+
+def until_waiting(url: str, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while requests.get(f"{url}/health", timeout=10).json()["waiting"] < count:
+        assert time.monotonic() < deadline, "the waiter never got held"
+        time.sleep(0.02)
 
 
 def test_one_receipt_completes_one_payment_across_processes(two_servers):

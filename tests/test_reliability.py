@@ -1,9 +1,12 @@
 """The reliability scenarios at small sizes, with real processes: nothing lost, nothing applied
 twice, every payment in the right final state. `python -m reliability` runs them larger."""
+import os
 import sqlite3
 
 import pytest
 
+from harness import pgserver
+from reliability import postgres
 from reliability import report as reliability
 from reliability.report import Row, audit, payments_for, read_db
 
@@ -22,6 +25,9 @@ def stack(tmp_path_factory):
         yield stack
 
 
+CI = os.environ.get("CI", "").lower() == "true"
+
+
 def assert_ok(row: Row) -> None:
     assert (row.lost, row.double) == (0, 0), reliability.table([row]) + "\n" + "\n".join(row.problems)
     assert not row.problems
@@ -32,6 +38,18 @@ def test_kill_9_mid_burst_loses_nothing_and_applies_nothing_twice(tmp_path):
     assert_ok(row)
     assert row.acked == 400  # every callback got its 200 in the end (resent after the kill if needed)
     assert row.stored >= 400  # a callback stored just before the kill, then resent, is kept twice
+
+
+@pytest.mark.parametrize("scenario", [postgres.kill_one_of_two, postgres.restart_mid_burst], ids=lambda f: f.__name__)
+def test_postgresql_faults_mid_burst_lose_nothing_and_every_waiter_is_answered(tmp_path, scenario):
+    reason = pgserver.missing()
+    if reason:
+        if CI:
+            pytest.fail(f"the PostgreSQL fault scenarios must run under CI=true: {reason}")
+        pytest.skip(reason)
+    row = scenario(tmp_path, callbacks=150, senders=12, seed=20261207)
+    assert_ok(row)
+    assert row.acked == 150 and row.stored >= 150  # every callback got its 200 in the end, from A or B
 
 
 @pytest.mark.parametrize("scenario", [

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import secrets
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
@@ -18,7 +18,7 @@ from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_ap
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
 from mpesa_agent.server.retries import Retries
-from mpesa_agent.server.store import open_store
+from mpesa_agent.server.store import DATABASE_ERRORS, open_store
 
 log = logging.getLogger("callback_server")
 
@@ -51,6 +51,8 @@ def create_app(config: Settings | None = None) -> Flask:
     dashboard_auth.configure(app, settings)
     app.before_request(require_api_key)
     app.register_error_handler(HTTPException, http_error)
+    for database_error in DATABASE_ERRORS:
+        app.register_error_handler(database_error, database_unavailable)
     app.register_error_handler(Exception, unexpected_error)
     return app
 
@@ -89,6 +91,17 @@ def http_error(exc: HTTPException):
     if exc.code == 413:
         return error(413, f"the body is too large: at most {request.max_content_length or MAX_BODY_BYTES} bytes")
     return error(exc.code or 500, exc.description or exc.name)
+
+
+def database_unavailable(exc: Exception):
+    """The database cannot be reached or refused (PostgreSQL restarting, a full disk): 503, so that a
+    client sends again; a callback answered this was not stored, and is never answered 200."""
+    rule = request.url_rule.rule if request.url_rule else "?"
+    log.error("database unavailable in %s %s: %s", request.method, rule, str(exc).strip().splitlines()[0][:200])
+    response, code = error(503, "the payments database is unavailable for a moment; send the request again",
+                           db=current_app.extensions["callback_manager"].store.described)
+    response.headers["Retry-After"] = "1"
+    return response, code
 
 
 def unexpected_error(exc: Exception):

@@ -35,6 +35,7 @@ REJECTED_SAMPLES_PER_MINUTE = 10
 REJECTED_BODY_BYTES = 2048
 REJECTED_HEADER_BYTES = 2048
 REJECTED_KEPT = 1000
+WAIT_READ_RETRY_SECONDS = 0.5  # a woken waiter reads its payment again this often while the database is away
 # A waiter wakes on these: the payment left `pending` (another process's commit is announced too).
 SETTLING_EVENTS = frozenset({EventType.PAYMENT_COMPLETED, EventType.PAYMENT_FAILED, EventType.PAYMENT_UNKNOWN})
 __all__ = ["AWAITING_NOTE", "CallbackManager", "InvalidRegistration", "RegistrationConflict", "UnknownPayment"]
@@ -334,14 +335,26 @@ class CallbackManager:
         None when the id is still not registered at the end.
         """
         waiters = self._subscribe(checkout_request_id)
+        deadline = time.monotonic() + timeout
         try:
             payment = self.store.payment(checkout_request_id)
             if (payment is None or payment.status == PENDING) and timeout > 0:
                 waiters.event.wait(timeout)
-                payment = self.store.payment(checkout_request_id)
+                payment = self._read_until(checkout_request_id, deadline)
             return payment
         finally:
             self._unsubscribe(checkout_request_id, waiters)
+
+    def _read_until(self, checkout_request_id: str, deadline: float) -> Payment | None:
+        """The payment, read again while the database refuses (PostgreSQL restarting) until `deadline`:
+        a waiter woken by its callback answers with it once the database is back, not with an error."""
+        while True:
+            try:
+                return self.store.payment(checkout_request_id)
+            except DATABASE_ERRORS:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(WAIT_READ_RETRY_SECONDS)
 
     def waiting(self) -> int:
         with self._lock:

@@ -702,7 +702,9 @@ def openapi_spec(callback_prefix: str = "/callback") -> dict:
                     "403": _json("Source not in TRUSTED_CALLBACK_IPS; stored as rejected.", _ref("CallbackRejected")),
                     "404": _error("Wrong token (stored as rejected), the same answer as any unknown path."),
                     "413": _error("The body is over 64 KiB; not stored."),
-                    "500": _error("The body could not be stored; Daraja did not get Accepted."),
+                    "500": _error("A bug: the body was not stored; Daraja did not get Accepted."),
+                    "503": _error("The database is unavailable (restarting, disk full): the body was not stored; "
+                                  "Daraja did not get Accepted. Retry-After: 1."),
                 },
             }},
             "/payments": {"get": {

@@ -38,8 +38,8 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from mpesa_agent.payments.record import FIELDS
-from mpesa_agent.server.store import (RECEIPT_INDEX, SCHEMA, SCHEMA_VERSION, NewerDatabase, SqlStore, Transaction,
-                                      _callback, event_json, utcnow)
+from mpesa_agent.server.store import (MAX_EVENTS_PAGE, RECEIPT_INDEX, SCHEMA, SCHEMA_VERSION, NewerDatabase, SqlStore,
+                                      Transaction, _callback, event_json, utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,7 @@ class PostgresStore(SqlStore):
             self.channel = f"mpesa_events:{self.schema}"
             self._migrate()
             self.known_last_event_id = self.last_event_id()
+            self._heard = self.known_last_event_id  # the listeners know of every event up to here
         except BaseException:
             self._pool.close()
             raise
@@ -271,8 +272,13 @@ class PostgresStore(SqlStore):
         try:
             with self._pool.connection() as raw:
                 tx = PgTransaction(Connection(raw), self)
-                with raw.transaction():
+                with raw.transaction() as block:
                     yield tx
+                # psycopg ends a block on a broken connection without COMMIT and without an error
+                # (a callback's apply failed in its savepoint, PostgreSQL went away): never a 200 then
+                if block.status != block.Status.COMMITTED:
+                    raise psycopg.OperationalError(f"not committed ({block.status.value}): the connection to "
+                                                   f"{self.described} was lost")
         except BaseException as exc:
             self.note_write_failure(exc)
             raise
@@ -332,10 +338,10 @@ class PostgresStore(SqlStore):
         """Wake this process on every other process's events (LISTEN), reconnecting if needed."""
         while not self._closing.is_set():
             try:
-                with psycopg.connect(self.url, autocommit=True,
-                                     connect_timeout=int(CONNECT_TIMEOUT_SECONDS)) as conn:
+                with psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT_SECONDS),
+                                     application_name=f"mpesa listen {os.getpid()}") as conn:
                     conn.execute(f'LISTEN "{self.channel}"')
-                    self.saw_events(self.last_event_id())  # whatever was missed while not listening
+                    self._catch_up()  # whatever was committed while not listening
                     while not self._closing.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if note.payload == f"{self.token} stop":
@@ -347,11 +353,35 @@ class PostgresStore(SqlStore):
                 log.warning("LISTEN on %s lost (%s); streams poll every second until it is back", self.described, exc)
                 self._closing.wait(LISTEN_RETRY_SECONDS)
 
+    def _catch_up(self) -> None:
+        """Tell the listeners of every event committed since the last one they heard of: a callback
+        another process stored while this one's LISTEN was reconnecting (or PostgreSQL restarting)
+        wakes its waiters here now, not at their timeout. Events of this process's own are told again,
+        which only wakes waiters whose payment has settled anyway."""
+        replayed = 0
+        while True:
+            found = self.events(after=self._heard, limit=MAX_EVENTS_PAGE)
+            for event in found:
+                for listener in self.event_listeners:
+                    listener(event.type, event.checkout_request_id)
+            if found:
+                self._heard = found[-1].id
+                replayed += len(found)
+            if len(found) < MAX_EVENTS_PAGE:
+                break
+        self.saw_events(self._heard)
+        if replayed:
+            log.info("LISTEN on %s: %d event(s) committed while not listening were caught up", self.described,
+                     replayed)
+            for listener in self.outbox_listeners:  # deliveries may have been queued meanwhile
+                listener()
+
     def _announced(self, payload: str) -> None:
         token, event_id, event_type, checkout_id, queued = (payload.split(" ") + [""] * 5)[:5]
         if token == self.token:
             return  # this process's own commit: already handled by `transaction`
         self.saw_events(int(event_id))
+        self._heard = max(self._heard, int(event_id))
         for listener in self.event_listeners:
             listener(event_type, checkout_id or None)
         if queued not in ("", "0"):
