@@ -1,5 +1,5 @@
 import sys
 
-from reliability.report import main
+from reliability.runner import main
 
 sys.exit(main())

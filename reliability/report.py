@@ -5,29 +5,25 @@
 
 Every scenario starts its own callback server (and, where needed, the Daraja simulator) as
 subprocesses on free ports, with a database in a temporary folder, injects its faults, and then
-checks the outcome by reading the SQLite file itself. It prints a table; `lost` and `double`
+checks the outcome by reading the database itself (SQLite, or PostgreSQL). It prints a table; `lost` and `double`
 must be 0, and the exit status is 1 when anything was lost, applied twice or ended in the wrong
-state. The scenario functions are what tests/test_reliability.py runs. See docs/reliability.md.
+state. The scenario functions are what tests/test_reliability.py runs; reliability/runner.py runs
+them all for `python -m reliability`. See docs/reliability.md.
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import itertools
 import json
-import logging
 import queue
 import random
-import shutil
 import sqlite3
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -921,90 +917,3 @@ def table(rows: list[Row]) -> str:
     lines = [" | ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def scenarios(folder: Path, sizes: Sizes, seed: int | None) -> list[tuple[str, object]]:
-    """(name, function of the shared stacks) in the order they run."""
-    from reliability import postgres  # it builds on this module's helpers
-    return [
-        ("crash", lambda s: crash(folder, sizes.crash_callbacks, sizes.crash_kills, sizes.senders, seed)),
-        ("duplicates", lambda s: duplicates(s["server"], sizes.per_case)),
-        ("before registration", lambda s: before_registration(s["server"], sizes.per_case)),
-        ("after timeout", lambda s: after_timeout(s["server"], sizes.per_case)),
-        ("contradicting", lambda s: contradicting(s["server"], sizes.per_case)),
-        ("unknown payments", lambda s: unknown_payments(s["server"], sizes.per_case)),
-        ("fuzz", lambda s: fuzz(s["server"], sizes.fuzz_inputs, seed)),
-        ("server down at send", lambda s: server_down_at_send(s["full"])),
-        ("server restart mid-wait", lambda s: server_restart_mid_wait(s["full"])),
-        ("spike arrest", lambda s: spike_arrest(s["full"])),
-        ("subscriber locked", lambda s: subscriber_locked(s["full"])),
-        ("token expiry", lambda s: token_expiry(s["full"])),
-        ("slow ack", lambda s: slow_ack(s["full"])),
-        ("webhooks through kill -9", lambda s: webhooks_through_crash(folder / "webhooks", sizes.webhook_events)),
-        ("PostgreSQL: kill -9 of one of two servers",
-         lambda s: postgres.kill_one_of_two(folder / "pg-kill", sizes.crash_callbacks, sizes.senders, seed)),
-        ("PostgreSQL: restart mid-burst",
-         lambda s: postgres.restart_mid_burst(folder / "pg-restart", sizes.crash_callbacks, sizes.senders, seed)),
-    ]
-
-
-def run(sizes: Sizes = DEFAULT, folder: Path | None = None, seed: int | None = None,
-        out=print) -> list[Row]:
-    """Run every scenario, printing a line as each starts and ends; returns the rows."""
-    folder = folder or Path(tempfile.mkdtemp(prefix="mpesa-reliability-"))
-    todo = scenarios(folder, sizes, seed)
-    rows = []
-    with new_stack(folder / "server") as server, new_stack(folder / "full", simulator=True) as full:
-        stacks = {"server": server, "full": full}
-        for number, (name, function) in enumerate(todo, start=1):
-            out(f"[{number}/{len(todo)}] {name} ...")
-            started = time.monotonic()
-            try:
-                row = function(stacks)
-            except Exception as exc:  # a scenario that cannot finish is a failure, not a crash of the report
-                row = Row(name, "-", problems=[f"{type(exc).__name__}: {exc}"])
-            row.seconds = time.monotonic() - started
-            rows.append(row)
-            out(f"[{number}/{len(todo)}] {name}: {'ok' if row.ok else 'FAIL'} in {row.seconds:.1f} s")
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reliability", description=__doc__.split("\n")[0])
-    parser.add_argument("--full", action="store_true",
-                        help="the issue's sizes: 2,000 callbacks x 5 kill points, 100 payments per case, "
-                             "5,000 fuzz inputs (a few minutes)")
-    parser.add_argument("--seed", type=int, help="seed for kill points and fuzz inputs (default: random)")
-    parser.add_argument("--fuzz", type=int, metavar="N",
-                        help="fuzz inputs to send (default 600; --full 5,000; 100,000 takes about 3 minutes)")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, logs)")
-    args = parser.parse_args(argv)
-    seed = args.seed if args.seed is not None else random.randrange(10**6)
-    folder = Path(tempfile.mkdtemp(prefix="mpesa-reliability-"))
-    logging.basicConfig(filename=folder / "reliability.log", level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    sizes = FULL if args.full else DEFAULT
-    if args.fuzz is not None:
-        sizes = replace(sizes, fuzz_inputs=args.fuzz)
-    print(f"Reliability run ({'full' if args.full else 'default'} sizes, seed {seed}); processes and "
-          f"databases in {folder}", flush=True)
-    started = time.monotonic()
-    rows = run(sizes, folder, seed, out=lambda line: print(line, flush=True))
-    print()
-    print(table(rows))
-    failed = [r for r in rows if not r.ok]
-    for row in failed:
-        print(f"\n{row.scenario}: lost {row.lost}, double-applied {row.double}")
-        for problem in row.problems[:10]:
-            print(f"  - {problem}")
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} scenarios ok in {time.monotonic() - started:.0f} s"
-          f" (seed {seed}).")
-    if failed or args.keep:
-        print(f"Logs and databases kept in {folder}")
-    else:
-        shutil.rmtree(folder, ignore_errors=True)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
