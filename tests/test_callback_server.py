@@ -268,6 +268,16 @@ def test_no_accepted_answer_when_the_body_could_not_be_stored(app, client, monke
     assert "Accepted" not in response.get_data(as_text=True)
 
 
+def test_a_broken_constraint_is_a_500_not_a_database_outage(app, client, monkeypatch):
+    def constraint(*args, **kwargs):
+        raise sqlite3.IntegrityError("UNIQUE constraint failed: callbacks.id")
+
+    monkeypatch.setattr(Transaction, "insert_callback", constraint)
+    response = post_callback(client, SAMPLE_SUCCESS)
+    assert_error(response, 500, "internal error")
+    assert "Retry-After" not in response.headers
+
+
 def test_a_duplicate_callback_is_accepted_and_changes_nothing(app, client):
     register(client)
     post_callback(client, callback_body())

@@ -18,7 +18,7 @@ from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_ap
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
 from mpesa_agent.server.retries import Retries
-from mpesa_agent.server.store import DATABASE_ERRORS, open_store
+from mpesa_agent.server.store import DATABASE_ERRORS, INTEGRITY_ERRORS, open_store
 
 log = logging.getLogger("callback_server")
 
@@ -95,7 +95,10 @@ def http_error(exc: HTTPException):
 
 def database_unavailable(exc: Exception):
     """The database cannot be reached or refused (PostgreSQL restarting, a full disk): 503, so that a
-    client sends again; a callback answered this was not stored, and is never answered 200."""
+    client sends again; a callback answered this was not stored, and is never answered 200. A
+    broken constraint is no outage: a bug, a 500."""
+    if isinstance(exc, INTEGRITY_ERRORS):
+        return unexpected_error(exc)
     rule = request.url_rule.rule if request.url_rule else "?"
     log.error("database unavailable in %s %s: %s", request.method, rule, str(exc).strip().splitlines()[0][:200])
     response, code = error(503, "the payments database is unavailable for a moment; send the request again",
