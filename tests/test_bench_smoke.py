@@ -35,7 +35,7 @@ def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for label in ("held at once: 20 waiters + 5 SSE + 5 slow clients; 10 callbacks at 100/s", "memory while held",
-                  "callback ingestion, SQLite, 1 process", "callback ingestion, PostgreSQL, 1 process",
+                  "memory per held waiter (20 waiters alone)", "callback ingestion, SQLite, 1 process", "callback ingestion, PostgreSQL, 1 process",
                   "callback ingestion, PostgreSQL, 2 processes", "cross-process notification"):
         row = next((line for line in lines if line.startswith(f"| {label}")), None)
         assert row is not None, f"no row {label!r} in:\n{done.stdout}"
