@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Blueprint, Response, current_app, jsonify, request, stream_with_context
 
@@ -10,7 +11,7 @@ from mpesa_agent.payments.notifications import notification_for, timeout_notific
 from mpesa_agent.payments.record import Payment
 from mpesa_agent.payments.states import COMPLETED, PENDING, SettledBy, State, Verification
 from mpesa_agent.server import history as reports
-from mpesa_agent.server.http import error, json_object, manager, seconds, settings
+from mpesa_agent.server.http import PARKING, error, json_object, manager, seconds, settings, unavailable
 from mpesa_agent.server.manager import InvalidRegistration, RegistrationConflict
 from mpesa_agent.server.openapi import openapi_spec
 from mpesa_agent.server.retries import Retries, RetryRefused, retry_summary
@@ -98,11 +99,50 @@ def wait(checkout_request_id: str):
     timeout, problem = wait_timeout(request.args.get("timeout"))
     if problem:
         return error(400, problem)
-    payment = manager().wait(checkout_request_id, timeout)
+    parking = request.environ.get(PARKING)
+    if parking is not None and timeout > 0 and request.method == "GET":  # held by the server, without a greenlet
+        return park(parking, checkout_request_id, timeout)
+    return wait_answer(checkout_request_id, manager().wait(checkout_request_id, timeout))
+
+
+def wait_answer(checkout_request_id: str, payment: Payment | None):
+    """The long-poll's answer: the payment's notification (`timeout` while still pending), or a 404."""
     if payment is None:
         return unknown_payment(checkout_request_id)
     body = notification(payment, timed_out=payment.status == PENDING)
     return jsonify({**body, "payment": payment.to_dict()})
+
+
+def park(parking, checkout_request_id: str, timeout: float):
+    """Hand the wait to the HTTP server: it keeps the connection and a small record, and answers
+    with `wait_answer` when the payment settles or at the timeout (the same answer as a held wait)."""
+    callbacks, app = manager(), current_app._get_current_object()
+    deadline = time.monotonic() + timeout
+
+    def answer() -> tuple[str, list, bytes]:
+        with app.app_context():
+            try:
+                response = app.make_response(wait_answer(checkout_request_id,
+                                                         callbacks.read_until(checkout_request_id, deadline)))
+            except DATABASE_ERRORS as exc:
+                log.error("wait for %s: database unavailable: %s", checkout_request_id, str(exc).strip()[:200])
+                response = app.make_response(unavailable(callbacks.store.described))
+        return response.status, [(k, v) for k, v in response.headers.items() if k.lower() != "connection"], \
+            response.get_data()
+
+    def watch(settled):
+        stop = callbacks.watch(checkout_request_id, settled)
+        try:
+            payment = callbacks.status(checkout_request_id)  # after subscribing: a callback now still wakes it
+        except BaseException:
+            stop()
+            raise
+        if payment is not None and payment.status != PENDING:
+            settled()
+        return stop
+
+    parking.park(watch, answer, timeout)
+    return Response(status=204)  # not sent: the server writes `answer()` instead
 
 
 @blueprint.get("/payments")

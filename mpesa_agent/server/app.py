@@ -14,7 +14,7 @@ from mpesa_agent.config import MIN_CALLBACK_TOKEN_LENGTH, ConfigError, Settings
 from mpesa_agent.server import api, bulk, callbacks, dashboard, dashboard_auth, events, webhooks
 from mpesa_agent.server.batches import Batches
 from mpesa_agent.server.channels import channel_id, channel_urls
-from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key
+from mpesa_agent.server.http import MAX_BODY_BYTES, error, not_found, require_api_key, unavailable
 from mpesa_agent.server.manager import CallbackManager
 from mpesa_agent.server.outbox import Outbox
 from mpesa_agent.server.retries import Retries
@@ -101,10 +101,7 @@ def database_unavailable(exc: Exception):
         return unexpected_error(exc)
     rule = request.url_rule.rule if request.url_rule else "?"
     log.error("database unavailable in %s %s: %s", request.method, rule, str(exc).strip().splitlines()[0][:200])
-    response, code = error(503, "the payments database is unavailable for a moment; send the request again",
-                           db=current_app.extensions["callback_manager"].store.described)
-    response.headers["Retry-After"] = "1"
-    return response, code
+    return unavailable(current_app.extensions["callback_manager"].store.described)
 
 
 def unexpected_error(exc: Exception):

@@ -30,6 +30,17 @@ def error(status_code: int, message: str, **extra):
     return jsonify(error_body(message, **extra)), status_code
 
 
+PARKING = "mpesa.parking"  # environ key: the request's Parking, when the HTTP server can park it (server/wsgi.py)
+DATABASE_UNAVAILABLE = "the payments database is unavailable for a moment; send the request again"
+
+
+def unavailable(database: str):
+    """503: the database cannot be reached or refused a write; the client should send again."""
+    response, code = error(503, DATABASE_UNAVAILABLE, db=database)
+    response.headers["Retry-After"] = "1"
+    return response, code
+
+
 def error_body(message: str, **extra) -> dict:
     return {"status": "error", "error": message, **extra}
 

@@ -78,11 +78,12 @@ def callback_summary(callback_id: int, outcome: str, note: str | None, parsed: S
 
 
 class _Waiters:
-    __slots__ = ("event", "count")
+    __slots__ = ("event", "count", "callbacks")
 
     def __init__(self):
         self.event = threading.Event()
         self.count = 0
+        self.callbacks: list[Callable[[], None]] = []  # watchers that hold no thread (`watch`)
 
 
 class CallbackManager:
@@ -340,12 +341,12 @@ class CallbackManager:
             payment = self.store.payment(checkout_request_id)
             if (payment is None or payment.status == PENDING) and timeout > 0:
                 waiters.event.wait(timeout)
-                payment = self._read_until(checkout_request_id, deadline)
+                payment = self.read_until(checkout_request_id, deadline)
             return payment
         finally:
             self._unsubscribe(checkout_request_id, waiters)
 
-    def _read_until(self, checkout_request_id: str, deadline: float) -> Payment | None:
+    def read_until(self, checkout_request_id: str, deadline: float) -> Payment | None:
         """The payment, read again while the database refuses (PostgreSQL restarting) until `deadline`:
         a waiter woken by its callback answers with it once the database is back, not with an error."""
         while True:
@@ -355,6 +356,32 @@ class CallbackManager:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(WAIT_READ_RETRY_SECONDS)
+
+    def watch(self, checkout_request_id: str, settled: Callable[[], None]) -> Callable[[], None]:
+        """Call `settled()` once, when the payment leaves `pending` (or is registered with a parked
+        callback), without holding a thread: the HTTP server's parked long-polls. It runs in the
+        committing thread, so it must only hand the work on. Returns `stop()`, which ends the watch
+        (at its deadline); counted in `waiting()` until then."""
+        waiters = self._subscribe(checkout_request_id)
+        with self._lock:
+            if waiters.event.is_set():
+                settled_now = True
+            else:
+                waiters.callbacks.append(settled)
+                settled_now = False
+        stopped = []
+
+        def stop() -> None:
+            if stopped:
+                return
+            stopped.append(True)
+            with self._lock:
+                if settled in waiters.callbacks:
+                    waiters.callbacks.remove(settled)
+            self._unsubscribe(checkout_request_id, waiters)
+        if settled_now:
+            settled()
+        return stop
 
     def waiting(self) -> int:
         with self._lock:
@@ -379,8 +406,16 @@ class CallbackManager:
     def _wake(self, checkout_request_id: str) -> None:
         with self._lock:
             waiters = self._waiters.get(checkout_request_id)
+            callbacks, waiters_callbacks = (waiters.callbacks, []) if waiters is not None else ([], None)
+            if waiters is not None:
+                waiters.callbacks = waiters_callbacks
         if waiters is not None:
             waiters.event.set()
+        for settled in callbacks:
+            try:
+                settled()
+            except Exception:  # a watcher's failure is its own (its connection); the others are still told
+                log.exception("payment %s: a parked wait could not be answered", checkout_request_id)
 
     def pending_older_than(self, seconds: float, include_unknown: bool = False,
                            now: datetime | None = None) -> list[Payment]:
