@@ -189,7 +189,7 @@ def test_a_parked_wait_times_out_with_the_pending_answer_and_an_unknown_id_with_
         sock.sendall(request_line("/payment/wait/ws_CO_park_2?timeout=0.5"))
         status, body = answer(sock)
         assert status == 200 and body["status"] == "timeout" and body["payment_status"] == "pending"
-        assert time.monotonic() - started >= 0.5
+        assert time.monotonic() - started >= 0.45  # answered at its timeout, not at once
         sock.sendall(request_line("/payment/wait/ws_CO_never_registered?timeout=0.3", close=True))
         status, body = answer(sock)
         assert status == 404 and "no payment registered" in body["error"]

@@ -90,7 +90,7 @@ class Parking:
         The app's own response to this request is then not sent."""
         parked = Parked(self.server, self.handler, answer)
         parked.timer = self.server.loop.timer(seconds)
-        parked.timer.start(parked.fire)
+        parked.timer.start(parked.fire, update=True)  # from now, not from the loop's last look at the clock
         try:
             parked.stop = watch(parked.fire)
         except BaseException:  # e.g. the database is away: the app answers this request itself
