@@ -3,33 +3,17 @@ server and the Daraja simulator): a push above PAYMENT_CONFIRM_ABOVE shows ADK's
 step with the agent's words; approved, the prompt goes out and the outcome is shown; rejected, nothing
 reaches the simulator. Skipped with the reason when Chromium or Playwright is missing, except under
 CI=true, where they must run."""
-import os
-
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from harness import ROOT, Process, Stack, free_port
-from harness import browser as chromium
+from tests.test_dashboard_browser import browser  # noqa: F401  (headless Chromium, skipped or failed with why)
 
-CI = os.environ.get("CI", "").lower() == "true"
 TIMEOUT_MS = 30_000  # the offline model answers at once; the page and the payment's callback take a moment
 
 
 @pytest.fixture(scope="module")
-def browser():
-    reason = chromium.missing()
-    if reason:
-        if CI:
-            pytest.fail(f"the browser tests must run under CI=true: {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as playwright:
-        launched = chromium.launch(playwright)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture(scope="module")
-def chat_url(tmp_path_factory, browser):
+def chat_url(tmp_path_factory, browser):  # noqa: F811
     folder = tmp_path_factory.mktemp("adk_web")
     with Stack(folder, SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_CONFIRM_ABOVE="10000") as stack:
         port = free_port()
@@ -43,7 +27,7 @@ def chat_url(tmp_path_factory, browser):
 
 
 @pytest.fixture
-def page(browser):
+def page(browser):  # noqa: F811
     context = browser.new_context(viewport={"width": 1300, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     yield context.new_page()

@@ -401,6 +401,25 @@ def test_waiter_on_an_unregistered_id_is_woken_when_registration_matches_a_parke
     assert results[0].status == "completed"
 
 
+def test_a_watch_is_told_once_when_its_payment_settles_or_at_once_if_it_has(manager):
+    register(manager)
+    told = []
+    stop = manager.watch("ws_CO_1", lambda: told.append("settled"))
+    assert manager.waiting() == 1 and told == []
+    ingest(manager, callback_body())
+    ingest(manager, callback_body())  # a duplicate tells nobody again
+    assert told == ["settled"]
+    stop()
+    stop()  # at its deadline too: harmless
+    assert manager.waiting() == 0
+    late = manager.watch("ws_CO_1", lambda: told.append("already"))  # settled before the watch began
+    assert told == ["settled", "already"] and manager.waiting() == 0
+    late()
+    unwatched = manager.watch("ws_CO_never", lambda: told.append("never"))
+    unwatched()  # stopped at its deadline: nothing left subscribed, never told
+    assert manager.waiting() == 0 and told == ["settled", "already"]
+
+
 def test_wait_on_a_settled_payment_returns_at_once(manager):
     register(manager)
     ingest(manager, callback_body())

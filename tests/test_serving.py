@@ -157,65 +157,61 @@ def until(condition, timeout: float = 10.0):
         time.sleep(0.02)
 
 
-def test_a_parked_wait_is_answered_by_its_callback_and_its_connection_serves_on(tmp_path):
-    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN).start()
-    try:
-        register(server, "ws_CO_park_1")
-        sock = open_socket(server.url)
-        sock.sendall(request_line("/payment/wait/ws_CO_park_1?timeout=60"))
-        until(lambda: health(server)["waiting"] == 1)
-        sent = requests.post(f"{server.url}/callback/{TOKEN}", data=callback_body(
-            checkout_request_id="ws_CO_park_1"), timeout=10)
-        assert sent.status_code == 200
-        status, body = answer(sock)
-        assert status == 200 and body["payment_status"] == "completed" and body["payment"]["receipt"]
-        sock.sendall(request_line("/payment/status/ws_CO_park_1"))  # the same connection, kept alive
-        status, body = answer(sock)
-        assert status == 200 and body["payment_status"] == "completed"
-        sock.sendall(request_line("/payment/wait/ws_CO_park_1?timeout=60"))  # settled: answered at once
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the parked-wait tests (each uses its own payment)."""
+    process = callback_server(tmp_path_factory.mktemp("parking"), api_key=API_KEY, token=TOKEN).start()
+    yield process
+    process.stop()
+
+
+def test_a_parked_wait_is_answered_by_its_callback_and_its_connection_serves_on(server):
+    register(server, "ws_CO_park_1")
+    sock = open_socket(server.url)
+    sock.sendall(request_line("/payment/wait/ws_CO_park_1?timeout=60"))
+    until(lambda: health(server)["waiting"] == 1)
+    sent = requests.post(f"{server.url}/callback/{TOKEN}", data=callback_body(
+        checkout_request_id="ws_CO_park_1"), timeout=10)
+    assert sent.status_code == 200
+    status, body = answer(sock)
+    assert status == 200 and body["payment_status"] == "completed" and body["payment"]["receipt"]
+    sock.sendall(request_line("/payment/status/ws_CO_park_1"))  # the same connection, kept alive
+    status, body = answer(sock)
+    assert status == 200 and body["payment_status"] == "completed"
+    sock.sendall(request_line("/payment/wait/ws_CO_park_1?timeout=60"))  # settled: answered at once
+    assert answer(sock)[1]["payment_status"] == "completed"
+    assert health(server)["waiting"] == 0
+    sock.close()
+
+
+def test_a_parked_wait_times_out_with_the_pending_answer_and_an_unknown_id_with_a_404(server):
+    register(server, "ws_CO_park_2")
+    sock = open_socket(server.url)
+    started = time.monotonic()
+    sock.sendall(request_line("/payment/wait/ws_CO_park_2?timeout=0.5"))
+    status, body = answer(sock)
+    assert status == 200 and body["status"] == "timeout" and body["payment_status"] == "pending"
+    assert time.monotonic() - started >= 0.45  # answered at its timeout, not at once
+    sock.sendall(request_line("/payment/wait/ws_CO_never_registered?timeout=0.3", close=True))
+    status, body = answer(sock)
+    assert status == 404 and "no payment registered" in body["error"]
+    assert sock.recv(100) == b""  # Connection: close was honoured after the parked answer
+    sock.close()
+    assert health(server)["waiting"] == 0  # nothing left subscribed
+
+
+def test_a_parked_wait_whose_client_left_is_dropped_without_harm(server):
+    register(server, "ws_CO_park_3")
+    socks = [open_socket(server.url) for _ in range(20)]
+    for sock in socks:
+        sock.sendall(request_line("/payment/wait/ws_CO_park_3?timeout=60"))
+    until(lambda: health(server)["waiting"] == 20)
+    for sock in socks[:10]:
+        sock.close()  # gone before the answer
+    assert requests.post(f"{server.url}/callback/{TOKEN}", data=callback_body(
+        checkout_request_id="ws_CO_park_3"), timeout=10).status_code == 200
+    for sock in socks[10:]:
         assert answer(sock)[1]["payment_status"] == "completed"
-        assert health(server)["waiting"] == 0
         sock.close()
-    finally:
-        server.stop()
-
-
-def test_a_parked_wait_times_out_with_the_pending_answer_and_an_unknown_id_with_a_404(tmp_path):
-    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN).start()
-    try:
-        register(server, "ws_CO_park_2")
-        sock = open_socket(server.url)
-        started = time.monotonic()
-        sock.sendall(request_line("/payment/wait/ws_CO_park_2?timeout=0.5"))
-        status, body = answer(sock)
-        assert status == 200 and body["status"] == "timeout" and body["payment_status"] == "pending"
-        assert time.monotonic() - started >= 0.45  # answered at its timeout, not at once
-        sock.sendall(request_line("/payment/wait/ws_CO_never_registered?timeout=0.3", close=True))
-        status, body = answer(sock)
-        assert status == 404 and "no payment registered" in body["error"]
-        assert sock.recv(100) == b""  # Connection: close was honoured after the parked answer
-        sock.close()
-        assert health(server)["waiting"] == 0  # nothing left subscribed
-    finally:
-        server.stop()
-
-
-def test_a_parked_wait_whose_client_left_is_dropped_without_harm(tmp_path):
-    server = callback_server(tmp_path, api_key=API_KEY, token=TOKEN).start()
-    try:
-        register(server, "ws_CO_park_3")
-        socks = [open_socket(server.url) for _ in range(20)]
-        for sock in socks:
-            sock.sendall(request_line("/payment/wait/ws_CO_park_3?timeout=60"))
-        until(lambda: health(server)["waiting"] == 20)
-        for sock in socks[:10]:
-            sock.close()  # gone before the answer
-        assert requests.post(f"{server.url}/callback/{TOKEN}", data=callback_body(
-            checkout_request_id="ws_CO_park_3"), timeout=10).status_code == 200
-        for sock in socks[10:]:
-            assert answer(sock)[1]["payment_status"] == "completed"
-            sock.close()
-        until(lambda: health(server)["waiting"] == 0)
-        assert health(server)["status"] == "ok"
-    finally:
-        server.stop()
+    until(lambda: health(server)["waiting"] == 0)
+    assert health(server)["status"] == "ok"

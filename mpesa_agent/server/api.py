@@ -130,18 +130,7 @@ def park(parking, checkout_request_id: str, timeout: float):
         return response.status, [(k, v) for k, v in response.headers.items() if k.lower() != "connection"], \
             response.get_data()
 
-    def watch(settled):
-        stop = callbacks.watch(checkout_request_id, settled)
-        try:
-            payment = callbacks.status(checkout_request_id)  # after subscribing: a callback now still wakes it
-        except BaseException:
-            stop()
-            raise
-        if payment is not None and payment.status != PENDING:
-            settled()
-        return stop
-
-    parking.park(watch, answer, timeout)
+    parking.park(lambda settled: callbacks.watch(checkout_request_id, settled), answer, timeout)
     return Response(status=204)  # not sent: the server writes `answer()` instead
 
 

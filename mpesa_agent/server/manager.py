@@ -358,28 +358,30 @@ class CallbackManager:
                 time.sleep(WAIT_READ_RETRY_SECONDS)
 
     def watch(self, checkout_request_id: str, settled: Callable[[], None]) -> Callable[[], None]:
-        """Call `settled()` once, when the payment leaves `pending` (or is registered with a parked
-        callback), without holding a thread: the HTTP server's parked long-polls. It runs in the
-        committing thread, so it must only hand the work on. Returns `stop()`, which ends the watch
-        (at its deadline); counted in `waiting()` until then."""
+        """`wait` without holding a thread (the HTTP server's parked long-polls): call `settled()`
+        when the payment leaves `pending`, at once if it already has. It may run in the committing
+        thread, so it must only hand the work on. Returns `stop()`, which ends the watch (at its
+        deadline); counted in `waiting()` until then."""
         waiters = self._subscribe(checkout_request_id)
         with self._lock:
-            if waiters.event.is_set():
-                settled_now = True
-            else:
-                waiters.callbacks.append(settled)
-                settled_now = False
-        stopped = []
+            waiters.callbacks.append(settled)
+        stopped = False
 
         def stop() -> None:
-            if stopped:
-                return
-            stopped.append(True)
-            with self._lock:
-                if settled in waiters.callbacks:
-                    waiters.callbacks.remove(settled)
-            self._unsubscribe(checkout_request_id, waiters)
-        if settled_now:
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                with self._lock:
+                    if settled in waiters.callbacks:
+                        waiters.callbacks.remove(settled)
+                self._unsubscribe(checkout_request_id, waiters)
+        try:
+            payment = self.store.payment(checkout_request_id)  # after subscribing: a callback now still wakes it
+        except BaseException:
+            stop()
+            raise
+        if payment is not None and payment.status != PENDING:
+            stop()
             settled()
         return stop
 
@@ -406,9 +408,9 @@ class CallbackManager:
     def _wake(self, checkout_request_id: str) -> None:
         with self._lock:
             waiters = self._waiters.get(checkout_request_id)
-            callbacks, waiters_callbacks = (waiters.callbacks, []) if waiters is not None else ([], None)
+            callbacks = []
             if waiters is not None:
-                waiters.callbacks = waiters_callbacks
+                callbacks, waiters.callbacks = waiters.callbacks, []
         if waiters is not None:
             waiters.event.set()
         for settled in callbacks:

@@ -73,7 +73,7 @@ class Parked:
         if self.stop is not None:
             self.stop()
         if self.detached:  # its greenlet is gone: a new one answers and carries on
-            self.server.loop.run_callback_threadsafe(gevent.spawn, self.server.resume, self)
+            gevent.spawn(self.server.resume, self)
 
 
 class Parking:
@@ -258,14 +258,14 @@ class Server(pywsgi.WSGIServer):
                  header_seconds: float = HEADER_SECONDS, body_seconds: float = BODY_SECONDS, parking: bool = True):
         super().__init__(listener, application, spawn=Pool(connections), handler_class=Handler, log=None,
                          error_log=log, backlog=2048 if isinstance(listener, tuple) else None)
-        self.connections, self.parking = connections, parking
+        self.parking = parking
         self.parked_sockets: set = set()  # connections whose request is parked (no greenlet)
         self.per_source, self.exempt = per_source, exempt
         self.header_seconds, self.body_seconds = header_seconds, body_seconds
         self.open_by_source: Counter = Counter()
 
     def handle(self, sock, address):
-        source = address[0] if isinstance(address, tuple) else ""
+        source = _source(address)
         if not self.exempt(source) and self.open_by_source[source] >= self.per_source:
             try:
                 sock.sendall(json_error("429 Too Many Requests",
@@ -291,20 +291,16 @@ class Server(pywsgi.WSGIServer):
 
     def resume(self, parked: Parked) -> None:
         """A parked request's payment settled or its deadline came: answer, then serve on."""
-        handler = parked.handler
+        handler = parked.handler  # still holding `parked`, for send_parked
         self.parked_sockets.discard(handler.socket)
-        handler.parked = parked
-        source = handler.client_address[0] if isinstance(handler.client_address, tuple) else ""
-        if not self._watcher_running():
+        source = _source(handler.client_address)
+        if self._watcher is None:
             self._start_accepting_if_started()  # a place is free again, if it was full
         if not handler._send_parked_safely() or handler.socket is None:
             handler.close()
             self._closed(source)
             return
         self._serve(self.handler_class(handler.socket, handler.client_address, self, rfile=handler.rfile), source)
-
-    def _watcher_running(self) -> bool:
-        return self._watcher is not None
 
     def full(self) -> bool:
         """No more connections: the active ones and the parked ones together are `connections`."""
@@ -319,6 +315,11 @@ class Server(pywsgi.WSGIServer):
         self.open_by_source[source] -= 1
         if not self.open_by_source[source]:
             del self.open_by_source[source]
+
+
+def _source(address) -> str:
+    """The address a connection comes from (a Unix socket has none)."""
+    return address[0] if isinstance(address, tuple) else ""
 
 
 def exempt_sources(trusted_proxies: tuple[str, ...]) -> Callable[[str], bool]:
