@@ -573,6 +573,8 @@ segments = st.one_of(st.sampled_from(["payment", "register", "status", "wait", "
 @given(method=methods, parts=st.lists(segments, max_size=4), headers=auth_headers, body=st.binary(max_size=100)
        | st.just(b"") | registrations.map(encode) | near_valid_callbacks(st.just("ws_CO_pending")).map(encode))
 @example(method="PATCH", parts=["webhooks", "payment"], headers=AUTH, body=b"")  # CI found: its 404 said "no webhook endpoint"
+@example(method="POST", parts=["payment", "ws_CO_paid", "retry"], headers=AUTH, body=b"")  # 409: "cannot be retried"
+@example(method="POST", parts=["payment", "ws_CO_cancelled", "retry"], headers=AUTH, body=b"{}")
 def test_any_method_on_any_path(server, settled, method, parts, headers, body):
     GENERATED["any method, any path"] += 1
     path = "/" + "/".join(segment(part) for part in parts)
@@ -586,8 +588,9 @@ def test_any_method_on_any_path(server, settled, method, parts, headers, body):
     if response.status_code >= 400:
         assert server.payments() == before
         if method != "HEAD" and not (parts[:1] == ["callback"] and response.status_code == 400):
-            assert_error(response, "not found", "not allowed", "API key", "JSON", "body", "timeout",
-                         "no payment registered", "no webhook endpoint", "no batch", "too large")
+            assert_error(response, "not found", "not allowed", "API key", "JSON", "body", "timeout", "too large",
+                         "no payment registered", "no webhook endpoint", "no batch", "must be", "missing field",
+                         "invalid", "cannot be retried", "not sent")
 
 
 # --- found by hypothesis: kept as plain examples --------------------------------------------
