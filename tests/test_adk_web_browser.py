@@ -15,10 +15,15 @@ TIMEOUT_MS = 30_000  # the offline model answers at once; the page and the payme
 @pytest.fixture(scope="module")
 def chat_url(tmp_path_factory, browser):  # noqa: F811
     folder = tmp_path_factory.mktemp("adk_web")
+    # adk web asks about telemetry in a dialog over the page until ~/.adk/config.json holds an answer
+    # (start.sh answers with `adk telemetry disable`); this adk web gets a home of its own that has it.
+    (folder / ".adk").mkdir()
+    (folder / ".adk" / "config.json").write_text('{"telemetry": false}\n')
     with Stack(folder, SIMULATOR_CALLBACK_DELAY="0.2", PAYMENT_CONFIRM_ABOVE="10000") as stack:
         port = free_port()
         adk_web = Process(["-m", "google.adk.cli", "web", "--host", "127.0.0.1", "--port", str(port), "--no-reload",
-                           str(ROOT)], stack.env, f"http://127.0.0.1:{port}/list-apps", folder / "adk_web.log")
+                           str(ROOT)], {**stack.env, "HOME": str(folder)}, f"http://127.0.0.1:{port}/list-apps",
+                          folder / "adk_web.log")
         adk_web.start(timeout=90)
         try:
             yield f"http://127.0.0.1:{port}/dev-ui/?app=mpesa_agent", stack
