@@ -1,10 +1,13 @@
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, Store, open_store
 from mpesa_agent.server.store import INTEGRITY_ERRORS
+from harness import ROOT
 
 pytestmark = pytest.mark.stores  # each test on SQLite and on PostgreSQL (tests/conftest.py)
 
@@ -137,6 +140,33 @@ def test_group_commit_keeps_each_failure_to_itself_and_returns_only_once_on_disk
     assert errors == []
     assert sorted(p.checkout_request_id for p in store.payments_with_status("pending")) == sorted(durable)
     assert len(durable) == 16 * 22
+
+
+GREENLETS_SHARE_COMMITS = """
+from gevent import monkey; monkey.patch_all()
+import sys, gevent
+from mpesa_agent.server.store import Store
+store = Store(sys.argv[1])
+commits = []
+store._writer.set_trace_callback(lambda sql: sql == "COMMIT" and commits.append(sql))
+def work(n):
+    with store.transaction() as tx:
+        tx.insert_payment(f"ws_CO_{n}", "254712345678", 1 + n, "", None)
+    assert Store(sys.argv[1]).payment(f"ws_CO_{n}") is not None  # returned: on disk, seen by another connection
+gevent.joinall([gevent.spawn(work, n) for n in range(20)], raise_error=True)
+print(len(commits), len(store.payments_with_status("pending")))
+"""
+
+
+def test_greenlets_that_write_at_once_share_one_commit_under_gevent(tmp_path):
+    """Served under gevent, a block and its COMMIT ran back to back, so each callback paid an fsync
+    of its own; the first to finish now yields once, and every greenlet that is ready joins its batch."""
+    done = subprocess.run([sys.executable, "-c", GREENLETS_SHARE_COMMITS, str(tmp_path / "p.db")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    commits, stored = map(int, done.stdout.split())
+    assert stored == 20
+    assert commits <= 2, commits  # 20 without the yield
 
 
 def test_a_transaction_inside_another_in_one_thread_is_refused_not_deadlocked(store):

@@ -4,9 +4,12 @@ Durability: WAL journal with `synchronous=FULL`, so a commit is on disk before i
 200 answered to Daraja after a commit survives a process crash *and* a power cut (`NORMAL` would
 survive a crash but may lose the last commits on power loss). Each commit costs one fsync of
 the WAL (~0.5 ms here), so writes are group-committed: one writer connection, and a write
-transaction is a SAVEPOINT inside the open batch; the first thread to finish its block commits
-the batch with everything done so far and the others wait for that commit, so concurrent
-callbacks and registrations share one fsync and nobody returns before their work is on disk.
+transaction is a SAVEPOINT inside the open batch; the first thread to finish its block yields
+once (`time.sleep(0)`: under gevent, every greenlet that is ready runs its block into the same
+batch), then commits the batch with everything done so far, and the others wait for that
+commit, so concurrent callbacks and registrations share one fsync and nobody returns before
+their work is on disk. Without the yield a greenlet's block and COMMIT ran back to back and
+every callback paid a COMMIT of its own (docs/benchmark.md, "Group commit under gevent").
 Writers queue on a Python lock instead of SQLite's busy handler, which sleeps up to 100 ms.
 
 Reads use a small pool of connections (opening one costs ~0.1 ms): thousands of held
@@ -692,15 +695,18 @@ class Store(SqlStore):
         if leader:
             current, error = None, None
             try:
-                with self._write_lock:
-                    current, self._batch = self._batch, None
-                    if current is not None:
-                        try:
-                            self._writer.execute("COMMIT")
-                        except BaseException as exc:
-                            error = exc
-                            if self._writer.in_transaction:
-                                self._writer.execute("ROLLBACK")
+                try:
+                    time.sleep(0)  # let the others that are ready finish their blocks first: one fsync for all
+                finally:  # interrupted or not, the batch is committed (it may hold others' work)
+                    with self._write_lock:
+                        current, self._batch = self._batch, None
+                        if current is not None:
+                            try:
+                                self._writer.execute("COMMIT")
+                            except BaseException as exc:
+                                error = exc
+                                if self._writer.in_transaction:
+                                    self._writer.execute("ROLLBACK")
             finally:
                 with self._commits:
                     self._committing = False
