@@ -3,12 +3,21 @@ import threading
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 from werkzeug.serving import make_server
 
 from callback_server import create_app
 from harness.postgres import Database, admin_url
 from mpesa_agent.config import Settings
 from mpesa_agent.simulator import create_app as create_simulator
+
+
+# Property tests explore new inputs on every ./test.sh run; under CI=true they replay the same
+# derandomized inputs, so that a CI verdict can be reproduced (`CI=true ./test.sh`). A failure
+# found locally is kept as an @example or a plain test (tests/test_fuzz.py has several).
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)

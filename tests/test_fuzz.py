@@ -43,7 +43,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
 
 def fuzz(max_examples: int):
     return hypothesis_settings(
-        max_examples=max_examples, deadline=None, derandomize=False, database=None,
+        max_examples=max_examples, deadline=None, database=None,  # derandomized under CI=true (conftest.py)
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                HealthCheck.data_too_large, HealthCheck.filter_too_much,
                                HealthCheck.large_base_example])
