@@ -258,3 +258,10 @@ def test_counts_of_people_are_not_amounts(text):
 @pytest.mark.parametrize("text", ["nataka kutuma pesa", "nataka kulipwa", "nataka kumtumia mteja ombi la malipo"])
 def test_swahili_infinitives_are_send_requests(text):
     assert understand(text).intent == SEND
+
+
+@pytest.mark.parametrize("text", ["nani hajalipa?", "nani hajalipa leo"])
+def test_who_has_not_paid_in_swahili_names_no_debtor(text):
+    """"nani" is "who", not a customer's name: no "Nani's debt" purpose."""
+    message = understand(text)
+    assert message.intent != SEND and message.context == ""

@@ -489,6 +489,34 @@ def test_other_requests_are_politely_refused(text):
     assert turn.calls == [] and "I can only help with M-Pesa payment requests" in turn.text
 
 
+@pytest.mark.parametrize("text", [
+    "refund 0712345678 500", "Refund the customer 0722000333 KSh 1,200", "reverse the 500 from 0712345678",
+    "rudisha 500 kwa 0712345678", "mrudishie 0712345678 elfu moja", "send the money back to 0712345678, 500",
+    "send 500 back to 0712345678", "pay out 2000 to 0712345678", "B2C 0712345678 300",
+    "return 500 to 0712345678", "give 0712345678 back their 700",
+])
+def test_a_refund_or_reversal_is_never_a_push(text):
+    """Money to a customer: a push would charge them instead, so it is explained and nothing is sent."""
+    [turn] = converse(text)
+    assert turn.calls == [] and "Nothing was sent" in turn.text and "refund" in turn.text.lower()
+
+
+def test_a_refund_word_in_the_purpose_is_still_a_payment_request():
+    [turn] = converse("send 500 to 0712345678 for the refundable deposit")
+    assert turn.calls == [send_call(context="the refundable deposit")]
+
+
+def test_a_customer_asked_to_pay_back_a_debt_is_a_payment_request():
+    [turn] = converse("ask 0712345678 to pay me back 500")
+    assert turn.calls == [send_call()]
+
+
+def test_a_refund_question_keeps_the_open_draft():
+    first, second, third = converse("send 500 for lunch", "refund 0712345678 500", "0712345678")
+    assert second.calls == [] and "Nothing was sent" in second.text
+    assert third.calls == [send_call(context="lunch")]
+
+
 def test_same_number_reuses_the_last_phone():
     first, second = converse("send 500 to 0712345678", "send 200 to the same number")
     assert second.calls == [send_call(amount=200)]

@@ -16,6 +16,7 @@ from phonenumbers.geocoder import country_name_for_number
 from mpesa_agent.payments.phones import InvalidAmount, InvalidPhoneNumber, display_phone, normalize_phone, parse_amount
 
 SEND, STATUS, HELP, YES, NO, RETRY, OTHER = "send", "status", "help", "yes", "no", "retry", "other"
+MONEY_OUT = "money_out"  # "refund 0712345678 500", "rudisha 500 kwa ...": money *to* a customer, which a push cannot do
 RETRY_UNANSWERED = "retry_unanswered"  # "retry the ones that didn't answer"
 LAST, LIST, TOTALS = "last", "list", "totals"  # questions about stored payments, answered from any chat
 
@@ -122,6 +123,14 @@ _HELP_WORDS = re.compile(
     r"\bhelp\b|\bmsaada\b|unaweza kufanya nini|unafanya nini",
     re.IGNORECASE,
 )
+# Money to a customer (a refund, a reversal, a payout): an STK Push only asks a phone to pay, so
+# "refund 0712345678 500" must never become a prompt charging that customer 500 more.
+_MONEY_OUT = re.compile(
+    r"\b(?:refund(?:s|ed|ing)?|reimburse|reverse|reversal|reverse the|rudish(?:a|ia|ie)|mrudishie|warudishie|"
+    r"nirudishie|(?:send|give)\b[^.?!]{0,40}?\bback|"
+    r"return(?:ed)? (?:the |their |his |her |my )?(?:money|pesa|cash|funds|payment|\d+)|"
+    r"pay ?out|payout|disburse|b2c)\b",
+    re.IGNORECASE)
 # Questions about the service itself, even when they name a send word ("what is an STK push?").
 _ABOUT = re.compile(r"\b(?:who pays|who is paying|what is (?:an? )?(?:m-?pesa|stk)|what does .{0,20}\bdo\b)",
                     re.IGNORECASE)
@@ -445,7 +454,7 @@ _OWES = re.compile(r"^(?:(?:my|our) (?:customer|client|friend|neighbour|neighbor
                    r"(?P<name>[a-z][a-z'-]{1,30}) (?:owes (?:me|us)|ananidai|anatudai|has not paid|hajalipa)\b",
                    re.IGNORECASE)
 _NOT_A_NAME = {"he", "she", "they", "it", "someone", "somebody", "customer", "client", "mteja", "yeye", "huyu",
-               "who", "nobody", "everyone", "mtu", "jamaa", "i", "you", "we", "this", "that"}
+               "who", "nani", "wao", "wewe", "mimi", "nobody", "everyone", "mtu", "jamaa", "i", "you", "we", "this", "that"}
 
 
 def _debtor(text: str) -> str:
@@ -459,6 +468,9 @@ def _debtor(text: str) -> str:
 def _intent(text: str, checkout: re.Match | None, slots: Message) -> str:
     bare = _bare(text)
     send, status = _SEND_WORDS.search(text), _STATUS_WORDS.search(text)
+    purpose = _PURPOSE.search(text)  # "send 500 to 0712345678 for the refunded deposit": a purpose, not a payout
+    if _MONEY_OUT.search(text[:purpose.start()] if purpose else text) and not _ABOUT.search(text):
+        return MONEY_OUT
     if checkout:
         return RETRY if _RETRY_WORDS.match(bare) else STATUS  # "retry ws_CO_..." / "check ws_CO_..."
     if bare in _YES and not slots.has_slots:

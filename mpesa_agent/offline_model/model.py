@@ -17,8 +17,9 @@ from google.adk.models import BaseLlm, LlmRequest, LlmResponse
 from google.adk.models.registry import LLMRegistry
 from google.genai import types
 
-from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MORE_THAN_ONE_PHONE, NO, RETRY, RETRY_UNANSWERED, SEND,
-                                              STATUS, TOTALS, YES, Message, Request, understand)
+from mpesa_agent.offline_model.intents import (HELP, LAST, LIST, MONEY_OUT, MORE_THAN_ONE_PHONE, NO, RETRY,
+                                              RETRY_UNANSWERED, SEND, STATUS, TOTALS, YES, Message, Request,
+                                              understand)
 from mpesa_agent.payments.periods import EAT
 from mpesa_agent.payments.phones import InvalidPhoneNumber, display_phone, normalize_phone
 
@@ -43,6 +44,12 @@ HELP_TEXT = (
     "Who pays whom: when you say \"send 500 to 0712345678 for lunch\", the owner of 0712345678 gets "
     "a prompt on their phone to pay 500 KSh to this business's M-Pesa PayBill/Till, and approves it "
     "with their M-Pesa PIN. No money leaves the merchant's account.\n" + EXAMPLES
+)
+MONEY_OUT_TEXT = (
+    "I can't send money to a customer: an M-Pesa STK Push only asks a phone's owner to pay this business, "
+    "so a \"refund\" through me would charge them again. Nothing was sent. Make refunds and reversals from "
+    "your M-Pesa business account (the M-Pesa org portal, or Safaricom's Reversal / B2C APIs, which this "
+    "agent does not use). To ask someone to pay you, say e.g. \"send 500 to 0712345678 for lunch\"."
 )
 REFUSAL = (
     "Sorry, I can only help with M-Pesa payment requests: I send an STK Push asking a phone's owner "
@@ -324,6 +331,8 @@ def respond(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
     """The answer to one user message, and the draft left open after it."""
     if chat.awaiting_approval and msg.intent in (YES, NO, RETRY):
         return Say(USE_THE_STEP), None
+    if msg.intent == MONEY_OUT:  # never a push, whatever else the message holds; an open draft stays open
+        return Say(MONEY_OUT_TEXT), chat.draft
     pending = chat.awaiting_confirmation
     if pending and msg.intent in (YES, RETRY):  # the send tool asks through ADK's confirmation step this time
         return Call(SEND_TOOL, _send_args(pending)), None
