@@ -517,6 +517,30 @@ def test_a_refund_question_keeps_the_open_draft():
     assert third.calls == [send_call(context="lunch")]
 
 
+@pytest.mark.parametrize("text, when", [
+    ("send 500 to 0712345678 kesho", "kesho"), ("send 500 to 0712345678 tomorrow at 9am for lunch", "tomorrow"),
+    ("tuma 500 kwa 0712345678 kila mwezi", "kila mwezi"), ("send 500 to 0712345678 at 3pm", "at 3pm"),
+    ("send 500 to 0712345678 on the 5th", "on the 5th"), ("send 500 to 0712345678 next week", "next week"),
+])
+def test_a_request_for_later_is_not_sent_now_unasked(text, when):
+    """A push goes out at once and lasts a minute: "... kesho" is asked about, and sent only on a yes."""
+    asked, approved = converse(text, "yes")
+    assert asked.calls == [] and f"I can't send it {when}" in asked.text and "now? (yes / no)" in asked.text
+    assert [(name, args["phone_number"], args["amount"]) for name, args in approved.calls] == [
+        (SEND, "0712345678", 500)]
+
+
+def test_a_request_for_later_declined_sends_nothing():
+    asked, declined = converse("send 500 to 0712345678 kesho asubuhi", "hapana")
+    assert asked.calls == [] and declined.calls == [] and "Nothing was sent" in declined.text
+
+
+@pytest.mark.parametrize("text", ["send 500 to 0712345678 for tuesday", "send 2000 to 0712345678 for 5 days"])
+def test_a_day_in_the_purpose_is_not_a_time_to_send(text):
+    [turn] = converse(text)
+    assert len(turn.calls) == 1 and turn.calls[0][0] == SEND
+
+
 def test_same_number_reuses_the_last_phone():
     first, second = converse("send 500 to 0712345678", "send 200 to the same number")
     assert second.calls == [send_call(amount=200)]

@@ -204,6 +204,7 @@ class Message:
     status_filter: str | None = None  # for LIST: completed, failed, pending, unknown or unpaid
     problems: tuple[str, ...] = ()  # a pasted list's lines that cannot be read, each saying why
     asks_who_paid: bool = False  # "who hasn't paid?", "nani hajalipa": about the chat's bulk request, if it has one
+    later: str = ""  # "kesho", "tomorrow at 9am", "every month": a time the request cannot wait for
 
     @property
     def bulk(self) -> bool:
@@ -250,6 +251,7 @@ def understand(text: str) -> Message:
         None if cancelled or after.phone or after.same_phone else before.phone_problem)
     merged["amount_problem"] = after.amount_problem or (None if cancelled or after.amount else before.amount_problem)
     merged["same_phone"] = after.same_phone or (not cancelled and before.same_phone and not after.phone)
+    merged["later"] = after.later or ("" if cancelled else before.later)
     intent = after.intent if after.intent != OTHER else (SEND if (after.has_slots or before.intent == SEND) else OTHER)
     if intent in (YES, NO, HELP) and after.has_slots:
         intent = SEND
@@ -358,6 +360,20 @@ _REPEATED = re.compile(r"(?<![\w.])(?:x\s?[2-9]|[2-9]\s?x(?!\s*[a-z])|twice|thri
                        r"mara (?:mbili|tatu|nne|tano|[2-9]))(?![\w.])", re.IGNORECASE)
 
 
+# A time for the request ("send 500 to 0712... kesho", "tomorrow at 9am", "kila mwezi"): a push goes
+# out at once and its prompt lasts about a minute, so the person is asked whether to send it now.
+_DAYS = r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|jumatatu|jumanne|jumatano|alhamisi|ijumaa|jumamosi|jumapili"
+_LATER = re.compile(
+    r"\b(?:kesho(?: kutwa)?|tomorrow|tmrw|tmr|later|baadaye|tonight|usiku|jioni|asubuhi|mchana|"
+    rf"next (?:week|month|year|{_DAYS})|wiki ijayo|mwezi ujao|(?:on )?(?:{_DAYS})|"
+    r"on (?:the )?\d{1,2}(?:st|nd|rd|th)\b|"
+    r"(?:at )?\d{1,2}(?:[:.]\d{2})? ?(?:am|pm)|saa (?:moja|mbili|tatu|nne|tano|sita|saba|nane|tisa|kumi)|"
+    r"in (?:an hour|a few (?:minutes|hours)|\d+ ?(?:minutes|mins|min|hours|hrs|hr|days))|"
+    r"(?:at the )?end (?:of )?(?:the )?month|mwisho wa mwezi|every (?:day|week|month)|kila (?:siku|wiki|mwezi)|"
+    r"monthly|weekly|daily)\b",
+    re.IGNORECASE)
+
+
 def _read(text: str) -> Message:
     checkout = CHECKOUT_ID.search(text)
     rest = CHECKOUT_ID.sub(" ", text)
@@ -371,8 +387,9 @@ def _read(text: str) -> Message:
                                         "One prompt asks for one amount: tell me the total for one request.")
     same_phone = bool(_SAME_PHONE.search(text)) and phone is None
     context = context or _debtor(text)
+    later = _LATER.search(outside)
     fields = dict(phone=phone, phone_problem=phone_problem, amount=amount, amount_problem=amount_problem,
-                  context=context, same_phone=same_phone,
+                  context=context, same_phone=same_phone, later=later.group(0) if later else "",
                   starts_with_purpose=bool(context) and bool(_PURPOSE.match(text)))
     return Message(intent=_intent(text, checkout, Message(intent=OTHER, **fields)),
                    checkout_id=checkout.group(0) if checkout else None, period=_period_in(text),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import AsyncGenerator
 
@@ -517,6 +517,10 @@ def _fill(chat: Chat, msg: Message) -> tuple[Call | Say, Draft | None]:
         phone = None
     amount = None if msg.amount_problem else (msg.amount or draft.amount)
     draft = Draft(phone=phone, amount=amount, context=msg.context or draft.context)
+    if draft.phone and draft.amount and not problems and msg.later:  # "... kesho": never sent early unasked
+        return Say(f"I can't send it {msg.later}: a request goes out the moment I send it, and the prompt "
+                   f"waits on their phone for about a minute. Send {_money(draft.amount)} to {draft.phone} "
+                   "now? (yes / no)"), replace(draft, confirm=True)
     if draft.phone and draft.amount and not problems:
         return Call(SEND_TOOL, _draft_args(draft)), None
     if (msg.phone_problem or "").startswith(MORE_THAN_ONE_PHONE):  # its example says what to write
