@@ -541,6 +541,28 @@ def test_a_day_in_the_purpose_is_not_a_time_to_send(text):
     assert len(turn.calls) == 1 and turn.calls[0][0] == SEND
 
 
+@pytest.mark.parametrize("cancel", [
+    "cancel the request to 0712345678", "stop, don't send to 0712345678", "usitume kwa 0712345678",
+    "don't send it to 0712345678", "do not send the prompt to 0712345678", "ghairi", "achana nayo 0712345678",
+])
+def test_a_cancellation_that_names_the_number_never_sends(cancel):
+    """The number in "don't send it to 0712..." is what not to do: it must not complete the open draft."""
+    asked, cancelled = converse("send 500 for lunch", cancel)
+    assert asked.calls == [] and cancelled.calls == []
+    assert "Nothing was sent" in cancelled.text
+
+
+def test_a_negation_followed_by_a_new_number_sends_to_the_new_one():
+    asked, corrected = converse("send 500 for lunch", "don't send to 0712345678, send to 0722000333")
+    assert corrected.calls == [send_call("0722000333", context="lunch")]
+
+
+@pytest.mark.parametrize("question", ["mbona haijaingia?", "why did it fail?", "ni nini ilifanyika?"])
+def test_why_questions_after_a_request_check_its_status(question):
+    first, second = converse("send 500 to 0712345678", question)
+    assert [name for name, _ in second.calls] == [STATUS]
+
+
 def test_same_number_reuses_the_last_phone():
     first, second = converse("send 500 to 0712345678", "send 200 to the same number")
     assert second.calls == [send_call(amount=200)]

@@ -7,7 +7,7 @@ payments: "my last payment", "nimepokea ngapi leo", "which payments failed this 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 import phonenumbers
@@ -96,7 +96,9 @@ _STATUS_WORDS = re.compile(
     r"(?:has|have|did|is|was)\b[^.?!]{0,40}?\b(?:paid|pay|complete|completed|done|successful|succeed|"
     r"worked|work|arrived|arrive|received|receive|confirmed)|"
     r"paid yet|what happened|imefika|imeingia|imepita|imeenda|ilienda|imekamilika|imelipwa|amelipa|"
-    r"wamelipa|ameshalipa|ashalipa|amelipia|alilipa|walilipa|ililipwa|imefaulu|iko aje|imeweza)\b",
+    r"wamelipa|ameshalipa|ashalipa|amelipia|alilipa|walilipa|ililipwa|imefaulu|iko aje|imeweza|"
+    r"haijaingia|haijafika|haijapita|hajalipa|imekwama|ilifanyika|kilitokea|imefeli|ilifeli|"
+    r"why (?:did|has|was|is) (?:it|the (?:payment|request|prompt)|my payment)\b[^.?!]{0,20}?\b(?:fail|failed|not|cancel))\b",
     re.IGNORECASE,
 )
 _NOT_A_PAYMENT = re.compile(
@@ -144,21 +146,32 @@ _NO = {
     "no", "n", "nope", "nah", "hapana", "la", "cancel", "stop", "dont", "don't", "do not", "never mind",
     "nevermind", "forget it", "acha", "wacha", "abort", "sitaki", "no thanks", "hapana asante", "cancel it",
     "don't send", "dont send", "do not send", "no don't", "no dont", "leave it", "wacha tu", "acha tu",
-    "no cancel", "no stop",
+    "no cancel", "no stop", "ghairi", "sitisha", "usitume", "hapana usitume",
 }
 # Cancelling at the start of a message: "achana nayo", "cancel that", "forget it", "usitume".
 _CANCEL = re.compile(
     r"(?:(?:no|hapana|la|ah|aah|oh|sorry|samahani|wait)\b[\s,.!]*)*"
-    r"(?:cancel|achana|acha|wacha|forget|never ?mind|usitume|sitaki|stop|abort|leave it|sahau|don'?t send|"
+    r"(?:cancel|achana|acha|wacha|forget|never ?mind|usitume|sitaki|stop|abort|leave it|sahau|ghairi|sitisha|"
+    r"don'?t send|"
     r"do not send|usiitume|usilipe|hakuna haja)\b",
     re.IGNORECASE,
 )
+# "don't send it to 0712...", "usitume kwa 0712...": a number after a negation is what *not* to do.
+_NEGATED_SEND = re.compile(
+    r"\b(?:(?:don'?t|do not|dont|never|no need to)\s+(?:(?:it|that|this|the|a|any|them|him|her)\s+)?"
+    r"(?:send|push|prompt|charge|request|bill|ask|tuma)|usitume|usimtumie|usiitume|usitumie|usimlipishe)\b",
+    re.IGNORECASE)
+# After a cancellation or a negation, a new clause that asks for a request: "cancel that, send 600 to ...".
+_THEN_SEND = re.compile(
+    r"(?:[,.;!]|\b(?:and|then|na|instead|but|ila|lakini|badala yake)\b)\s*"
+    r"(?:(?:please|pls|just|rather|instead|now)\s+)?(?:send|tuma|request|charge|bill|collect|prompt|push)\b",
+    re.IGNORECASE)
 # Where a correction or a cancellation starts; what follows replaces what came before.
 _CORRECTION = re.compile(
     r"\b(?:no,? wait|wait|actually|sorry|samahani|pole|i mean|i meant|nilimaanisha|namaanisha|make it|make that|"
     r"change (?:it|that|the amount|the number) to|badala yake|oops|correction|rather|nilikosea|si hiyo|"
     r"no(?=[\s,]+(?:it'?s|its|make|send|tuma|ni|the|\d|\+))|hapana(?=[\s,]+(?:ni|tuma|\d|\+))|"
-    r"cancel|achana|forget (?:it|that|about it)|never ?mind|usitume|sahau)\b",
+    r"cancel|achana|forget (?:it|that|about it)|never ?mind|usitume|sahau|ghairi|sitisha)\b",
     re.IGNORECASE,
 )
 _SAME_PHONE = re.compile(r"\b(?:same (?:number|phone|person)|that number|namba ile ile|hiyo namba|namba hiyo)\b",
@@ -229,6 +242,12 @@ def understand(text: str) -> Message:
     if _RETRY_UNANSWERED.match(text):
         return Message(intent=RETRY_UNANSWERED)
     text = _GLUED_AFTER.sub(r" \1", _GLUED_BEFORE.sub(r"\1 ", text))
+    negated = _NEGATED_SEND.search(text)
+    if negated:  # the numbers in it are what not to do: never a push; a later "..., send to X" replaces it
+        then = _THEN_SEND.search(text, negated.end())
+        if then is None:
+            return Message(intent=NO)
+        return replace(understand(text[then.start():].lstrip(",.;! ")), correction=True)
     marker = _last_marker(text)
     if marker is None:
         msg = _read(text)
@@ -239,6 +258,8 @@ def understand(text: str) -> Message:
         return msg
     before, after = _read(text[:marker.start()]), _read(text[marker.start():])
     cancelled = bool(_CANCEL.match(text, marker.start()))
+    if cancelled and not _THEN_SEND.search(text, marker.end()):
+        return Message(intent=NO)  # "cancel the request to 0712...": a cancellation, whatever it names
     if not after.has_slots and not after.checkout_id:
         if cancelled:
             return Message(intent=NO)
