@@ -595,6 +595,12 @@ def test_foreign_and_landline_numbers_are_explained_and_nothing_is_sent(text, wo
     assert turn.calls == [] and words in turn.text and "To which phone number?" in turn.text
 
 
+@pytest.mark.parametrize("typed", ["07I2345678", "07l2345678", "0712345O78"])
+def test_a_number_typed_with_a_letter_is_explained_and_nothing_is_sent(typed):
+    [turn] = converse(f"send 500 to {typed}")
+    assert turn.calls == [] and "has a letter in it" in turn.text and "To which phone number?" in turn.text
+
+
 def test_a_million_is_a_million():
     [turn] = converse("Tuma milioni moja kwa 0741 223 344")
     assert turn.calls == [send_call("0741223344", 1_000_000)]

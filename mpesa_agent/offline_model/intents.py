@@ -395,10 +395,19 @@ _LATER = re.compile(
     re.IGNORECASE)
 
 
+# "07I2345678", "O712345678": a phone number typed with a letter O or I (or l) for a digit.
+_LETTERED_PHONE = re.compile(r"(?<![\w+])(?=[\dOoIl]*[OoIl])[0Oo][17Il][\dOoIl]{8}(?!\w)")
+
+
 def _read(text: str) -> Message:
     checkout = CHECKOUT_ID.search(text)
     rest = CHECKOUT_ID.sub(" ", text)
+    lettered = _LETTERED_PHONE.search(rest)
     phone, phone_problem, rest = find_phone(rest)
+    if lettered and phone is None:  # never read as a number: the person types the digits again
+        phone_problem = (f"{lettered.group(0)} has a letter in it (an O or an I?); type the number in digits, "
+                         "like 0712345678.")
+        rest = _LETTERED_PHONE.sub(" ", rest)
     context, outside, inside = _split_purpose(rest)
     amount, amount_problem = find_amount(outside)
     if amount is None and amount_problem is None and inside:
