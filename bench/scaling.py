@@ -15,6 +15,8 @@ Rows:
   `--workers 2` (the ratio to one process is the figure).
 - cross-process notification: a waiter on server A, its callback posted to server B (one
   PostgreSQL): callback sent -> A's answer, one at a time.
+- /health flood: callbacks at 50/s while 8 anonymous clients ask /health (no key needed; it
+  counts every payment) back to back, over FLOOD_PAYMENTS stored payments: the callbacks' ack p99.
 
 PostgreSQL: MPESA_TEST_POSTGRES_URL or the local server (postgresql://postgres@127.0.0.1:5432/test);
 a database of its own is created and dropped. The table prints each figure beside its target.
@@ -36,6 +38,8 @@ import psycopg
 
 from bench.scenarios import (ACCEPTED, _api, _register_all, _until_waiting, _waiter, callback_body,
                              callback_ingestion, notification_latency_one, summary_ms)
+from bench.client import Connection
+from bench.history import fill
 from bench.stack import API_KEY, ENV, HOST, TOKEN, callback_path, rss_bytes, thread_count
 from harness import Stack, callback_server
 from harness.postgres import Database, admin_url
@@ -54,6 +58,8 @@ def parse_args(argv):
                         help="callbacks per second while all is held (100: a very busy till, 6,000 a minute)")
     parser.add_argument("--ingest", type=int, default=3_000, help="callbacks per ingestion figure (3000)")
     parser.add_argument("--notify-samples", type=int, default=200, help="cross-process notifications timed (200)")
+    parser.add_argument("--flood-payments", type=int, default=1_000_000,
+                        help="stored payments under the /health flood row (1000000)")
     parser.add_argument("--postgres", default=admin_url(),
                         help="a PostgreSQL URL the benchmark may CREATE DATABASE from")
     return parser.parse_args(argv)
@@ -165,6 +171,38 @@ async def held_at_once(stack: Stack, args) -> dict:
             "kib_per_held": (rss_held - rss_idle) / held / 1024, "threads": threads}
 
 
+async def health_flood(stack: Stack, callbacks: int, rate: float = 50.0, clients: int = 8) -> dict:
+    """Callbacks at `rate` while `clients` anonymous clients ask /health back to back (it needs no
+    key, and counts every payment): the callbacks' ack latency, and the /health answers a second."""
+    ids = [f"ws_CO_flood_{n}" for n in range(callbacks)]
+    await _register_all(stack, ids)
+    stop, asked = asyncio.Event(), [0]
+
+    async def flood():
+        conn = await Connection(HOST, stack.port, {}).open()
+        while not stop.is_set():
+            await conn.request("GET", "/health")
+            asked[0] += 1
+        await conn.close()
+
+    floods = [asyncio.create_task(flood()) for _ in range(clients)]
+    await asyncio.sleep(1)
+    conn, acks, begun = await _api(stack), [], time.perf_counter()
+    for n, checkout_id in enumerate(ids):
+        due = begun + n / rate
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        sent = time.perf_counter()
+        code, body = await conn.request("POST", callback_path(stack), callback_body(checkout_id))
+        acks.append((time.perf_counter() - sent, code == 200 and json.loads(body) == ACCEPTED))
+    elapsed = time.perf_counter() - begun
+    stop.set()
+    await asyncio.gather(*floods, return_exceptions=True)
+    await conn.close()
+    return {"ack": summary_ms([a for a, _ in acks]), "errors": sum(not ok for _, ok in acks),
+            "health_per_s": asked[0] / (elapsed + 1)}
+
+
 async def waiter_memory(stack: Stack, count: int) -> dict:
     """RSS per waiter: (its open connection, the wait itself), with `count` waiters and nothing else."""
     ids = [f"ws_CO_mem_{n}" for n in range(count)]
@@ -224,6 +262,17 @@ def run(args, tmp: Path) -> list[tuple[str, str, str, str]]:
     rows.append((f"memory per held waiter ({alone:,} waiters alone)",
                  f"{memory['kib']:.1f} KiB: {memory['connection_kib']:.1f} its open connection + "
                  f"{memory['wait_kib']:.1f} the wait", "<= 16 KiB per waiter", verdict(memory["kib"] <= 16)))
+    print(f"/health flood over {args.flood_payments:,} payments (writing them) ...", file=sys.stderr, flush=True)
+    flood_db = tmp / "flood" / "payments.db"
+    flood_db.parent.mkdir(parents=True, exist_ok=True)
+    fill(flood_db, args.flood_payments)
+    with stack(tmp / "flood", flood_db) as s:
+        flooded = asyncio.run(health_flood(s, min(args.callbacks, 500)))
+    flood_db.unlink()
+    rows.append((f"callbacks at 50/s during an anonymous /health flood (8 clients), {args.flood_payments:,} payments",
+                 f"ack p50 {flooded['ack']['p50']:.1f} / p99 {flooded['ack']['p99']:.1f} ms; "
+                 f"{flooded['health_per_s']:,.0f} /health answered a second; {flooded['errors']} errors",
+                 "ack p99 <= 25 ms", verdict(flooded["ack"]["p99"] <= 25 and not flooded["errors"])))
     print("ingestion, SQLite, one process ...", file=sys.stderr, flush=True)
     with stack(tmp / "sqlite", tmp / "sqlite" / "payments.db") as s:
         one_sqlite = asyncio.run(callback_ingestion(s, 0, args.ingest, SENDERS))

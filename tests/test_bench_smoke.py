@@ -30,13 +30,15 @@ def test_the_benchmark_runs_and_prints_every_row():
 def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
     """`python -m bench.scaling` at tiny sizes, on this run's PostgreSQL: every row printed, none FAILED."""
     done = subprocess.run([sys.executable, "-m", "bench.scaling", "--waiters", "20", "--sse", "5", "--idle", "5",
-                           "--callbacks", "10", "--ingest", "60", "--notify-samples", "5", "--postgres", postgres_database.url],
+                           "--callbacks", "10", "--ingest", "60", "--notify-samples", "5", "--flood-payments", "1000",
+                           "--postgres", postgres_database.url],
                           cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for label in ("held at once: 20 waiters + 5 SSE + 5 slow clients; 10 callbacks at 100/s", "memory while held",
                   "memory per held waiter (20 waiters alone)", "callback ingestion, SQLite, 1 process", "callback ingestion, PostgreSQL, 1 process",
-                  "callback ingestion, PostgreSQL, 2 processes", "cross-process notification"):
+                  "callback ingestion, PostgreSQL, 2 processes", "cross-process notification",
+                  "callbacks at 50/s during an anonymous /health flood (8 clients), 1,000 payments"):
         row = next((line for line in lines if line.startswith(f"| {label}")), None)
         assert row is not None, f"no row {label!r} in:\n{done.stdout}"
         assert "FAILED" not in row and "SKIPPED" not in row, row

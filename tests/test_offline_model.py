@@ -103,7 +103,7 @@ def make_tools(send_results, status_results, retry_results=()):
 
     async def find_payments(status: str = "", period: str = "", phone_number: str = "", limit: int = 10) -> dict:
         """Stored payments."""
-        return {"status": "success", "count": 1, "message": f"1 payment request:\n✅ ... Checkout ID: ws_CO_STORED"}
+        return {"status": "success", "count": 1, "message": "1 payment request:\n✅ ... Checkout ID: ws_CO_STORED"}
 
     async def payment_totals(period: str = "today") -> dict:
         """Totals of a period."""

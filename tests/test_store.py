@@ -2,10 +2,11 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, Store, open_store
+from mpesa_agent.server.store import APPLIED, PARKED, RECEIVED, SCHEMA_VERSION, open_store
 from mpesa_agent.server.store import INTEGRITY_ERRORS
 from harness import ROOT
 
@@ -167,6 +168,45 @@ def test_greenlets_that_write_at_once_share_one_commit_under_gevent(tmp_path):
     commits, stored = map(int, done.stdout.split())
     assert stored == 20
     assert commits <= 2, commits  # 20 without the yield
+
+
+def test_callers_who_ask_for_counts_while_one_runs_share_its_answer(store):
+    """/health needs no key: a flood of it must cost one count at a time, not one each."""
+    add_payment(store)
+    release, scans, answers = threading.Event(), [], []
+
+    def slow_scan(read):
+        scans.append(1)
+        release.wait(10)
+        return read()
+
+    store.run_apart = slow_scan
+    threads = [threading.Thread(target=lambda: answers.append(store.counts())) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for _ in range(500):  # the first count is under way; the others arrive while it is held
+        if scans:
+            break
+        time.sleep(0.01)
+    assert scans, "counts() did not run through run_apart"
+    time.sleep(0.3)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert answers == [{"payments": {"pending": 1}, "callbacks": {}}] * 5
+    assert len(scans) <= 2, scans  # 5 without sharing (2 only if a thread was descheduled for 0.3 s)
+    assert store.counts() == answers[0] and len(scans) >= 2  # a later caller counts afresh
+
+
+def test_a_count_that_fails_fails_for_everyone_who_shared_it(store):
+    def broken(read):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    store.run_apart = broken
+    with pytest.raises(sqlite3.OperationalError):
+        store.counts()
+    store.run_apart = lambda read: read()
+    assert store.counts() == {"payments": {}, "callbacks": {}}  # nothing left half-shared
 
 
 def test_a_transaction_inside_another_in_one_thread_is_refused_not_deadlocked(store):

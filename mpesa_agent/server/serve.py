@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import gevent
 from dotenv import dotenv_values
 from flask import Flask
 
@@ -41,9 +42,8 @@ from mpesa_agent.server.dispatcher import Dispatcher
 from mpesa_agent.server.http import MAX_BODY_BYTES, error_body
 from mpesa_agent.server.reconciler import Reconciler
 from mpesa_agent.server.pgstore import redact_url
-from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, is_postgres_url, open_store
+from mpesa_agent.server.store import DATABASE_ERRORS, NewerDatabase, Store, is_postgres_url, open_store
 from mpesa_agent.server.retries import AutoRetrier
-from mpesa_agent.server.store import NewerDatabase
 from mpesa_agent.server.wsgi import DEFAULT_CONNECTIONS, DEFAULT_PER_SOURCE, HEADER_SECONDS, Server, exempt_sources
 
 log = logging.getLogger("callback_server")
@@ -307,6 +307,9 @@ def wsgi_server(app: Flask, host, port: int | None, connections: int = DEFAULT_C
                 per_source: int = DEFAULT_PER_SOURCE, header_seconds: float = HEADER_SECONDS) -> Server:
     """gevent's WSGI server with the guards of server/wsgi.py."""
     settings: Settings = app.config["MPESA_SETTINGS"]
+    store = app.extensions["callback_manager"].store
+    if isinstance(store, Store):  # SQLite blocks its caller; psycopg already yields to the loop
+        store.run_apart = gevent.get_hub().threadpool.apply  # /health's full count, on a native thread
     listener = host if port is None else (host, port)  # a bound socket, or where to bind one
     return Server(listener, buffered_chunked_bodies(app), connections=connections, per_source=per_source,
                   exempt=exempt_sources(settings.trusted_proxies), header_seconds=header_seconds)
