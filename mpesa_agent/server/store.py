@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import psycopg
 
@@ -424,9 +424,10 @@ class SqlStore:
         self.event_listeners: list[Callable[[str, str | None], None]] = []
         self.write_failure: str | None = None  # the last write the database refused, until one succeeds
         self.described = ""  # where the data is, for people: a file, or a URL without its password
-        # How a long read runs: here, in the caller. The gevent server sets gevent's native thread
-        # pool for SQLite, so that a scan of a million rows does not hold the event loop.
-        self.run_apart: Callable[[Callable[[], dict]], dict] = lambda read: read()
+        # How a long read (/health's counts, analytics) runs: here, in the caller. The gevent server
+        # sets gevent's native thread pool for SQLite, so that a scan of a million rows does not
+        # hold the event loop.
+        self.run_apart: Callable[[Callable[[], Any]], Any] = lambda read: read()
         self._counting: _Shared | None = None  # the count under way, which later callers share
         self._counting_lock = threading.Lock()
 
