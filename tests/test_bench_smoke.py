@@ -36,7 +36,8 @@ def test_the_serving_benchmark_runs_and_prints_every_row(postgres_database):
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     for label in ("held at once: 20 waiters + 5 SSE + 5 slow clients; 10 callbacks at 100/s", "memory while held",
-                  "memory per held waiter (20 waiters alone)", "callback ingestion, SQLite, 1 process", "callback ingestion, PostgreSQL, 1 process",
+                  "memory per held waiter (20 waiters alone)", "callback ingestion, SQLite, 1 process",
+                  "callback ingestion, PostgreSQL, 1 process",
                   "callback ingestion, PostgreSQL, 2 processes", "cross-process notification",
                   "callbacks at 50/s during an anonymous /health flood (8 clients), 1,000 payments"):
         row = next((line for line in lines if line.startswith(f"| {label}")), None)

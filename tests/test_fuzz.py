@@ -572,7 +572,7 @@ segments = st.one_of(st.sampled_from(["payment", "register", "status", "wait", "
 @fuzz(1200)
 @given(method=methods, parts=st.lists(segments, max_size=4), headers=auth_headers, body=st.binary(max_size=100)
        | st.just(b"") | registrations.map(encode) | near_valid_callbacks(st.just("ws_CO_pending")).map(encode))
-@example(method="PATCH", parts=["webhooks", "payment"], headers=AUTH, body=b"")  # CI found: its 404 said "no webhook endpoint"
+@example(method="PATCH", parts=["webhooks", "payment"], headers=AUTH, body=b"")  # CI found: 404 "no webhook endpoint"
 @example(method="POST", parts=["payment", "ws_CO_paid", "retry"], headers=AUTH, body=b"")  # 409: "cannot be retried"
 @example(method="POST", parts=["payment", "ws_CO_cancelled", "retry"], headers=AUTH, body=b"{}")
 def test_any_method_on_any_path(server, settled, method, parts, headers, body):

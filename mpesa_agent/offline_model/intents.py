@@ -98,7 +98,8 @@ _STATUS_WORDS = re.compile(
     r"paid yet|what happened|imefika|imeingia|imepita|imeenda|ilienda|imekamilika|imelipwa|amelipa|"
     r"wamelipa|ameshalipa|ashalipa|amelipia|alilipa|walilipa|ililipwa|imefaulu|iko aje|imeweza|"
     r"haijaingia|haijafika|haijapita|hajalipa|imekwama|ilifanyika|kilitokea|imefeli|ilifeli|"
-    r"why (?:did|has|was|is) (?:it|the (?:payment|request|prompt)|my payment)\b[^.?!]{0,20}?\b(?:fail|failed|not|cancel))\b",
+    r"why (?:did|has|was|is) (?:it|the (?:payment|request|prompt)|my payment)\b[^.?!]{0,20}?"
+    r"\b(?:fail|failed|not|cancel))\b",
     re.IGNORECASE,
 )
 _NOT_A_PAYMENT = re.compile(
@@ -128,7 +129,7 @@ _HELP_WORDS = re.compile(
 # Money to a customer (a refund, a reversal, a payout): an STK Push only asks a phone to pay, so
 # "refund 0712345678 500" must never become a prompt charging that customer 500 more.
 _MONEY_OUT = re.compile(
-    r"\b(?:refund(?:s|ed|ing)?|reimburse|reverse|reversal|reverse the|rudish(?:a|ia|ie)|mrudishie|warudishie|"
+    r"\b(?:refund(?:s|ed|ing)?|reimburse|reverse|reversal|rudish(?:a|ia|ie)|mrudishie|warudishie|"
     r"nirudishie|(?:send|give)\b[^.?!]{0,40}?\bback|"
     r"return(?:ed)? (?:the |their |his |her |my )?(?:money|pesa|cash|funds|payment|\d+)|"
     r"pay ?out|payout|disburse|b2c)\b",
@@ -152,8 +153,7 @@ _NO = {
 _CANCEL = re.compile(
     r"(?:(?:no|hapana|la|ah|aah|oh|sorry|samahani|wait)\b[\s,.!]*)*"
     r"(?:cancel|achana|acha|wacha|forget|never ?mind|usitume|sitaki|stop|abort|leave it|sahau|ghairi|sitisha|"
-    r"don'?t send|"
-    r"do not send|usiitume|usilipe|hakuna haja)\b",
+    r"don'?t send|do not send|usiitume|usilipe|hakuna haja)\b",
     re.IGNORECASE,
 )
 # "don't send it to 0712...", "usitume kwa 0712...": a number after a negation is what *not* to do.
@@ -383,7 +383,8 @@ _REPEATED = re.compile(r"(?<![\w.])(?:x\s?[2-9]|[2-9]\s?x(?!\s*[a-z])|twice|thri
 
 # A time for the request ("send 500 to 0712... kesho", "tomorrow at 9am", "kila mwezi"): a push goes
 # out at once and its prompt lasts about a minute, so the person is asked whether to send it now.
-_DAYS = r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|jumatatu|jumanne|jumatano|alhamisi|ijumaa|jumamosi|jumapili"
+_DAYS = (r"monday|tuesday|wednesday|thursday|friday|saturday|sunday|"
+         r"jumatatu|jumanne|jumatano|alhamisi|ijumaa|jumamosi|jumapili")
 _LATER = re.compile(
     r"\b(?:kesho(?: kutwa)?|tomorrow|tmrw|tmr|later|baadaye|tonight|usiku|jioni|asubuhi|mchana|"
     rf"next (?:week|month|year|{_DAYS})|wiki ijayo|mwezi ujao|(?:on )?(?:{_DAYS})|"
@@ -395,7 +396,8 @@ _LATER = re.compile(
     re.IGNORECASE)
 
 
-# "07I2345678", "O712345678": a phone number typed with a letter O or I (or l) for a digit.
+# "07I2345678", "0712345O78": a phone number typed with a letter O or I (or l) for a digit. ("O712345678"
+# is still read: its nine digits after the O are a whole number, 0712345678.)
 _LETTERED_PHONE = re.compile(r"(?<![\w+])(?=[\dOoIl]*[OoIl])[0Oo][17Il][\dOoIl]{8}(?!\w)")
 
 
@@ -501,7 +503,8 @@ _OWES = re.compile(r"^(?:(?:my|our) (?:customer|client|friend|neighbour|neighbor
                    r"(?P<name>[a-z][a-z'-]{1,30}) (?:owes (?:me|us)|ananidai|anatudai|has not paid|hajalipa)\b",
                    re.IGNORECASE)
 _NOT_A_NAME = {"he", "she", "they", "it", "someone", "somebody", "customer", "client", "mteja", "yeye", "huyu",
-               "who", "nani", "wao", "wewe", "mimi", "nobody", "everyone", "mtu", "jamaa", "i", "you", "we", "this", "that"}
+               "who", "nani", "wao", "wewe", "mimi", "nobody", "everyone", "mtu", "jamaa", "i", "you", "we", "this",
+               "that"}
 
 
 def _debtor(text: str) -> str:

@@ -139,22 +139,21 @@ def analytics(store: Store, *, since=None, until=None) -> dict:
     if end - start > timedelta(days=MAX_ANALYTICS_DAYS):
         raise BadParameter("since", f"must be at most {MAX_ANALYTICS_DAYS} days before until")
     window = [since_at, until_at]
+    # SUBSTR(created_at, 1, 13) is the UTC hour ("2026-11-29T21"): Kenyan days are whole UTC hours apart.
+    queries = [
+        ("SELECT SUBSTR(created_at, 1, 13), status, COUNT(*), SUM(amount) FROM payments"
+         " WHERE created_at >= ? AND created_at < ? GROUP BY SUBSTR(created_at, 1, 13), status", window),
+        ("SELECT reason, result_code, COUNT(*), SUM(amount) FROM payments"
+         " WHERE status = ? AND created_at >= ? AND created_at < ? GROUP BY reason, result_code",
+         [str(FAILED), *window]),
+        ("SELECT created_at, settled_at FROM payments WHERE settled_by = ? AND settled_at IS NOT NULL"
+         " AND created_at >= ? AND created_at < ? ORDER BY created_at DESC LIMIT ?",
+         [str(SettledBy.CALLBACK), *window, DURATION_SAMPLE]),
+    ]
 
-    def read():
+    def read() -> list:
         with store.reader() as conn:
-            # SUBSTR(created_at, 1, 13) is the UTC hour ("2026-11-29T21"): Kenyan days are whole UTC hours apart.
-            return (conn.execute(
-                "SELECT SUBSTR(created_at, 1, 13), status, COUNT(*), SUM(amount) FROM payments"
-                " WHERE created_at >= ? AND created_at < ? GROUP BY SUBSTR(created_at, 1, 13), status",
-                window).fetchall(),
-                conn.execute(
-                "SELECT reason, result_code, COUNT(*), SUM(amount) FROM payments"
-                " WHERE status = ? AND created_at >= ? AND created_at < ? GROUP BY reason, result_code",
-                [str(FAILED), *window]).fetchall(),
-                conn.execute(
-                "SELECT created_at, settled_at FROM payments WHERE settled_by = ? AND settled_at IS NOT NULL"
-                " AND created_at >= ? AND created_at < ? ORDER BY created_at DESC LIMIT ?",
-                [str(SettledBy.CALLBACK), *window, DURATION_SAMPLE]).fetchall())
+            return [conn.execute(sql, args).fetchall() for sql, args in queries]
 
     hours, reasons, durations = store.run_apart(read)  # a month of a busy shop: off the event loop when served
     by_status = {state: {"count": 0, "amount": 0} for state in STATES}

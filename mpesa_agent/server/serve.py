@@ -309,7 +309,7 @@ def wsgi_server(app: Flask, host, port: int | None, connections: int = DEFAULT_C
     settings: Settings = app.config["MPESA_SETTINGS"]
     store = app.extensions["callback_manager"].store
     if isinstance(store, Store):  # SQLite blocks its caller; psycopg already yields to the loop
-        store.run_apart = gevent.get_hub().threadpool.apply  # /health's full count, on a native thread
+        store.run_apart = gevent.get_hub().threadpool.apply  # /health's counts, analytics: on a native thread
     listener = host if port is None else (host, port)  # a bound socket, or where to bind one
     return Server(listener, buffered_chunked_bodies(app), connections=connections, per_source=per_source,
                   exempt=exempt_sources(settings.trusted_proxies), header_seconds=header_seconds)

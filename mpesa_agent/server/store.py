@@ -738,15 +738,7 @@ class Store(SqlStore):
                 try:
                     time.sleep(0)  # let the others that are ready finish their blocks first: one fsync for all
                 finally:  # interrupted or not, the batch is committed (it may hold others' work)
-                    with self._write_lock:
-                        current, self._batch = self._batch, None
-                        if current is not None:
-                            try:
-                                self._writer.execute("COMMIT")
-                            except BaseException as exc:
-                                error = exc
-                                if self._writer.in_transaction:
-                                    self._writer.execute("ROLLBACK")
+                    current, error = self._commit_open_batch()
             finally:
                 with self._commits:
                     self._committing = False
@@ -757,6 +749,20 @@ class Store(SqlStore):
                     self._committed(current.appended, current.queued)
         if batch.error is not None:
             raise sqlite3.OperationalError(f"not committed: {batch.error}") from batch.error
+
+    def _commit_open_batch(self) -> tuple["_Batch | None", BaseException | None]:
+        """COMMIT the open batch, or roll it back if that fails: (the batch, what went wrong)."""
+        with self._write_lock:
+            current, self._batch = self._batch, None
+            if current is None:
+                return None, None
+            try:
+                self._writer.execute("COMMIT")
+            except BaseException as exc:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                return current, exc
+            return current, None
 
     def _finish(self, batch: "_Batch", error: BaseException | None) -> None:
         with self._commits:
